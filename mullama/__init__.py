@@ -1,0 +1,33 @@
+"""mullama: fast local LLM inference over llama.cpp, from Python.
+
+    from mullama import Model, Context, SamplerParams
+    model = Model.load("model.gguf")
+    ctx = Context(model, n_ctx=2048)
+    print(ctx.generate("Once upon a time", max_tokens=50))
+"""
+
+from __future__ import annotations
+
+from ._backend import backend_free, backend_init, devices, max_devices, supports_gpu_offload, system_info, version
+from ._lib import LibraryLoadError
+from .model import Model, builtin_chat_templates
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "LibraryLoadError",
+    "Model",
+    "backend_free",
+    "backend_init",
+    "builtin_chat_templates",
+    "devices",
+    "max_devices",
+    "supports_gpu_offload",
+    "system_info",
+    "version",
+]
+
+from .context import Context, ContextFullError, GenerationCancelled  # noqa: E402
+from .sampling import SamplerParams  # noqa: E402
+
+__all__ += ["Context", "ContextFullError", "GenerationCancelled", "SamplerParams"]

@@ -1,0 +1,84 @@
+"""Process-wide backend state and the module-level utility functions."""
+
+from __future__ import annotations
+
+import threading
+
+from . import _lib
+
+_init_lock = threading.Lock()
+_initialized = False
+
+
+def lib() -> _lib._Lib:
+    """The loaded library, with the backend initialised (once per process)."""
+    global _initialized
+    L = _lib.load()
+    if not _initialized:
+        with _init_lock:
+            if not _initialized:
+                L.llama_backend_init()
+                _initialized = True
+    return L
+
+
+def backend_init() -> None:
+    """Initialise llama.cpp's backend; done automatically on first use, repeated calls are harmless."""
+    lib()
+
+
+def backend_free() -> None:
+    """Release backend-wide resources.
+
+    Safe at any time: models and contexts still alive keep working, and the
+    backend is initialised again on next use.  (llama.cpp only frees global
+    state that its objects do not depend on.)
+    """
+    global _initialized
+    with _init_lock:
+        if _initialized:
+            _lib.load().llama_backend_free()
+            _initialized = False
+
+
+def supports_gpu_offload() -> bool:
+    """True when the loaded library has a GPU backend that can hold model layers."""
+    return bool(lib().llama_supports_gpu_offload())
+
+
+def max_devices() -> int:
+    """The most devices llama.cpp can split a model across."""
+    return int(lib().llama_max_devices())
+
+
+def version() -> str:
+    """llama.cpp's version string and the commit the library was built from."""
+    L = lib()
+    v = (L.llama_version() or b"").decode()
+    commit = L.build_info.get("llama_cpp_commit", "unknown commit")
+    return f"{v} ({commit})"
+
+
+def devices() -> list[dict[str, str]]:
+    """The compute devices of the loaded library: name, description and type."""
+    L = lib()
+    kinds = {0: "cpu", 1: "gpu", 2: "igpu", 3: "accel"}
+    out = []
+    for i in range(L.ggml_backend_dev_count()):
+        dev = L.ggml_backend_dev_get(i)
+        out.append({
+            "name": (L.ggml_backend_dev_name(dev) or b"").decode(),
+            "description": (L.ggml_backend_dev_description(dev) or b"").decode(),
+            "type": kinds.get(L.ggml_backend_dev_type(dev), "unknown"),
+        })
+    return out
+
+
+def system_info() -> str:
+    """llama.cpp's CPU/GPU feature line, plus the library file, build and devices."""
+    L = lib()
+    info = (L.llama_print_system_info() or b"").decode().strip()
+    backend = L.build_info.get("backend", "unknown")
+    devs = ", ".join(f"{d['name']} ({d['description']})" for d in devices())
+    return (f"{info}\nlibrary: {L.path}\nllama.cpp: {version()}\nbuild: {backend}"
+            f"{' portable' if L.build_info.get('portable') else ''}\ndevices: {devs}")

@@ -1,0 +1,521 @@
+"""``Context``: a KV cache over a Model, and text generation with the native sampler chain."""
+
+from __future__ import annotations
+
+import codecs
+import ctypes
+import signal
+import threading
+import weakref
+from collections.abc import Generator, Iterator, Sequence
+from typing import Any
+
+import numpy as np
+
+from . import _backend, _lib, _validate
+from ._batch import Batch
+from ._cpus import usable_cpus
+from ._handle import NativeHandle
+from .model import Model
+from .sampling import SamplerChain, SamplerParams
+
+MAX_N_CTX = 1 << 24
+MAX_N_BATCH = 1 << 20
+
+
+class ContextFullError(RuntimeError, ValueError):
+    """The tokens do not fit in the context window (both a RuntimeError and a ValueError)."""
+
+
+class GenerationCancelled(RuntimeError):
+    """Generation was stopped through :meth:`Context.cancel` or a ``cancel`` event."""
+
+
+class _Cancel:
+    """Cancellation state shared with the native abort callback (holds no Context)."""
+
+    __slots__ = ("requested", "interrupted", "event")
+
+    def __init__(self) -> None:
+        self.requested = False
+        self.interrupted = False
+        self.event: threading.Event | None = None
+
+    def should_stop(self) -> bool:
+        return self.requested or self.interrupted or (self.event is not None and self.event.is_set())
+
+
+def _make_abort_callback(state: _Cancel) -> Any:
+    def _abort(_data: Any) -> bool:
+        return state.should_stop()
+    return _lib.ggml_abort_callback(_abort)
+
+
+class Context(NativeHandle):
+    """An inference context: a KV cache of ``n_ctx`` tokens over a :class:`Model`.
+
+    It remembers which tokens its cache holds, so a prompt that starts with
+    them (the next turn of a chat) evaluates only what is new.  Use one
+    Context from one thread at a time; a second thread gets a RuntimeError.
+    """
+
+    def __init__(
+        self,
+        model: Model,
+        n_ctx: int = 0,
+        n_batch: int = 2048,
+        n_threads: int = 0,
+        embeddings: bool = False,
+        *,
+        n_ubatch: int = 0,
+        n_seq_max: int = 1,
+    ) -> None:
+        if not isinstance(model, Model):
+            raise TypeError(f"model must be a mullama.Model, not {type(model).__name__}")
+        model.ptr()
+        n_ctx = _validate.integer("n_ctx", n_ctx, 0, MAX_N_CTX)
+        n_batch = _validate.integer("n_batch", n_batch, 1, MAX_N_BATCH)
+        n_threads = _validate.integer("n_threads", n_threads, 0, 4096)
+        embeddings = _validate.boolean("embeddings", embeddings)
+        n_ubatch = _validate.integer("n_ubatch", n_ubatch, 0, MAX_N_BATCH)
+        L = _backend.lib()
+        n_seq_max = _validate.integer("n_seq_max", n_seq_max, 1, int(L.llama_max_parallel_sequences()))
+        train = model.n_ctx_train
+        if train > 0 and n_ctx > train:
+            raise ValueError(f"n_ctx={n_ctx} exceeds the model's training context n_ctx_train={train}; "
+                             f"reduce n_ctx to at most {train}")
+        self._model = model
+        self._embeddings = embeddings
+        self._is_encoder = bool(L.llama_model_has_encoder(model.ptr()) and not L.llama_model_has_decoder(model.ptr()))
+        threads = n_threads or usable_cpus()
+        cp = L.llama_context_default_params()
+        cp.n_ctx = n_ctx
+        cp.n_batch = n_batch
+        # Non-causal (embedding) models need a whole sequence in one micro-batch.
+        cp.n_ubatch = n_ubatch or (n_batch if embeddings else min(n_batch, 512))
+        cp.n_seq_max = n_seq_max
+        cp.n_threads = threads
+        cp.n_threads_batch = threads
+        cp.embeddings = embeddings
+        if embeddings:
+            cp.n_outputs_max_per_seq = 0
+        _lib.take_errors()
+        ptr = L.llama_init_from_model(model.ptr(), cp)
+        if not ptr:
+            why = _lib.take_errors() or "llama.cpp could not create it (out of memory?)"
+            raise RuntimeError(f"Failed to create context (n_ctx={n_ctx or train}, n_batch={n_batch}): {why}")
+        self._attach(ptr, L.llama_free, parent=model)
+        self._mem = L.llama_get_memory(ptr)
+        self._n_ctx = int(L.llama_n_ctx(ptr))
+        self._n_batch = int(L.llama_n_batch(ptr))
+        self._n_threads = threads
+        self._batch = Batch(self._n_batch)
+        self._tokens: list[int] = []  # what the KV cache holds, in order (sequence 0)
+        self._last_prompt_evaluated = 0
+        self._chains: dict[tuple[Any, ...], SamplerChain] = {}
+        self._piece_buf = ctypes.create_string_buffer(256)
+        self._cancel = _Cancel()
+        self._abort_cb = _make_abort_callback(self._cancel)
+        self._owner: int | None = None
+        self._owner_lock = threading.Lock()
+        self._active_stream: weakref.ref[Generator[str, None, None]] | None = None
+
+    # -- properties --------------------------------------------------------------
+
+    @property
+    def model(self) -> Model:
+        return self._model
+
+    @property
+    def n_ctx(self) -> int:
+        """Context size in tokens."""
+        self.ptr()
+        return self._n_ctx
+
+    @property
+    def n_batch(self) -> int:
+        """Most tokens evaluated in one ``llama_decode`` call."""
+        self.ptr()
+        return self._n_batch
+
+    @property
+    def n_threads(self) -> int:
+        self.ptr()
+        return self._n_threads
+
+    @property
+    def tokens(self) -> list[int]:
+        """The tokens the KV cache holds, in order."""
+        self.ptr()
+        return list(self._tokens)
+
+    @property
+    def n_past(self) -> int:
+        """How many tokens the KV cache holds."""
+        self.ptr()
+        return len(self._tokens)
+
+    @property
+    def last_prompt_evaluated(self) -> int:
+        """Prompt tokens actually evaluated by the last generation (the rest came from the cache)."""
+        return self._last_prompt_evaluated
+
+    # -- thread ownership ------------------------------------------------------------
+
+    def _acquire(self) -> int:
+        ptr = self.ptr()
+        self._model.ptr()
+        me = threading.get_ident()
+        with self._owner_lock:
+            if self._owner is not None and self._owner != me:
+                raise RuntimeError("this Context is in use by another thread; use one Context per thread")
+            stream = self._active_stream() if self._active_stream is not None else None
+        if stream is not None and not stream.gi_running:
+            stream.close()  # a stream abandoned on this thread: finish it before starting anew
+        with self._owner_lock:
+            self._owner = me
+        self._cancel.requested = False
+        self._cancel.interrupted = False
+        return ptr
+
+    def _release(self) -> None:
+        with self._owner_lock:
+            self._owner = None
+        self._cancel.event = None
+
+    def cancel(self) -> None:
+        """Ask a running generation or prompt evaluation (in another thread) to stop.
+
+        The running call raises :class:`GenerationCancelled` within about one
+        token or one batch, and the Context stays usable.
+        """
+        self._cancel.requested = True
+
+    # -- KV cache ------------------------------------------------------------------
+
+    def clear_cache(self) -> None:
+        """Empty the KV cache (start of a new, unrelated conversation)."""
+        self.ptr()
+        if self._mem:
+            _backend.lib().llama_memory_clear(self._mem, True)
+        self._tokens = []
+
+    def _truncate_cache(self, keep: int) -> int:
+        """Keep the first ``keep`` cached tokens, drop the rest; returns how many were kept."""
+        if keep >= len(self._tokens):
+            return len(self._tokens)
+        L = _backend.lib()
+        if self._mem and keep > 0 and L.llama_memory_seq_rm(self._mem, 0, keep, -1):
+            del self._tokens[keep:]
+            return keep
+        self.clear_cache()  # partial removal unsupported (e.g. recurrent state): start over
+        return 0
+
+    def _decode_chunks(self, ctx: int, tokens: Sequence[int] | np.ndarray, output_all: bool = False) -> None:
+        """Evaluate tokens at the end of the cache, n_batch at a time; outputs for the last (or all)."""
+        L = _backend.lib()
+        run = L.llama_encode if self._is_encoder else L.llama_decode
+        batch = self._batch
+        n = len(tokens)
+        if len(self._tokens) + n > self._n_ctx:
+            raise ContextFullError(
+                f"{n} tokens do not fit in the context: it holds {len(self._tokens)} of n_ctx={self._n_ctx}; "
+                f"use a larger n_ctx or a shorter prompt")
+        if self._is_encoder and n > self._n_batch:
+            raise ContextFullError(f"{n} tokens exceed n_batch={self._n_batch}, which an embedding model "
+                                   f"must evaluate at once; use a larger n_batch")
+        interruptible = _SigintGuard(self._cancel)
+        L.llama_set_abort_callback(ctx, self._abort_cb, None)
+        try:
+            with interruptible:
+                for start in range(0, n, self._n_batch):
+                    chunk = tokens[start:start + self._n_batch]
+                    batch.fill(chunk, len(self._tokens), output_last=start + len(chunk) == n, output_all=output_all)
+                    rc = run(ctx, batch.struct)
+                    if rc != 0:
+                        self._after_failed_decode(rc, len(self._tokens))
+                    self._tokens.extend(int(t) for t in chunk)
+        finally:
+            L.llama_set_abort_callback(ctx, _lib.ggml_abort_callback(), None)
+
+    def _after_failed_decode(self, rc: int, n_before: int) -> None:
+        # Whatever part of the batch reached the cache is dropped, so that the
+        # cache and self._tokens agree again.
+        self._truncate_cache(n_before)
+        if self._mem:
+            _backend.lib().llama_memory_seq_rm(self._mem, 0, len(self._tokens), -1)
+        self._raise_if_cancelled()
+        if rc == 1:
+            raise ContextFullError(f"no room left in the KV cache (n_ctx={self._n_ctx}); use a larger n_ctx")
+        raise RuntimeError(f"llama_decode failed with status {rc}: {_lib.take_errors() or 'see the mullama log'}")
+
+    def _raise_if_cancelled(self) -> None:
+        if self._cancel.interrupted:
+            self._cancel.interrupted = False
+            raise KeyboardInterrupt
+        if self._cancel.requested or (self._cancel.event is not None and self._cancel.event.is_set()):
+            self._cancel.requested = False
+            raise GenerationCancelled("generation was cancelled")
+
+    def decode(self, tokens: Sequence[int]) -> None:
+        """Append ``tokens`` to the context and evaluate them (logits/embeddings of the last are kept)."""
+        ctx = self._acquire()
+        try:
+            ids = _validate.token_list("tokens", tokens, self._model._n_vocab)
+            if not ids:
+                raise ValueError("tokens is empty")
+            if self._is_encoder or (self._embeddings and not self._mem):
+                self._tokens = []  # encoder-only models keep no cache: each call stands alone
+            self._decode_chunks(ctx, ids, output_all=self._embeddings)
+        finally:
+            self._release()
+
+    def get_embeddings(self) -> np.ndarray | None:
+        """The embedding of the last decoded tokens (pooled per the model, else the last token's).
+
+        Returns a float32 array of shape ``(n_embd,)``, or None when this
+        Context was not created with ``embeddings=True`` or nothing was decoded.
+        """
+        ctx = self.ptr()
+        if not self._embeddings or not self._tokens and not self._is_encoder:
+            return None
+        L = _backend.lib()
+        n = int(L.llama_model_n_embd_out(self._model.ptr())) or self._model.n_embd
+        if L.llama_pooling_type(ctx) != _lib.LLAMA_POOLING_TYPE_NONE:
+            p = L.llama_get_embeddings_seq(ctx, 0)
+        else:
+            p = L.llama_get_embeddings_ith(ctx, -1)
+        if not p:
+            return None
+        return np.ctypeslib.as_array(p, shape=(n,)).copy()
+
+    # -- generation ---------------------------------------------------------------
+
+    def _prompt_tokens(self, prompt: str | Sequence[int]) -> list[int]:
+        if isinstance(prompt, str):
+            if not prompt:
+                raise RuntimeError("Generation error: the prompt is empty")
+            return self._model.tokenize(prompt, add_bos=True, special=True)
+        ids = _validate.token_list("prompt", prompt, self._model._n_vocab)
+        if not ids:
+            raise RuntimeError("Generation error: the prompt is empty")
+        return ids
+
+    def _chain(self, params: SamplerParams | None) -> SamplerChain:
+        if params is None:
+            params = _DEFAULT_PARAMS
+        elif not isinstance(params, SamplerParams):
+            raise TypeError(f"params must be a SamplerParams or None, not {type(params).__name__}")
+        key = params.key()
+        chain = self._chains.get(key)
+        if chain is None:
+            if len(self._chains) >= 8:
+                self._chains.pop(next(iter(self._chains))).close()
+            chain = self._chains[key] = SamplerChain(params, self._model._n_vocab)
+        return chain
+
+    def generate(
+        self,
+        prompt: str | Sequence[int],
+        max_tokens: int = 100,
+        params: SamplerParams | None = None,
+        *,
+        stop: Sequence[str] | None = None,
+        cancel: threading.Event | None = None,
+    ) -> str:
+        """Generate up to ``max_tokens`` tokens after ``prompt`` (text or token ids).
+
+        Stops early at an end-of-generation token or at the first of the
+        ``stop`` strings (which is not included).  A string prompt is
+        tokenized with the model's BOS and with special tokens parsed, so a
+        prompt from :meth:`Model.apply_chat_template` works as is.
+        """
+        return "".join(self._stream(prompt, max_tokens, params, stop, cancel))
+
+    def generate_stream(
+        self,
+        prompt: str | Sequence[int],
+        max_tokens: int = 100,
+        params: SamplerParams | None = None,
+        *,
+        stop: Sequence[str] | None = None,
+        cancel: threading.Event | None = None,
+    ) -> Iterator[str]:
+        """Like :meth:`generate`, but yields each piece of text as soon as its token is sampled.
+
+        Pieces never split a UTF-8 character, and ``"".join(pieces)`` equals
+        what :meth:`generate` returns.  Leaving the loop early is fine.
+        """
+        gen = self._stream(prompt, max_tokens, params, stop, cancel)
+        self._active_stream = weakref.ref(gen)
+        return gen
+
+    def _stream(
+        self,
+        prompt: str | Sequence[int],
+        max_tokens: int,
+        params: SamplerParams | None,
+        stop: Sequence[str] | None,
+        cancel: threading.Event | None,
+    ) -> Generator[str, None, None]:
+        # Arguments are checked before the first piece is asked for, so that
+        # generate_stream() raises at the call for bad input.
+        max_tokens = _validate.integer("max_tokens", max_tokens, 0)
+        stops = _check_stops(stop)
+        if cancel is not None and not isinstance(cancel, threading.Event):
+            raise TypeError("cancel must be a threading.Event or None")
+        self.ptr()
+        tokens = self._prompt_tokens(prompt)
+        chain = self._chain(params)
+        if len(tokens) > self._n_ctx:
+            raise ContextFullError(f"the prompt has {len(tokens)} tokens but the context holds n_ctx={self._n_ctx}; "
+                                   f"use a larger n_ctx or a shorter prompt")
+        return self._generate(tokens, max_tokens, chain, stops, cancel)
+
+    def _generate(self, tokens: list[int], max_tokens: int, chain: SamplerChain,
+                  stops: tuple[str, ...], cancel: threading.Event | None) -> Generator[str, None, None]:
+        ctx = self._acquire()
+        self._cancel.event = cancel
+        try:
+            self._eval_prompt(ctx, tokens)
+            if max_tokens == 0:
+                return
+            L = _backend.lib()
+            smpl = chain.ptr()
+            L.llama_sampler_reset(smpl)
+            if chain.uses_penalties:
+                window = tokens if chain.penalty_last_n < 0 else tokens[-chain.penalty_last_n:]
+                for t in window:
+                    L.llama_sampler_accept(smpl, t)
+            yield from self._token_loop(ctx, smpl, max_tokens, stops)
+        finally:
+            self._release()
+
+    def _eval_prompt(self, ctx: int, tokens: list[int]) -> None:
+        # Reuse the longest cached prefix; the last prompt token is always
+        # evaluated again so that its logits are fresh.
+        common = 0
+        cached = self._tokens
+        limit = min(len(cached), len(tokens) - 1)
+        while common < limit and cached[common] == tokens[common]:
+            common += 1
+        kept = self._truncate_cache(common)
+        self._last_prompt_evaluated = len(tokens) - kept
+        self._decode_chunks(ctx, tokens[kept:])
+
+    def _token_loop(self, ctx: int, smpl: int, max_tokens: int,
+                    stops: tuple[str, ...]) -> Generator[str, None, None]:
+        L = _backend.lib()
+        sample = L.llama_sampler_sample
+        is_eog = L.llama_vocab_is_eog
+        to_piece = L.llama_token_to_piece
+        run = L.llama_decode
+        vocab = self._model._vocab
+        buf = self._piece_buf
+        cap = len(buf)
+        batch = self._batch
+        cached = self._tokens
+        n_ctx = self._n_ctx
+        cancel = self._cancel
+        utf8 = codecs.getincrementaldecoder("utf-8")("replace")
+        held = ""  # text withheld because it may be the start of a stop string
+        guard = _SigintGuard(cancel)
+        with guard:
+            for i in range(max_tokens):
+                tok = sample(smpl, ctx, -1)
+                if is_eog(vocab, tok):
+                    break
+                n = to_piece(vocab, tok, buf, cap, 0, False)
+                piece = ctypes.string_at(buf, n) if n >= 0 else self._model._piece(tok, False)
+                text = utf8.decode(piece)
+                if stops:
+                    text, hit = _apply_stops(held + text, stops)
+                    text, held = (text, "") if hit else _hold_back(text, stops)
+                    if text:
+                        yield text
+                    if hit:
+                        return
+                elif text:
+                    yield text
+                if i + 1 == max_tokens:
+                    break
+                if cancel.requested or cancel.interrupted or (cancel.event is not None and cancel.event.is_set()):
+                    self._raise_if_cancelled()
+                if len(cached) >= n_ctx:
+                    raise ContextFullError(
+                        f"the context is full (n_ctx={n_ctx}) after {i + 1} generated tokens; "
+                        f"use a larger n_ctx, fewer max_tokens or a shorter prompt")
+                batch.set_one(tok, len(cached))
+                rc = run(ctx, batch.struct)
+                if rc != 0:
+                    self._after_failed_decode(rc, len(cached))
+                cached.append(tok)
+        tail = held + utf8.decode(b"", final=True)
+        if tail:
+            yield tail
+
+    def __repr__(self) -> str:
+        if self.closed:
+            return "Context(closed)"
+        return f"Context(n_ctx={self._n_ctx}, n_batch={self._n_batch}, n_past={len(self._tokens)})"
+
+
+_DEFAULT_PARAMS = SamplerParams()
+
+
+def _check_stops(stop: Sequence[str] | None) -> tuple[str, ...]:
+    if stop is None:
+        return ()
+    if isinstance(stop, str):
+        stop = [stop]
+    if not isinstance(stop, Sequence) or not all(isinstance(s, str) for s in stop):
+        raise TypeError("stop must be a list of str")
+    if any(not s for s in stop):
+        raise ValueError("stop strings must not be empty")
+    return tuple(stop)
+
+
+def _apply_stops(text: str, stops: tuple[str, ...]) -> tuple[str, bool]:
+    cut = min((i for i in (text.find(s) for s in stops) if i >= 0), default=-1)
+    return (text[:cut], True) if cut >= 0 else (text, False)
+
+
+def _hold_back(text: str, stops: tuple[str, ...]) -> tuple[str, str]:
+    """Split off the longest tail of ``text`` that could begin a stop string."""
+    keep = 0
+    for s in stops:
+        for k in range(min(len(s) - 1, len(text)), keep, -1):
+            if s.startswith(text[-k:]):
+                keep = k
+                break
+    return (text[:-keep], text[-keep:]) if keep else (text, "")
+
+
+class _SigintGuard:
+    """While native code runs on the main thread, Ctrl-C sets a flag the abort callback sees.
+
+    The previous handler comes back afterwards and the interrupt is raised
+    as KeyboardInterrupt once llama.cpp has stopped cleanly.
+    """
+
+    def __init__(self, state: _Cancel) -> None:
+        self.state = state
+        self.previous: Any = None
+        self.active = False
+
+    def __enter__(self) -> None:
+        if threading.current_thread() is threading.main_thread() \
+                and signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+            self.previous = signal.signal(signal.SIGINT, self._on_sigint)
+            self.active = True
+
+    def _on_sigint(self, signum: int, frame: Any) -> None:
+        self.state.interrupted = True
+
+    def __exit__(self, *exc: object) -> None:
+        if self.active:
+            signal.signal(signal.SIGINT, self.previous)
+            self.active = False
+        if self.state.interrupted and exc[0] is None:
+            self.state.interrupted = False
+            raise KeyboardInterrupt

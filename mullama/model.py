@@ -1,0 +1,394 @@
+"""``Model``: a loaded GGUF model, its vocabulary, metadata and chat template."""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import warnings
+from pathlib import Path
+from typing import Any, Callable, Optional, Sequence, Union
+
+from . import _backend, _gguf, _lib, _validate
+from ._handle import NativeHandle
+from .chat_template import Message, normalize_messages, render
+
+PathLike = Union[str, "os.PathLike[str]"]
+ProgressCallback = Callable[[float], Optional[bool]]
+
+
+def _load_mode(use_mmap: bool, use_mlock: bool) -> int:
+    if use_mmap and use_mlock:
+        return _lib.LLAMA_LOAD_MODE_MMAP_MLOCK
+    if use_mmap:
+        return _lib.LLAMA_LOAD_MODE_MMAP
+    if use_mlock:
+        return _lib.LLAMA_LOAD_MODE_MLOCK
+    return _lib.LLAMA_LOAD_MODE_NONE
+
+
+def builtin_chat_templates() -> list[str]:
+    """Names of the chat templates built into llama.cpp (usable as ``template=``)."""
+    L = _backend.lib()
+    n = L.llama_chat_builtin_templates(None, 0)
+    arr = (ctypes.c_char_p * n)()
+    L.llama_chat_builtin_templates(arr, n)
+    return sorted(s.decode() for s in arr if s)
+
+
+class Model(NativeHandle):
+    """A GGUF model loaded by llama.cpp.  Create it with :meth:`Model.load`.
+
+    A Model may be shared by many threads; each thread should use its own
+    :class:`~mullama.Context`.  ``close()`` (or ``with``) frees it at once;
+    Contexts still using it keep the native model alive until they close.
+    """
+
+    _path: Path
+    _vocab: int
+    _n_vocab: int
+
+    def __init__(self) -> None:  # use Model.load()
+        raise TypeError("use Model.load(path, ...) to create a Model")
+
+    @classmethod
+    def load(
+        cls,
+        path: PathLike,
+        n_gpu_layers: int = 0,
+        use_mmap: bool = True,
+        use_mlock: bool = False,
+        vocab_only: bool = False,
+        progress_callback: ProgressCallback | None = None,
+    ) -> Model:
+        """Load a GGUF model.
+
+        ``n_gpu_layers``: layers to offload to the GPU (0 = CPU only, -1 = all).
+        ``progress_callback(fraction)`` is called during loading; returning
+        ``False`` cancels the load (RuntimeError).  Raises RuntimeError when
+        the file is missing, unreadable or not a valid GGUF model.
+        """
+        if not isinstance(path, (str, os.PathLike)):
+            raise TypeError(f"path must be a str or os.PathLike, not {type(path).__name__}")
+        n_gpu_layers = _validate.integer("n_gpu_layers", n_gpu_layers, lo=-1)
+        use_mmap = _validate.boolean("use_mmap", use_mmap)
+        use_mlock = _validate.boolean("use_mlock", use_mlock)
+        vocab_only = _validate.boolean("vocab_only", vocab_only)
+        if progress_callback is not None and not callable(progress_callback):
+            raise TypeError("progress_callback must be callable")
+        fspath = os.fspath(path)
+        if not isinstance(fspath, str):
+            raise TypeError("path must be a text path, not bytes")
+        p = Path(fspath)
+        if not p.exists():
+            raise RuntimeError(f"Failed to load model: No such file or directory: {fspath}")
+        if p.is_dir():
+            raise RuntimeError(f"Failed to load model: {fspath} is a directory, not a GGUF file")
+        try:
+            _gguf.read_header(p)
+        except _gguf.GGUFError as e:
+            raise RuntimeError(f"Failed to load model: {fspath} is not a valid GGUF file: {e}") from None
+        except OSError as e:
+            raise RuntimeError(f"Failed to load model: cannot read {fspath}: {e.strerror or e}") from None
+
+        L = _backend.lib()
+        if n_gpu_layers != 0 and not L.llama_supports_gpu_offload():
+            warnings.warn(
+                f"n_gpu_layers={n_gpu_layers} ignored: the loaded library ({L.path.name}, "
+                f"{L.build_info.get('backend', 'unknown')} build) has no GPU offload; running on the CPU",
+                RuntimeWarning, stacklevel=2,
+            )
+        params = L.llama_model_default_params()
+        params.n_gpu_layers = n_gpu_layers
+        params.load_mode = _load_mode(use_mmap, use_mlock)
+        params.vocab_only = vocab_only
+        callback_error: list[BaseException] = []
+        if progress_callback is not None:
+            def _progress(fraction: float, _user: Any) -> bool:
+                try:
+                    return progress_callback(fraction) is not False
+                except BaseException as e:  # noqa: BLE001 - re-raised after the load
+                    callback_error.append(e)
+                    return False
+            c_progress = _lib.llama_progress_callback(_progress)
+            params.progress_callback = c_progress
+        _lib.take_errors()
+        ptr = L.llama_model_load_from_file(fspath.encode("utf-8"), params)
+        if callback_error:
+            if ptr:
+                L.llama_model_free(ptr)
+            raise callback_error[0]
+        if not ptr:
+            why = _lib.take_errors() or "llama.cpp could not load it (enable logging for 'mullama' for details)"
+            if progress_callback is not None and "cancel" in why.lower():
+                why = "loading was cancelled by progress_callback"
+            raise RuntimeError(f"Failed to load model: {fspath}: {why}")
+        self = object.__new__(cls)
+        self._attach(ptr, L.llama_model_free)
+        self._path = p
+        self._vocab = L.llama_model_get_vocab(ptr)
+        self._n_vocab = L.llama_vocab_n_tokens(self._vocab)
+        return self
+
+    # -- properties -----------------------------------------------------------
+
+    @property
+    def path(self) -> Path:
+        """The file this model was loaded from."""
+        return self._path
+
+    @property
+    def n_ctx_train(self) -> int:
+        """Context length the model was trained with."""
+        return int(_backend.lib().llama_model_n_ctx_train(self.ptr()))
+
+    @property
+    def n_embd(self) -> int:
+        """Embedding dimension."""
+        return int(_backend.lib().llama_model_n_embd(self.ptr()))
+
+    @property
+    def n_vocab(self) -> int:
+        """Number of tokens in the vocabulary."""
+        self.ptr()
+        return self._n_vocab
+
+    @property
+    def n_layer(self) -> int:
+        """Number of layers."""
+        return int(_backend.lib().llama_model_n_layer(self.ptr()))
+
+    @property
+    def n_head(self) -> int:
+        """Number of attention heads."""
+        return int(_backend.lib().llama_model_n_head(self.ptr()))
+
+    @property
+    def token_bos(self) -> int:
+        """Beginning-of-sequence token id (-1 if the model has none)."""
+        self.ptr()
+        return int(_backend.lib().llama_vocab_bos(self._vocab))
+
+    @property
+    def token_eos(self) -> int:
+        """End-of-sequence token id (-1 if the model has none)."""
+        self.ptr()
+        return int(_backend.lib().llama_vocab_eos(self._vocab))
+
+    @property
+    def size(self) -> int:
+        """Total size of the model's tensors in bytes."""
+        return int(_backend.lib().llama_model_size(self.ptr()))
+
+    @property
+    def n_params(self) -> int:
+        """Number of parameters."""
+        return int(_backend.lib().llama_model_n_params(self.ptr()))
+
+    @property
+    def description(self) -> str:
+        """llama.cpp's one-line description, e.g. 'llama ?B Q4_1'."""
+        ptr = self.ptr()
+        buf = ctypes.create_string_buffer(256)
+        n = _backend.lib().llama_model_desc(ptr, buf, len(buf))
+        return buf.raw[:max(0, min(n, len(buf) - 1))].decode("utf-8", "replace")
+
+    @property
+    def architecture(self) -> str | None:
+        """Architecture name from the metadata (e.g. 'llama')."""
+        return self.meta("general.architecture")
+
+    @property
+    def name(self) -> str | None:
+        """Model name from the metadata, if any."""
+        return self.meta("general.name")
+
+    @property
+    def add_bos(self) -> bool:
+        """Whether the vocabulary asks for a BOS token at the start of a prompt."""
+        self.ptr()
+        return bool(_backend.lib().llama_vocab_get_add_bos(self._vocab))
+
+    # -- metadata ----------------------------------------------------------------
+
+    def meta(self, key: str) -> str | None:
+        """One metadata value as a string, or None if the key is absent."""
+        _validate.string("key", key)
+        ptr = self.ptr()
+        L = _backend.lib()
+        k = key.encode("utf-8")
+        n = L.llama_model_meta_val_str(ptr, k, None, 0)
+        if n < 0:
+            return None
+        buf = ctypes.create_string_buffer(n + 1)
+        L.llama_model_meta_val_str(ptr, k, buf, n + 1)
+        return buf.raw[:n].decode("utf-8", "replace")
+
+    def metadata(self) -> dict[str, str]:
+        """All metadata as strings (arrays are summarised by llama.cpp)."""
+        ptr = self.ptr()
+        L = _backend.lib()
+        out: dict[str, str] = {}
+        for i in range(L.llama_model_meta_count(ptr)):
+            kn = L.llama_model_meta_key_by_index(ptr, i, None, 0)
+            vn = L.llama_model_meta_val_str_by_index(ptr, i, None, 0)
+            if kn < 0 or vn < 0:
+                continue
+            kb = ctypes.create_string_buffer(kn + 1)
+            vb = ctypes.create_string_buffer(vn + 1)
+            L.llama_model_meta_key_by_index(ptr, i, kb, kn + 1)
+            L.llama_model_meta_val_str_by_index(ptr, i, vb, vn + 1)
+            out[kb.raw[:kn].decode("utf-8", "replace")] = vb.raw[:vn].decode("utf-8", "replace")
+        return out
+
+    # -- tokenizer -------------------------------------------------------------
+
+    def tokenize(self, text: str, add_bos: bool = True, special: bool = False) -> list[int]:
+        """Text -> token ids.
+
+        ``add_bos`` adds the model's start-of-sequence tokens (BOS, and those
+        the vocabulary asks for) when it has them; ``special`` parses special
+        tokens such as ``<|im_start|>`` in the text.
+        """
+        _validate.string("text", text)
+        _validate.boolean("add_bos", add_bos)
+        _validate.boolean("special", special)
+        self.ptr()
+        try:
+            raw = text.encode("utf-8")
+        except UnicodeEncodeError as e:
+            raise ValueError(f"text is not valid Unicode at position {e.start}: lone surrogate "
+                             f"{text[e.start]!r} cannot be encoded as UTF-8") from None
+        return self._tokenize_bytes(raw, add_bos, special)
+
+    def _tokenize_bytes(self, raw: bytes, add_bos: bool, special: bool) -> list[int]:
+        L = _backend.lib()
+        if len(raw) > 0x7FFFFFF0:
+            raise ValueError(f"text of {len(raw)} bytes is too long to tokenize")
+        cap = len(raw) + 8
+        buf = (_lib.llama_token * cap)()
+        n = L.llama_tokenize(self._vocab, raw, len(raw), buf, cap, add_bos, special)
+        if n < 0:
+            cap = -n
+            buf = (_lib.llama_token * cap)()
+            n = L.llama_tokenize(self._vocab, raw, len(raw), buf, cap, add_bos, special)
+        if n < 0:
+            raise RuntimeError(f"tokenization failed ({n})")
+        return buf[:n]
+
+    def detokenize(self, tokens: Sequence[int], remove_special: bool = False,
+                   unparse_special: bool = False) -> str:
+        """Token ids -> text.  Ids outside the vocabulary raise ValueError.
+
+        ``remove_special`` drops the BOS/EOS the tokenizer would add;
+        ``unparse_special`` renders special tokens (e.g. ``<|im_end|>``) as text.
+        """
+        _validate.boolean("remove_special", remove_special)
+        _validate.boolean("unparse_special", unparse_special)
+        self.ptr()
+        ids = _validate.token_list("tokens", tokens, self._n_vocab)
+        return self._detokenize_bytes(ids, remove_special, unparse_special).decode("utf-8", "replace")
+
+    def _detokenize_bytes(self, ids: list[int], remove_special: bool, unparse_special: bool) -> bytes:
+        if not ids:
+            return b""
+        L = _backend.lib()
+        arr = (_lib.llama_token * len(ids))(*ids)
+        cap = len(ids) * 8 + 16
+        buf = ctypes.create_string_buffer(cap)
+        n = L.llama_detokenize(self._vocab, arr, len(ids), buf, cap, remove_special, unparse_special)
+        if n < 0:
+            cap = -n
+            buf = ctypes.create_string_buffer(cap)
+            n = L.llama_detokenize(self._vocab, arr, len(ids), buf, cap, remove_special, unparse_special)
+        if n < 0:
+            raise RuntimeError(f"detokenization failed ({n})")
+        return buf.raw[:n]
+
+    def token_to_piece(self, token: int, special: bool = False) -> bytes:
+        """The bytes of one token (may be part of a UTF-8 character)."""
+        _validate.integer("token", token, 0, self.n_vocab - 1)
+        return self._piece(token, special)
+
+    def _piece(self, token: int, special: bool, buf: ctypes.Array[ctypes.c_char] | None = None) -> bytes:
+        L = _backend.lib()
+        if buf is None:
+            buf = ctypes.create_string_buffer(64)
+        n = L.llama_token_to_piece(self._vocab, token, buf, len(buf), 0, special)
+        if n < 0:
+            big = ctypes.create_string_buffer(-n)
+            n = L.llama_token_to_piece(self._vocab, token, big, len(big), 0, special)
+            return big.raw[:n]
+        return buf.raw[:n]
+
+    def token_is_eog(self, token: int) -> bool:
+        """True for end-of-generation tokens (EOS, EOT, <|im_end|>, ...)."""
+        self.ptr()
+        t = _validate.integer("token", token, 0, self._n_vocab - 1)
+        return bool(_backend.lib().llama_vocab_is_eog(self._vocab, t))
+
+    # -- chat templates ----------------------------------------------------------
+
+    @property
+    def chat_template(self) -> str | None:
+        """The model's own Jinja chat template (``tokenizer.chat_template``), if any."""
+        ptr = self.ptr()
+        t = _backend.lib().llama_model_chat_template(ptr, None)
+        return t.decode("utf-8") if t else None
+
+    def _special_tokens(self) -> dict[str, str]:
+        L = _backend.lib()
+        out: dict[str, str] = {}
+        for key, tok in (("bos_token", L.llama_vocab_bos(self._vocab)), ("eos_token", L.llama_vocab_eos(self._vocab)),
+                         ("pad_token", L.llama_vocab_pad(self._vocab))):
+            if 0 <= tok < self._n_vocab:
+                text = L.llama_vocab_get_text(self._vocab, tok)
+                if text is not None:
+                    out[key] = text.decode("utf-8", "replace")
+        return out
+
+    def apply_chat_template(self, messages: Sequence[Message], add_generation_prompt: bool = True,
+                            template: str | None = None) -> str:
+        """Format a conversation with the model's own chat template.
+
+        ``messages`` is a list of ``(role, content)`` tuples (or dicts with
+        ``role`` and ``content``).  The model's Jinja template is rendered as
+        Hugging Face transformers renders it.  ``template`` overrides it: the
+        name of one of llama.cpp's built-in templates (see
+        :func:`mullama.builtin_chat_templates`) or Jinja source.
+        """
+        _validate.boolean("add_generation_prompt", add_generation_prompt)
+        if template is not None:
+            _validate.string("template", template)
+        self.ptr()
+        msgs = normalize_messages(messages)
+        source = template if template is not None else self.chat_template
+        if source is None:
+            raise RuntimeError(
+                f"model {self.name or self._path.name} has no chat template; pass template= with the name of a "
+                f"built-in template ({', '.join(builtin_chat_templates()[:6])}, ...) or Jinja source"
+            )
+        if template is not None and "{" not in template:
+            return self._apply_builtin_template(template, msgs, add_generation_prompt)
+        return render(source, msgs, add_generation_prompt, self._special_tokens())
+
+    def _apply_builtin_template(self, name: str, msgs: list[dict[str, Any]], add_ass: bool) -> str:
+        if name not in builtin_chat_templates():
+            raise ValueError(f"unknown built-in chat template {name!r}; known: {', '.join(builtin_chat_templates())}")
+        L = _backend.lib()
+        encoded = [(m["role"].encode("utf-8"), m["content"].encode("utf-8")) for m in msgs]
+        arr = (_lib.llama_chat_message * len(encoded))(*[_lib.llama_chat_message(r, c) for r, c in encoded])
+        cap = sum(len(r) + len(c) for r, c in encoded) * 2 + 256
+        buf = ctypes.create_string_buffer(cap)
+        n = L.llama_chat_apply_template(name.encode(), arr, len(encoded), add_ass, buf, cap)
+        if n > cap:
+            buf = ctypes.create_string_buffer(n)
+            n = L.llama_chat_apply_template(name.encode(), arr, len(encoded), add_ass, buf, n)
+        if n < 0:
+            raise ValueError(f"llama.cpp could not apply chat template {name!r}")
+        return buf.raw[:n].decode("utf-8", "replace")
+
+    def __repr__(self) -> str:
+        if self.closed:
+            return "Model(closed)"
+        return (f"Model(name={self.name!r}, arch={self.architecture!r}, params={self.n_params}, "
+                f"size={self.size // 1_000_000}MB)")

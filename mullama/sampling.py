@@ -1,0 +1,179 @@
+"""``SamplerParams`` and the native llama.cpp sampler chain built from them."""
+
+from __future__ import annotations
+
+from typing import Any, Final
+
+from . import _backend, _validate
+from ._handle import NativeHandle
+
+LLAMA_DEFAULT_SEED: Final = 0xFFFFFFFF  # llama.cpp draws a fresh random seed on every reset
+
+# name -> (default, kind, lo, hi); checked on construction and on every assignment
+_FIELDS: Final[dict[str, tuple[Any, str, float | None, float | None]]] = {
+    "temperature": (0.8, "float", 0.0, None),
+    "top_k": (40, "int", 0, None),
+    "top_p": (0.95, "float", 0.0, 1.0),
+    "min_p": (0.05, "float", 0.0, 1.0),
+    "typical_p": (1.0, "float", 0.0, 1.0),
+    "penalty_repeat": (1.1, "float", 0.0, None),
+    "penalty_freq": (0.0, "float", None, None),
+    "penalty_present": (0.0, "float", None, None),
+    "penalty_last_n": (64, "int", -1, None),
+    "seed": (0, "int", 0, 0xFFFFFFFE),
+}
+
+
+class SamplerParams:
+    """Sampling settings.  Every field is readable and writable, and validated.
+
+    The chain applied, in llama.cpp's order: repetition penalties, top-k,
+    typical, top-p, min-p, temperature, then a seeded random pick (or the
+    most likely token when ``temperature`` is 0).  ``seed=0`` draws a new
+    random seed for every generation; any other seed reproduces the output.
+    """
+
+    __slots__ = tuple(f"_{name}" for name in _FIELDS)
+
+    temperature: float
+    top_k: int
+    top_p: float
+    min_p: float
+    typical_p: float
+    penalty_repeat: float
+    penalty_freq: float
+    penalty_present: float
+    penalty_last_n: int
+    seed: int
+
+    def __init__(
+        self,
+        temperature: float = 0.8,
+        top_k: int = 40,
+        top_p: float = 0.95,
+        min_p: float = 0.05,
+        typical_p: float = 1.0,
+        penalty_repeat: float = 1.1,
+        penalty_freq: float = 0.0,
+        penalty_present: float = 0.0,
+        penalty_last_n: int = 64,
+        seed: int = 0,
+    ) -> None:
+        self.temperature = temperature
+        self.top_k = top_k
+        self.top_p = top_p
+        self.min_p = min_p
+        self.typical_p = typical_p
+        self.penalty_repeat = penalty_repeat
+        self.penalty_freq = penalty_freq
+        self.penalty_present = penalty_present
+        self.penalty_last_n = penalty_last_n
+        self.seed = seed
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        spec = _FIELDS.get(name)
+        if spec is None:
+            raise AttributeError(f"SamplerParams has no field {name!r}; fields: {', '.join(_FIELDS)}")
+        _, kind, lo, hi = spec
+        if kind == "int":
+            v: Any = _validate.integer(name, value, None if lo is None else int(lo), None if hi is None else int(hi))
+        else:
+            v = _validate.number(name, value, lo, hi)
+            if name == "penalty_repeat" and v <= 0:
+                raise ValueError(f"penalty_repeat must be > 0, got {v}")
+            if name in ("top_p", "typical_p") and v <= 0:
+                raise ValueError(f"{name} must be > 0 (1.0 disables it), got {v}")
+        object.__setattr__(self, f"_{name}", v)
+
+    def __getattr__(self, name: str) -> Any:
+        if name in _FIELDS:
+            return object.__getattribute__(self, f"_{name}")
+        raise AttributeError(f"SamplerParams has no field {name!r}")
+
+    # -- presets (values as the Node.js API documents them) ------------------------
+
+    @staticmethod
+    def greedy() -> SamplerParams:
+        """Deterministic: always the most likely token."""
+        return SamplerParams(temperature=0.0, top_k=1, top_p=1.0, min_p=0.0, penalty_repeat=1.0)
+
+    @staticmethod
+    def creative() -> SamplerParams:
+        """High randomness."""
+        return SamplerParams(temperature=1.2, top_k=100, top_p=0.95, min_p=0.0, penalty_repeat=1.0)
+
+    @staticmethod
+    def precise() -> SamplerParams:
+        """Low randomness, mild repetition penalty."""
+        return SamplerParams(temperature=0.3, top_k=20, top_p=0.8, min_p=0.05, penalty_repeat=1.1)
+
+    # -- value semantics ------------------------------------------------------------
+
+    def to_dict(self) -> dict[str, Any]:
+        return {name: getattr(self, name) for name in _FIELDS}
+
+    def key(self) -> tuple[Any, ...]:
+        """A hashable snapshot, used to reuse an already-built native chain."""
+        return tuple(getattr(self, name) for name in _FIELDS)
+
+    def copy(self) -> SamplerParams:
+        return SamplerParams(**self.to_dict())
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, SamplerParams):
+            return NotImplemented
+        return self.key() == other.key()
+
+    __hash__ = None  # type: ignore[assignment]  # mutable
+
+    def __repr__(self) -> str:
+        return "SamplerParams(" + ", ".join(f"{k}={v!r}" for k, v in self.to_dict().items()) + ")"
+
+    @property
+    def is_greedy(self) -> bool:
+        return self.temperature <= 0.0 or self.top_k == 1
+
+
+class SamplerChain(NativeHandle):
+    """A native sampler chain for one parameter set (built once, reset per generation)."""
+
+    def __init__(self, params: SamplerParams, n_vocab: int) -> None:
+        L = _backend.lib()
+        self.params_key = params.key()
+        self.uses_penalties = params.penalty_last_n != 0 and (
+            params.penalty_repeat != 1.0 or params.penalty_freq != 0.0 or params.penalty_present != 0.0)
+        self.penalty_last_n = params.penalty_last_n
+        chain = L.llama_sampler_chain_init(L.llama_sampler_chain_default_params())
+        if not chain:
+            raise RuntimeError("could not create a sampler chain")
+        self._attach(chain, L.llama_sampler_free)
+        add = L.llama_sampler_chain_add
+
+        def _add(sampler: int | None, what: str) -> None:
+            if not sampler:
+                raise RuntimeError(f"llama.cpp could not create the {what} sampler")
+            add(chain, sampler)  # the chain owns it from here on
+
+        if self.uses_penalties:
+            _add(L.llama_sampler_init_penalties(n_vocab, params.penalty_last_n, params.penalty_repeat,
+                                                params.penalty_freq, params.penalty_present), "penalties")
+        if params.is_greedy:
+            _add(L.llama_sampler_init_greedy(), "greedy")
+            return
+        if params.top_k > 0:
+            _add(L.llama_sampler_init_top_k(params.top_k), "top-k")
+        if params.typical_p < 1.0:
+            _add(L.llama_sampler_init_typical(params.typical_p, 1), "typical")
+        if params.top_p < 1.0:
+            _add(L.llama_sampler_init_top_p(params.top_p, 1), "top-p")
+        if params.min_p > 0.0:
+            _add(L.llama_sampler_init_min_p(params.min_p, 1), "min-p")
+        _add(L.llama_sampler_init_temp(params.temperature), "temperature")
+        _add(L.llama_sampler_init_dist(params.seed or LLAMA_DEFAULT_SEED), "dist")
+
+    def describe(self) -> list[str]:
+        """The names of the samplers in the chain, in order."""
+        L = _backend.lib()
+        chain = self.ptr()
+        return [(L.llama_sampler_name(L.llama_sampler_chain_get(chain, i)) or b"").decode()
+                for i in range(L.llama_sampler_chain_n(chain))]
