@@ -322,15 +322,17 @@ class Context(NativeHandle):
         *,
         stop: Sequence[str] | None = None,
         cancel: threading.Event | None = None,
+        ignore_eos: bool = False,
     ) -> str:
         """Generate up to ``max_tokens`` tokens after ``prompt`` (text or token ids).
 
-        Stops early at an end-of-generation token or at the first of the
-        ``stop`` strings (which is not included).  A string prompt is
+        Stops early at an end-of-generation token (unless ``ignore_eos``) or
+        at the first of the ``stop`` strings (which is not included).
+        ``cancel`` is an Event another thread may set to stop the generation.  A string prompt is
         tokenized with the model's BOS and with special tokens parsed, so a
         prompt from :meth:`Model.apply_chat_template` works as is.
         """
-        return "".join(self._stream(prompt, max_tokens, params, stop, cancel))
+        return "".join(self._stream(prompt, max_tokens, params, stop, cancel, ignore_eos))
 
     def generate_stream(
         self,
@@ -340,13 +342,14 @@ class Context(NativeHandle):
         *,
         stop: Sequence[str] | None = None,
         cancel: threading.Event | None = None,
+        ignore_eos: bool = False,
     ) -> Iterator[str]:
         """Like :meth:`generate`, but yields each piece of text as soon as its token is sampled.
 
         Pieces never split a UTF-8 character, and ``"".join(pieces)`` equals
         what :meth:`generate` returns.  Leaving the loop early is fine.
         """
-        gen = self._stream(prompt, max_tokens, params, stop, cancel)
+        gen = self._stream(prompt, max_tokens, params, stop, cancel, ignore_eos)
         self._active_stream = weakref.ref(gen)
         return gen
 
@@ -357,10 +360,12 @@ class Context(NativeHandle):
         params: SamplerParams | None,
         stop: Sequence[str] | None,
         cancel: threading.Event | None,
+        ignore_eos: bool = False,
     ) -> Generator[str, None, None]:
         # Arguments are checked before the first piece is asked for, so that
         # generate_stream() raises at the call for bad input.
         max_tokens = _validate.integer("max_tokens", max_tokens, 0)
+        ignore_eos = _validate.boolean("ignore_eos", ignore_eos)
         stops = _check_stops(stop)
         if cancel is not None and not isinstance(cancel, threading.Event):
             raise TypeError("cancel must be a threading.Event or None")
@@ -370,10 +375,11 @@ class Context(NativeHandle):
         if len(tokens) > self._n_ctx:
             raise ContextFullError(f"the prompt has {len(tokens)} tokens but the context holds n_ctx={self._n_ctx}; "
                                    f"use a larger n_ctx or a shorter prompt")
-        return self._generate(tokens, max_tokens, chain, stops, cancel)
+        return self._generate(tokens, max_tokens, chain, stops, cancel, ignore_eos)
 
     def _generate(self, tokens: list[int], max_tokens: int, chain: SamplerChain,
-                  stops: tuple[str, ...], cancel: threading.Event | None) -> Generator[str, None, None]:
+                  stops: tuple[str, ...], cancel: threading.Event | None,
+                  ignore_eos: bool) -> Generator[str, None, None]:
         ctx = self._acquire()
         self._cancel.event = cancel
         try:
@@ -387,7 +393,7 @@ class Context(NativeHandle):
                 window = tokens if chain.penalty_last_n < 0 else tokens[-chain.penalty_last_n:]
                 for t in window:
                     L.llama_sampler_accept(smpl, t)
-            yield from self._token_loop(ctx, smpl, max_tokens, stops)
+            yield from self._token_loop(ctx, smpl, max_tokens, stops, ignore_eos)
         finally:
             self._release()
 
@@ -404,7 +410,7 @@ class Context(NativeHandle):
         self._decode_chunks(ctx, tokens[kept:])
 
     def _token_loop(self, ctx: int, smpl: int, max_tokens: int,
-                    stops: tuple[str, ...]) -> Generator[str, None, None]:
+                    stops: tuple[str, ...], ignore_eos: bool) -> Generator[str, None, None]:
         L = _backend.lib()
         sample = L.llama_sampler_sample
         is_eog = L.llama_vocab_is_eog
@@ -423,7 +429,7 @@ class Context(NativeHandle):
         with guard:
             for i in range(max_tokens):
                 tok = sample(smpl, ctx, -1)
-                if is_eog(vocab, tok):
+                if is_eog(vocab, tok) and not ignore_eos:
                     break
                 n = to_piece(vocab, tok, buf, cap, 0, False)
                 piece = ctypes.string_at(buf, n) if n >= 0 else self._model._piece(tok, False)
