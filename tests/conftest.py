@@ -1,0 +1,63 @@
+"""Shared fixtures: the real models, fetched (hash-checked) into the user cache once."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+LLAMA_SRC = ROOT / "native" / "llama.cpp"
+sys.path.insert(0, str(ROOT / "scripts"))
+
+
+@pytest.fixture(scope="session")
+def smollm_path() -> Path:
+    from mullama._download import ensure_model
+    return ensure_model(quiet=True)
+
+
+@pytest.fixture(scope="session")
+def model(smollm_path: Path):  # type: ignore[no-untyped-def]
+    from mullama import Model
+    m = Model.load(smollm_path)
+    yield m
+    m.close()
+
+
+@pytest.fixture(scope="session")
+def minilm_path() -> Path:
+    from convert_minilm import ensure_minilm
+    return ensure_minilm()
+
+
+@pytest.fixture(scope="session")
+def lib_dir() -> Path:
+    import mullama._lib as L
+    return L.load().path.parent
+
+
+@pytest.fixture(scope="session")
+def c_compiler() -> str:
+    cc = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
+    if not cc:
+        pytest.fail("a C compiler is required by the native cross-checks (install gcc)")
+    return cc
+
+
+def compile_c(cc: str, source: Path, out: Path, lib_dir: Path) -> Path:
+    """Compile a C program against the pinned llama.h and link it to the library under test."""
+    cmd = [cc, "-O1", "-o", str(out), str(source), f"-I{LLAMA_SRC / 'include'}", f"-I{LLAMA_SRC / 'ggml' / 'include'}",
+           f"-L{lib_dir}", "-lllama", f"-Wl,-rpath,{lib_dir}"]
+    subprocess.run(cmd, check=True, capture_output=True, text=True)
+    return out
+
+
+def run_python(code: str, timeout: float = 120, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """Run code in a fresh interpreter (for crash-safety and exit-time checks)."""
+    full_env = {**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=timeout, env=full_env)

@@ -1,0 +1,110 @@
+"""The ctypes mirror of llama.h is checked against the pinned header, so drift fails here.
+
+A C probe compiled against llama.h prints sizeof/offsetof for every field of
+every mirrored struct; the declared function table is compared with the
+header's prototypes (argument count and coarse type of each argument).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import re
+import subprocess
+from pathlib import Path
+
+import pytest
+
+import mullama._lib as L
+
+from .conftest import LLAMA_SRC, compile_c
+
+
+def test_struct_layouts_match_the_header(tmp_path: Path, c_compiler: str, lib_dir: Path) -> None:
+    lines = ['#include <stdio.h>', '#include <stddef.h>', '#include "llama.h"', "int main(void) {"]
+    for cname, cls in L.MIRRORED_STRUCTS.items():
+        lines.append(f'printf("%s size %zu\\n", "{cname}", sizeof({cname}));')
+        for fname, _ in cls._fields_:
+            lines.append(f'printf("%s.%s %zu\\n", "{cname}", "{fname}", offsetof({cname}, {fname}));')
+    lines += ["return 0;", "}"]
+    src = tmp_path / "probe.c"
+    src.write_text("\n".join(lines))
+    exe = compile_c(c_compiler, src, tmp_path / "probe", lib_dir)
+    out = subprocess.run([str(exe)], capture_output=True, text=True, check=True).stdout
+    seen = dict(line.rsplit(" ", 1) for line in out.splitlines())
+    mismatches = []
+    for cname, cls in L.MIRRORED_STRUCTS.items():
+        if int(seen[f"{cname} size"]) != ctypes.sizeof(cls):
+            mismatches.append(f"sizeof({cname}): C {seen[f'{cname} size']}, ctypes {ctypes.sizeof(cls)}")
+        for fname, _ in cls._fields_:
+            c_off = int(seen[f"{cname}.{fname}"])
+            py_off = getattr(cls, fname).offset
+            if c_off != py_off:
+                mismatches.append(f"offsetof({cname}, {fname}): C {c_off}, ctypes {py_off}")
+    assert not mismatches, "\n".join(mismatches)
+
+
+def _prototypes() -> dict[str, tuple[str, list[str]]]:
+    header = (LLAMA_SRC / "include" / "llama.h").read_text()
+    header = re.sub(r"//[^\n]*", "", header)
+    header = re.sub(r"/\*.*?\*/", "", header, flags=re.S)
+    protos: dict[str, tuple[str, list[str]]] = {}
+    for m in re.finditer(r"LLAMA_API\s+([^;{]*?)\b(llama_\w+)\s*\(([^;{]*?)\)\s*[;,]", header, flags=re.S):
+        ret, name, args = m.group(1), m.group(2), " ".join(m.group(3).split())
+        params = [] if args in ("", "void") else [a.strip() for a in args.split(",")]
+        protos[name] = (" ".join(ret.split()), params)
+    return protos
+
+
+def _kind_of_c(decl: str) -> str:
+    decl = decl.replace("const ", "").strip()
+    if "*" in decl or "(" in decl or decl.startswith("llama_memory_t") or "_callback" in decl \
+            or decl.startswith("ggml_") and decl.split()[0].endswith("_t"):
+        return "pointer"
+    if decl.startswith("struct ") or decl.split()[0] in ("llama_batch",):
+        return "struct:" + decl.replace("struct ", "").split()[0]
+    if decl.split()[0] in ("float", "double"):
+        return "float"
+    if decl.split()[0] == "bool":
+        return "bool"
+    return "int"
+
+
+def _kind_of_ctypes(t: object) -> str:
+    if t in (ctypes.c_float, ctypes.c_double):
+        return "float"
+    if t is ctypes.c_bool:
+        return "bool"
+    if isinstance(t, type) and issubclass(t, ctypes.Structure):
+        return "struct:" + t.__name__
+    if t in (ctypes.c_void_p, ctypes.c_char_p) or (isinstance(t, type) and issubclass(
+            t, (ctypes._Pointer, ctypes._CFuncPtr))):  # type: ignore[attr-defined]
+        return "pointer"
+    return "int"
+
+
+def test_declared_functions_match_the_header() -> None:
+    protos = _prototypes()
+    problems = []
+    for name, (restype, argtypes) in L.declared_functions().items():
+        if name not in protos:
+            problems.append(f"{name}: not in llama.h")
+            continue
+        _, params = protos[name]
+        if len(params) != len(argtypes):
+            problems.append(f"{name}: header has {len(params)} parameters, binding declares {len(argtypes)}")
+            continue
+        for i, (c, py) in enumerate(zip(params, argtypes)):
+            if _kind_of_c(c) != _kind_of_ctypes(py):
+                problems.append(f"{name} parameter {i} ({c}): header {_kind_of_c(c)}, binding {_kind_of_ctypes(py)}")
+    assert not problems, "\n".join(problems)
+
+
+def test_struct_returning_functions_return_structs() -> None:
+    for name, (restype, _) in L.declared_functions().items():
+        if name.endswith("_default_params"):
+            assert isinstance(restype, type) and issubclass(restype, ctypes.Structure), name
+
+
+@pytest.mark.parametrize("field,expected", [("n_batch", 2048), ("n_ubatch", 512), ("n_seq_max", 1)])
+def test_defaults_round_trip_through_the_mirror(field: str, expected: int) -> None:
+    assert getattr(L.load().llama_context_default_params(), field) == expected
