@@ -106,6 +106,7 @@ def synthetic_vocab(gguf: Any, n_vocab: int) -> list[tuple[str, Any, Any, Any]]:
     scores = [0.0, 0.0, 0.0] + [0.0] * 256
     # "\u2581" (SentencePiece's space), printable ASCII, then filler words in base 26.
     basic = ["\u2581"] + [chr(c) for c in range(0x21, 0x7F)]
+    seen = set(tokens)
     i = 0
     while len(tokens) < n_vocab:
         if basic:
@@ -119,6 +120,9 @@ def synthetic_vocab(gguf: Any, n_vocab: int) -> list[tuple[str, Any, Any, Any]]:
                     break
             piece = ("\u2581" if i % 2 else "") + word
             i += 1
+        if piece.encode() in seen:  # llama.cpp aborts on a duplicate token
+            continue
+        seen.add(piece.encode())
         tokens.append(piece.encode())
         types.append(1)
         scores.append(-float(len(tokens)))
