@@ -263,7 +263,7 @@ def worker_llama_cpp_python(a: argparse.Namespace) -> None:
 
     t0 = time.perf_counter()
     llm = llama_cpp.Llama(model_path=a.model, n_gpu_layers=a.ngl, n_ctx=a.n_ctx, n_batch=2048, n_ubatch=512,
-                          n_threads=a.threads, n_threads_batch=a.threads, verbose=False)
+                          n_threads=a.threads, n_threads_batch=a.threads, flash_attn=True, verbose=False)
     t_load = time.perf_counter() - t0
     rss_ctx = rss_kib()  # Llama() loads the model and creates the context in one step
     bos = llm.token_bos()

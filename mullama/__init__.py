@@ -31,3 +31,7 @@ from .context import Context, ContextFullError, GenerationCancelled  # noqa: E40
 from .sampling import SamplerParams  # noqa: E402
 
 __all__ += ["Context", "ContextFullError", "GenerationCancelled", "SamplerParams"]
+
+from .embedding import EmbeddingGenerator, cosine_similarity  # noqa: E402
+
+__all__ += ["EmbeddingGenerator", "cosine_similarity"]

@@ -47,6 +47,16 @@ class Batch:
             self.logits[n - 1] = 1
         self.struct.n_tokens = n
 
+    def fill_sequences(self, seqs: list[list[int]]) -> None:
+        """Several sequences side by side, each from position 0, every token an output."""
+        lengths = [len(s) for s in seqs]
+        n = sum(lengths)
+        self.token[:n] = np.concatenate(seqs)
+        self.pos[:n] = np.concatenate([np.arange(k, dtype=np.int32) for k in lengths])
+        self.seq[:n] = np.repeat(np.arange(len(seqs), dtype=np.int32), lengths)
+        self.logits[:n] = 1
+        self.struct.n_tokens = n
+
     def set_one(self, token: int, pos: int, seq_id: int = 0) -> None:
         """A single token with its output requested (the per-token path of generation)."""
         self.token[0] = token

@@ -20,6 +20,8 @@ from .model import Model
 from .sampling import SamplerChain, SamplerParams
 
 MAX_N_CTX = 1 << 24
+_POOLING = {"none": _lib.LLAMA_POOLING_TYPE_NONE, "mean": _lib.LLAMA_POOLING_TYPE_MEAN,
+            "cls": _lib.LLAMA_POOLING_TYPE_CLS, "last": _lib.LLAMA_POOLING_TYPE_LAST}
 MAX_N_BATCH = 1 << 20
 
 
@@ -69,6 +71,7 @@ class Context(NativeHandle):
         *,
         n_ubatch: int = 0,
         n_seq_max: int = 1,
+        pooling: str | None = None,
     ) -> None:
         if not isinstance(model, Model):
             raise TypeError(f"model must be a mullama.Model, not {type(model).__name__}")
@@ -94,11 +97,18 @@ class Context(NativeHandle):
         # Non-causal (embedding) models need a whole sequence in one micro-batch.
         cp.n_ubatch = n_ubatch or (n_batch if embeddings else min(n_batch, 512))
         cp.n_seq_max = n_seq_max
+        # One cache shared by all sequences (not n_ctx / n_seq_max each), so
+        # that packed sequences of any length fit.
+        cp.kv_unified = n_seq_max > 1
         cp.n_threads = threads
         cp.n_threads_batch = threads
         cp.embeddings = embeddings
         if embeddings:
             cp.n_outputs_max_per_seq = 0
+        if pooling is not None:
+            if pooling not in _POOLING:
+                raise ValueError(f"pooling must be one of {', '.join(_POOLING)}, not {pooling!r}")
+            cp.pooling_type = _POOLING[pooling]
         _lib.take_errors()
         ptr = L.llama_init_from_model(model.ptr(), cp)
         if not ptr:

@@ -82,7 +82,13 @@ def make_reference(hf_dir: Path, sentences: Sequence[str]) -> dict[str, np.ndarr
     doc_scores = (docs @ query).astype(np.float32)
     order = np.argsort(-doc_scores, kind="stable").astype(np.int64)
 
+    # The reference tokenizer's ids, so that a test can tell a tokenizer
+    # difference (llama.cpp's WordPiece does not decompose Hangul, for one)
+    # from an inference difference.
+    ids = [model.tokenizer(s)["input_ids"] for s in sentences]
     return {
+        "hf_token_ids": np.concatenate([np.asarray(i, dtype=np.int32) for i in ids]),
+        "hf_token_offsets": np.cumsum([0] + [len(i) for i in ids]).astype(np.int64),
         "sentences": np.array(list(sentences), dtype=np.str_),
         "embeddings": emb,
         "search_documents": np.array(SEARCH_DOCUMENTS, dtype=np.str_),

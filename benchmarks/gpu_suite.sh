@@ -1,0 +1,90 @@
+#!/usr/bin/env bash
+# The GPU benchmark, as run on a CUDA machine (the H100 numbers in BENCHMARKS.md).
+#
+#   benchmarks/gpu_suite.sh build bench:1b bench:8b
+#
+# Stages, each skipped when its output is already there (so a second call on
+# the same machine picks up where the first stopped):
+#   build      python3 scripts/build_lib.py --backend cuda --cuda-arch $CUDA_ARCH --bench
+#              then prints mullama.system_info() (the CUDA device must be listed)
+#   model:P    benchmarks/make_model.py --preset P (random weights, Q4_K_M)
+#   bench:P    model:P, then benchmarks/run.py --ngl all on it
+# Environment: OUT (results, default /tmp/mullama-bench), MODELS (default
+# /tmp/mullama-models), THREADS (8), REPS (5), CUDA_ARCH (90), LLAMA_SRC (llama.cpp
+# source; default native/llama.cpp, or .devsrc/llama.cpp when only that exists),
+# VOCAB (GGUF whose tokenizer is copied; default: make_model.py's own choice),
+# DEADLINE (seconds since the start after which no new stage begins).
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT=${OUT:-/tmp/mullama-bench}
+MODELS=${MODELS:-/tmp/mullama-models}
+THREADS=${THREADS:-8}
+REPS=${REPS:-5}
+CUDA_ARCH=${CUDA_ARCH:-90}
+DEADLINE=${DEADLINE:-100000}
+if [ -z "${LLAMA_SRC:-}" ]; then
+    LLAMA_SRC=native/llama.cpp
+    [ -f "$LLAMA_SRC/CMakeLists.txt" ] || LLAMA_SRC=.devsrc/llama.cpp
+fi
+mkdir -p "$OUT" "$MODELS"
+export PYTHONUNBUFFERED=1
+START=$(date +%s)
+elapsed() { echo $(( $(date +%s) - START )); }
+
+# llama-cpp-python without a CUDA build of its own: its Python package, pointed at
+# mullama's libllama (same llama.cpp commit) through LLAMA_CPP_LIB_PATH.
+if [ -d .devsrc/pylib/llama_cpp ] && ! python3 -c "import llama_cpp" 2>/dev/null; then
+    export PYTHONPATH=$PWD/.devsrc/pylib${PYTHONPATH:+:$PYTHONPATH}
+    export LLAMA_CPP_LIB_PATH=$PWD/mullama/lib
+    LCP_NOTE="llama-cpp-python: its Python package only, loading mullama's own CUDA libllama (LLAMA_CPP_LIB_PATH), so the two differ only in their Python layers"
+fi
+
+stage_build() {
+    if [ -f mullama/lib/libggml-cuda.so ] && grep -q '"backend": "cuda"' mullama/lib/build_info.json 2>/dev/null; then
+        echo "== build: already there"
+    else
+        echo "== build: CUDA (arch $CUDA_ARCH) + llama-bench from $LLAMA_SRC, $(nproc) CPUs"
+        local s=$(date +%s)
+        python3 scripts/build_lib.py --backend cuda --cuda-arch "$CUDA_ARCH" --bench --source-dir "$LLAMA_SRC" \
+            > "$OUT/build.log" 2>&1
+        local rc=$?
+        echo "== build: rc=$rc, $(( $(date +%s) - s ))s wall"
+        tail -n 3 "$OUT/build.log"
+        [ $rc -eq 0 ] || return $rc
+    fi
+    python3 -c "import mullama; print(mullama.system_info())"
+}
+
+stage_model() {
+    local p=$1 f=$MODELS/llama-$1.Q4_K_M.gguf
+    [ -f "$f" ] && return 0
+    local tmp=/tmp
+    # the F16 intermediate in memory when there is room (an 8B one is ~15 GB)
+    if [ "$(df --output=avail -B1G /dev/shm 2>/dev/null | tail -n1 | tr -d ' ')" -gt 24 ] 2>/dev/null; then tmp=/dev/shm; fi
+    echo "== model:$p ($(elapsed)s)"
+    python3 benchmarks/make_model.py --preset "$p" --out "$f" --tmp-dir "$tmp" ${VOCAB:+--vocab-from "$VOCAB"}
+}
+
+stage_bench() {
+    local p=$1
+    stage_model "$p" || return $?
+    echo "== bench:$p ($(elapsed)s)"
+    python3 benchmarks/run.py --model "$MODELS/llama-$p.Q4_K_M.gguf" --ngl all -t "$THREADS" --reps "$REPS" \
+        --label "gpu-llama-$p-q4_k_m" --json "$OUT/gpu-$p.json" --markdown "$OUT/gpu.md" --log-dir "$OUT/logs-$p" \
+        ${LCP_NOTE:+--note "$LCP_NOTE"} \
+        --note "Model: random weights, llama-3 shapes, made by benchmarks/make_model.py --preset $p (tokenizer: SmolLM2's)"
+}
+
+for st in "$@"; do
+    if [ "$(elapsed)" -ge "$DEADLINE" ]; then
+        echo "== $st: skipped, past DEADLINE=${DEADLINE}s"
+        continue
+    fi
+    case $st in
+        build) stage_build || exit $? ;;
+        model:*) stage_model "${st#model:}" || exit $? ;;
+        bench:*) stage_bench "${st#bench:}" || exit $? ;;
+        *) echo "unknown stage $st"; exit 2 ;;
+    esac
+done
+echo "== done in $(elapsed)s"
