@@ -304,11 +304,11 @@ class Context(NativeHandle):
     def _prompt_tokens(self, prompt: str | Sequence[int]) -> list[int]:
         if isinstance(prompt, str):
             if not prompt:
-                raise RuntimeError("Generation error: the prompt is empty")
+                raise RuntimeError("the prompt is empty: there is nothing to generate from")
             return self._model.tokenize(prompt, add_bos=True, special=True)
         ids = _validate.token_list("prompt", prompt, self._model._n_vocab)
         if not ids:
-            raise RuntimeError("Generation error: the prompt is empty")
+            raise RuntimeError("the prompt is empty: there is nothing to generate from")
         return ids
 
     def _chain(self, params: SamplerParams | None) -> SamplerChain:

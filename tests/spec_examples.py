@@ -29,6 +29,8 @@ def with_models(code: str, generative: Path, embedding: Path | None = None) -> s
     """Only the model paths change: embedding-looking names get the embedding model."""
     def swap(m: re.Match[str]) -> str:
         name = m.group(1)
+        if "nonexistent" in name:
+            return m.group(0)  # the error-handling example means a missing file
         path = embedding if ("embed" in name and embedding is not None) else generative
         return repr(str(path))
-    return re.sub(r"\"(\./[^\"]+\.gguf)\"", swap, code)
+    return re.sub(r"\"([^\"\s]+\.gguf)\"", swap, code)
