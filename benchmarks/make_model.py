@@ -326,7 +326,9 @@ def main(argv: list[str] | None = None) -> int:
               f"F16 {f16_path.stat().st_size / 1e9:.2f} GB written in {t1 - t0:.1f}s", flush=True)
         if not final_f16:
             threads = a.threads or len(os.sched_getaffinity(0))
-            quantize(f16_path, a.out, FTYPES[a.ftype], threads)
+            part = a.out.with_name(a.out.name + ".part")  # a killed run leaves no complete-looking file
+            quantize(f16_path, part, FTYPES[a.ftype], threads)
+            os.replace(part, a.out)
             print(f"make_model: quantized to {a.ftype.upper()} with {threads} threads in "
                   f"{time.monotonic() - t1:.1f}s: {a.out} ({a.out.stat().st_size / 1e9:.2f} GB)", flush=True)
     finally:

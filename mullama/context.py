@@ -180,7 +180,7 @@ class Context(NativeHandle):
             if self._owner is not None and self._owner != me:
                 raise RuntimeError("this Context is in use by another thread; use one Context per thread")
             stream = self._active_stream() if self._active_stream is not None else None
-        if stream is not None and not stream.gi_running:
+        if stream is not None and not getattr(stream, "gi_running", False):
             stream.close()  # a stream abandoned on this thread: finish it before starting anew
         with self._owner_lock:
             self._owner = me
@@ -221,7 +221,7 @@ class Context(NativeHandle):
         self.clear_cache()  # partial removal unsupported (e.g. recurrent state): start over
         return 0
 
-    def _decode_chunks(self, ctx: int, tokens: Sequence[int] | np.ndarray, output_all: bool = False) -> None:
+    def _decode_chunks(self, ctx: int, tokens: list[int], output_all: bool = False) -> None:
         """Evaluate tokens at the end of the cache, n_batch at a time; outputs for the last (or all)."""
         L = _backend.lib()
         run = L.llama_encode if self._is_encoder else L.llama_decode

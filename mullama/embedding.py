@@ -75,7 +75,8 @@ class EmbeddingGenerator:
     def embed(self, text: str, *, truncate: bool = False) -> np.ndarray:
         """One text -> float32 vector of shape ``(n_embd,)``."""
         _validate.string("text", text)
-        return self.embed_matrix([text], truncate=truncate)[0]
+        row: np.ndarray = self.embed_matrix([text], truncate=truncate)[0]
+        return row
 
     def embed_batch(self, texts: Sequence[str], *, truncate: bool = False) -> list[np.ndarray]:
         """Many texts -> a list of float32 vectors (rows of one matrix, packed into few native calls)."""

@@ -1,0 +1,219 @@
+"""The ``mullama`` command: run, chat, embed, info, tokenize.
+
+MODEL may be omitted (or given as ``-``): the default model,
+SmolLM2-135M-Instruct (Q4_1), is then downloaded once into the user cache.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from . import _backend
+from ._download import ensure_model
+from .context import Context
+from .embedding import EmbeddingGenerator
+from .model import Model
+from .sampling import SamplerParams
+
+PRESETS = {"greedy": SamplerParams.greedy, "creative": SamplerParams.creative, "precise": SamplerParams.precise,
+           "default": SamplerParams}
+
+
+def _model_path(arg: str | None) -> Path:
+    return ensure_model() if arg in (None, "", "-") else Path(arg)
+
+
+def _load(args: argparse.Namespace, vocab_only: bool = False) -> Model:
+    path = _model_path(args.model)
+    show = sys.stderr.isatty() and not vocab_only
+
+    def progress(fraction: float) -> bool:
+        width = 30
+        done = int(fraction * width)
+        print(f"\rloading {path.name} [{'#' * done}{'.' * (width - done)}] {fraction:4.0%}",
+              end="" if fraction < 1 else "\n", file=sys.stderr, flush=True)
+        return True
+    return Model.load(path, n_gpu_layers=getattr(args, "n_gpu_layers", 0), vocab_only=vocab_only,
+                      progress_callback=progress if show else None)
+
+
+def _params(args: argparse.Namespace) -> SamplerParams:
+    p = PRESETS[args.preset]()
+    for name in ("temperature", "top_k", "top_p", "min_p", "seed"):
+        value = getattr(args, name)
+        if value is not None:
+            setattr(p, name, value)
+    if args.repeat_penalty is not None:
+        p.penalty_repeat = args.repeat_penalty
+    return p
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    model = _load(args)
+    ctx = Context(model, n_ctx=args.ctx, n_threads=args.threads)
+    prompt = args.prompt
+    if args.chat_template:
+        prompt = model.apply_chat_template([("user", prompt)])
+    for piece in ctx.generate_stream(prompt, max_tokens=args.max_tokens, params=_params(args)):
+        sys.stdout.write(piece)
+        sys.stdout.flush()
+    sys.stdout.write("\n")
+    return 0
+
+
+def cmd_chat(args: argparse.Namespace) -> int:
+    model = _load(args)
+    ctx = Context(model, n_ctx=args.ctx, n_threads=args.threads)
+    params = _params(args)
+    messages: list[tuple[str, str]] = [("system", args.system)] if args.system else []
+    print("Type /quit to exit, /reset to clear history.", file=sys.stderr)
+    while True:
+        try:
+            line = input("You: ").strip()
+        except (EOFError, KeyboardInterrupt):
+            print(file=sys.stderr)
+            return 0
+        if not line:
+            continue
+        if line == "/quit":
+            return 0
+        if line == "/reset":
+            messages = messages[:1] if args.system else []
+            ctx.clear_cache()
+            print("[Conversation reset]")
+            continue
+        messages.append(("user", line))
+        prompt = model.apply_chat_template(messages)
+        print("Assistant: ", end="", flush=True)
+        reply = []
+        try:
+            for piece in ctx.generate_stream(prompt, max_tokens=args.max_tokens, params=params):
+                reply.append(piece)
+                print(piece, end="", flush=True)
+        except KeyboardInterrupt:
+            print(" [interrupted]", end="")
+        print()
+        messages.append(("assistant", "".join(reply)))
+
+
+def cmd_embed(args: argparse.Namespace) -> int:
+    model = _load(args)
+    gen = EmbeddingGenerator(model, n_ctx=args.ctx or 512, normalize=not args.no_normalize)
+    matrix = gen.embed_matrix(args.texts)
+    if args.output:
+        import numpy as np
+        np.save(args.output, matrix)
+        print(f"wrote {matrix.shape[0]}x{matrix.shape[1]} float32 to {args.output}", file=sys.stderr)
+    else:
+        json.dump([row.tolist() for row in matrix], sys.stdout)
+        sys.stdout.write("\n")
+    return 0
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    print(_backend.system_info())
+    if args.model is None and not args.with_model:
+        return 0
+    model = _load(args, vocab_only=False)
+    props: dict[str, Any] = {name: getattr(model, name) for name in (
+        "name", "architecture", "description", "n_params", "size", "n_ctx_train", "n_embd", "n_vocab", "n_layer",
+        "n_head", "token_bos", "token_eos")}
+    print(f"\nmodel: {model.path}")
+    for k, v in props.items():
+        print(f"  {k}: {v}")
+    print("metadata:")
+    for k, v in sorted(model.metadata().items()):
+        print(f"  {k}: {v if len(v) < 120 else v[:117] + '...'}")
+    return 0
+
+
+def cmd_tokenize(args: argparse.Namespace) -> int:
+    model = _load(args, vocab_only=True)
+    ids = model.tokenize(args.text, add_bos=not args.no_bos, special=args.special)
+    if args.show_pieces:
+        for t in ids:
+            print(t, repr(model.token_to_piece(t, special=True).decode("utf-8", "replace")))
+    else:
+        print(json.dumps(ids))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="mullama", description="Local LLM inference over llama.cpp.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def common(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("--n-gpu-layers", "-ngl", type=int, default=0, help="layers on the GPU (-1 = all)")
+        sp.add_argument("--ctx", type=int, default=0, help="context size (0 = model default)")
+        sp.add_argument("--threads", "-t", type=int, default=0, help="CPU threads (0 = all usable)")
+
+    def sampling(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("--preset", choices=sorted(PRESETS), default="default")
+        sp.add_argument("--temperature", "--temp", type=float)
+        sp.add_argument("--top-k", type=int)
+        sp.add_argument("--top-p", type=float)
+        sp.add_argument("--min-p", type=float)
+        sp.add_argument("--repeat-penalty", type=float)
+        sp.add_argument("--seed", type=int)
+        sp.add_argument("--max-tokens", "-n", type=int, default=256)
+
+    run = sub.add_parser("run", help="stream a completion of PROMPT")
+    run.add_argument("model", help="GGUF file ('-' for the default SmolLM2-135M-Instruct)")
+    run.add_argument("prompt")
+    common(run)
+    sampling(run)
+    run.add_argument("--chat-template", action="store_true", help="wrap PROMPT as a user message")
+    run.set_defaults(func=cmd_run)
+
+    chat = sub.add_parser("chat", help="interactive chat with the model's template (/reset, /quit)")
+    chat.add_argument("model", nargs="?", help="GGUF file (default: SmolLM2-135M-Instruct)")
+    common(chat)
+    sampling(chat)
+    chat.add_argument("--system", default="You are a helpful assistant.")
+    chat.set_defaults(func=cmd_chat, preset="precise")
+
+    emb = sub.add_parser("embed", help="print embedding vectors of TEXTs as JSON (or save .npy)")
+    emb.add_argument("model")
+    emb.add_argument("texts", nargs="+")
+    common(emb)
+    emb.add_argument("--output", "-o", help="write a (n, n_embd) float32 .npy file instead")
+    emb.add_argument("--no-normalize", action="store_true")
+    emb.set_defaults(func=cmd_embed)
+
+    info = sub.add_parser("info", help="library, build and devices; with MODEL also its properties and metadata")
+    info.add_argument("model", nargs="?")
+    info.add_argument("--with-model", action="store_true", help="show the default model too")
+    common(info)
+    info.set_defaults(func=cmd_info)
+
+    tok = sub.add_parser("tokenize", help="print the token ids of TEXT")
+    tok.add_argument("model")
+    tok.add_argument("text")
+    tok.add_argument("--no-bos", action="store_true")
+    tok.add_argument("--special", action="store_true", help="parse special tokens")
+    tok.add_argument("--show-pieces", action="store_true")
+    tok.set_defaults(func=cmd_tokenize)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except (RuntimeError, ValueError, TypeError, OSError) as e:
+        print(f"mullama: error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("\nmullama: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
