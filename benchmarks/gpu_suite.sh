@@ -13,7 +13,7 @@
 # /tmp/mullama-models), THREADS (8), REPS (5), CUDA_ARCH (90), LLAMA_SRC (llama.cpp
 # source; default native/llama.cpp, or .devsrc/llama.cpp when only that exists),
 # VOCAB (GGUF whose tokenizer is copied; default: make_model.py's own choice),
-# DEADLINE (seconds since the start after which no new stage begins).
+# MAKE_MODEL_ARGS (extra make_model.py arguments, e.g. --synthetic-vocab), DEADLINE (seconds since the start after which no new stage begins).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-/tmp/mullama-bench}
@@ -62,17 +62,19 @@ stage_model() {
     # the F16 intermediate in memory when there is room (an 8B one is ~15 GB)
     if [ "$(df --output=avail -B1G /dev/shm 2>/dev/null | tail -n1 | tr -d ' ')" -gt 24 ] 2>/dev/null; then tmp=/dev/shm; fi
     echo "== model:$p ($(elapsed)s)"
-    python3 benchmarks/make_model.py --preset "$p" --out "$f" --tmp-dir "$tmp" ${VOCAB:+--vocab-from "$VOCAB"}
+    python3 benchmarks/make_model.py --preset "$p" --out "$f" --tmp-dir "$tmp" ${VOCAB:+--vocab-from "$VOCAB"} ${MAKE_MODEL_ARGS:-}
 }
 
 stage_bench() {
     local p=$1
     stage_model "$p" || return $?
     echo "== bench:$p ($(elapsed)s)"
-    python3 benchmarks/run.py --model "$MODELS/llama-$p.Q4_K_M.gguf" --ngl all -t "$THREADS" --reps "$REPS" \
+    # Work-around: with the CUDA build, libllama loaded RTLD_LOCAL by ctypes crashes in std::regex
+    # (a template copy in libggml-cuda.so wins symbol resolution); preloading libllama avoids it.
+    LD_PRELOAD=$PWD/mullama/lib/libllama.so${LD_PRELOAD:+:$LD_PRELOAD} python3 benchmarks/run.py --model "$MODELS/llama-$p.Q4_K_M.gguf" --ngl all -t "$THREADS" --reps "$REPS" \
         --label "gpu-llama-$p-q4_k_m" --json "$OUT/gpu-$p.json" --markdown "$OUT/gpu.md" --log-dir "$OUT/logs-$p" \
         ${LCP_NOTE:+--note "$LCP_NOTE"} \
-        --note "Model: random weights, llama-3 shapes, made by benchmarks/make_model.py --preset $p (tokenizer: SmolLM2's)"
+        --note "Model: random weights, llama-3 shapes, made by benchmarks/make_model.py --preset $p (make_model.py ${MAKE_MODEL_ARGS:-${VOCAB:+--vocab-from $(basename "$VOCAB")}})"
 }
 
 for st in "$@"; do

@@ -234,6 +234,7 @@ def write_f16(gguf: Any, out: Path, hp: dict[str, Any], vocab_kv: list[tuple[str
     w.add_layer_norm_rms_eps(1e-5)
     w.add_vocab_size(n_vocab)
     w.add_file_type(1)  # MOSTLY_F16
+    w.add_string("mullama.bench.make_model", hp.get("cmdline", ""))  # how to make this model again
     add_kv(w, vocab_kv)
     for tname, shape, dt in plan:
         nbytes = int(np.prod(shape)) * np.dtype(dt).itemsize
@@ -301,6 +302,10 @@ def main(argv: list[str] | None = None) -> int:
     if hp["n_embd"] % hp["n_head"] or hp["n_head"] % hp["n_head_kv"]:
         raise SystemExit("make_model: n_embd must divide by n_head, and n_head by n_head_kv")
 
+    words = [f"--preset {a.preset}"] + [f"--{k.replace('_', '-')} {hp[k]}" for k in
+                                          ("n_embd", "n_layer", "n_head", "n_head_kv", "n_ff")
+                                          if getattr(a, k) is not None]
+    words += [f"--ftype {a.ftype}"] if a.ftype != "q4_k_m" else []
     src = None if a.synthetic_vocab else (a.vocab_from or (Path(os.environ["MULLAMA_BENCH_VOCAB"])
                                                           if os.environ.get("MULLAMA_BENCH_VOCAB") else None))
     if src is None and not a.synthetic_vocab and DEFAULT_VOCAB_SOURCE.exists():
@@ -313,6 +318,12 @@ def main(argv: list[str] | None = None) -> int:
     else:
         vocab_kv = synthetic_vocab(gguf, a.n_vocab)
         vocab_desc = "synthetic SPM byte-fallback vocab"
+        words.append(f"--synthetic-vocab --n-vocab {a.n_vocab}")
+    if src is not None:
+        words.append(f"--vocab-from {src.name}")
+    if a.seed:
+        words.append(f"--seed {a.seed}")
+    hp["cmdline"] = " ".join(words)
     n_vocab = n_tokens(vocab_kv)
     name = f"random-llama-{a.preset}"
     t0 = time.monotonic()

@@ -81,6 +81,30 @@ def fmt_bytes(n: float) -> str:
     return f"{n:.1f} GiB"
 
 
+def cpu_busy(interval: float = 0.5) -> float:
+    """Fraction of all CPUs busy over ``interval`` seconds (from /proc/stat; 0 where unavailable)."""
+    def sample() -> tuple[int, int]:
+        f = [int(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+        return f[3] + (f[4] if len(f) > 4 else 0), sum(f[:8])
+    try:
+        i0, t0 = sample()
+        time.sleep(interval)
+        i1, t1 = sample()
+    except (OSError, ValueError, IndexError):
+        return 0.0
+    return 1.0 - (i1 - i0) / max(1, t1 - t0)
+
+
+def wait_quiet(max_wait: float, threshold: float) -> tuple[float, float]:
+    """Wait (up to max_wait s) until other processes leave the CPUs alone; returns (waited s, busy fraction)."""
+    start = time.monotonic()
+    busy = cpu_busy()
+    while busy > threshold and time.monotonic() - start < max_wait:
+        time.sleep(1.0)
+        busy = cpu_busy()
+    return time.monotonic() - start, busy
+
+
 def cpu_name() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -252,9 +276,10 @@ def worker_mullama(a: argparse.Namespace) -> None:
     emit({"ready": True, "tool": "mullama", "version": mullama.__version__, "t_load_s": t_load,
           "rss_start_kib": rss0, "rss_load_kib": rss_load, "rss_ctx_kib": rss_ctx, "n_ctx": ctx.n_ctx,
           "model": {"desc": model.description, "n_params": model.n_params, "size": model.size,
-                    "n_vocab": model.n_vocab, "name": model.name, **facts},
+                    "n_vocab": model.n_vocab, "name": model.name,
+                    "make_model": model.meta("mullama.bench.make_model"), **facts},
           "devices": mullama.devices(), "system_info": mullama.system_info()})
-    serve(lambda: {"pp_s": pp(), "tg_marks": tg(a.n_gen), "ttft_s": ttft()})
+    serve(pp, tg, ttft, a.n_gen)
 
 
 def worker_llama_cpp_python(a: argparse.Namespace) -> None:
@@ -303,16 +328,19 @@ def worker_llama_cpp_python(a: argparse.Namespace) -> None:
 
     pp()
     tg(8)
+    lib_path = getattr(getattr(llama_cpp.llama_cpp, "_lib", None), "_name", None)
     emit({"ready": True, "tool": "llama-cpp-python", "version": llama_cpp.__version__, "t_load_s": t_load,
+          "lib": lib_path,
           "rss_start_kib": rss0, "rss_load_kib": None, "rss_ctx_kib": rss_ctx, "n_ctx": llm.n_ctx()})
-    serve(lambda: {"pp_s": pp(), "tg_marks": tg(a.n_gen), "ttft_s": ttft()})
+    serve(pp, tg, ttft, a.n_gen)
 
 
-def serve(rep: Any) -> None:
+def serve(pp: Any, tg: Any, ttft: Any, n_gen: int) -> None:
     for line in sys.stdin:
         cmd = line.strip()
         if cmd == "rep":
-            emit(rep())
+            pp()  # untimed warm-up: the process sat idle while the other tools ran (llama-bench warms up too)
+            emit({"pp_s": pp(), "tg_marks": tg(n_gen), "ttft_s": ttft()})
         elif cmd == "quit":
             emit({"rss_peak_kib": rss_kib("VmHWM"), "rss_end_kib": rss_kib()})
             return
@@ -434,7 +462,7 @@ def measure(a: argparse.Namespace) -> dict[str, Any]:
         "threads": a.threads, "ngl": a.ngl, "n_prompt": a.n_prompt, "n_gen": a.n_gen, "n_ctx": a.n_ctx,
         "reps": a.reps, "model_path": a.model, "model_file_bytes": Path(a.model).stat().st_size,
         "build": info, "lib_dir": str(lib_dir()), "llama_bench": str(bench_exe) if bench_exe else None,
-        "argv": sys.argv[1:], "notes": a.note or [], "tools": {}, "skipped": {},
+        "argv": sys.argv[1:], "notes": a.note or [], "repro": a.repro, "tools": {}, "skipped": {},
     }
     workers: dict[str, Worker] = {}
     for tool in ("mullama", "llama-cpp-python"):
@@ -458,6 +486,10 @@ def measure(a: argparse.Namespace) -> dict[str, Any]:
         for i in range(a.reps):
             k = i % len(order)
             for tool in order[k:] + order[:k]:
+                waited, busy = wait_quiet(a.quiet_wait, a.quiet_threshold) if a.quiet_wait > 0 else (0.0, 0.0)
+                if busy > a.quiet_threshold:
+                    print(f"[run] warning: CPUs {100 * busy:.0f}% busy before {tool} rep {i + 1} "
+                          f"(other processes); its numbers may be disturbed", file=sys.stderr, flush=True)
                 if tool == "llama-bench":
                     assert bench_exe is not None
                     r = run_llama_bench(bench_exe, a)
@@ -470,6 +502,8 @@ def measure(a: argparse.Namespace) -> dict[str, Any]:
                     row = {"pp_tps": a.n_prompt / w["pp_s"], "tg_tps": tps, "ttft_ms": 1e3 * w["ttft_s"],
                            "tok_p50_ms": 1e3 * steps[len(steps) // 2] if steps else None,
                            "tok_p90_ms": 1e3 * steps[int(len(steps) * 0.9)] if steps else None}
+                row["cpu_busy_before"] = round(busy, 3)
+                row["waited_s"] = round(waited, 1)
                 raw["tools"][tool]["reps"].append(row)
                 print(f"[run] rep {i + 1}/{a.reps} {tool:17s} pp {row['pp_tps']:9.1f} t/s   "
                       f"tg {row['tg_tps']:8.2f} t/s" + (f"   ttft {row['ttft_ms']:7.1f} ms" if "ttft_ms" in row else ""),
@@ -523,9 +557,12 @@ def markdown_section(raw: dict[str, Any]) -> str:
     n_ctx = info.get("n_ctx", raw["n_ctx"])
     P, G = raw["n_prompt"], raw["n_gen"]
     out = [f"### {title_of(raw)}", ""]
+    busy = [r.get("cpu_busy_before") for t in raw["tools"].values() for r in t.get("reps", [])]
+    busy = [x for x in busy if x is not None]
     out.append(f"- Date: {raw['date']}; {raw['reps']} interleaved repetitions per tool "
                f"(order rotated each repetition); load average {m['loadavg_start'][0]:.2f} at start, "
-               f"{m.get('loadavg_end', [float('nan')])[0]:.2f} at end")
+               f"{m.get('loadavg_end', [float('nan')])[0]:.2f} at end"
+               + (f"; CPUs at most {100 * max(busy):.0f}% busy (other processes) before a measurement" if busy else ""))
     out.append(f"- Machine: CPU {m['cpu']} ({m['cpus']} CPUs)" + (f"; GPU {m['gpu']}" if m.get("gpu") else "")
                + f"; {m['os']}; Python {m['python']}")
     out.append(f"- Threads: {raw['threads']}; GPU layers: {raw['ngl']}; n_ctx {n_ctx}; "
@@ -538,7 +575,11 @@ def markdown_section(raw: dict[str, Any]) -> str:
                f"({b.get('backend', '?')}" + (f", CUDA arch {b['cuda_arch']}" if b.get("cuda_arch") else "") + ")")
     lcp = raw["tools"].get("llama-cpp-python", {}).get("info", {})
     if lcp:
-        out.append(f"- llama-cpp-python {lcp.get('version')} (its own bundled llama.cpp build)")
+        lib = str(lcp.get("lib") or "")
+        own = "site-packages" in lib or "dist-packages" in lib
+        out.append(f"- llama-cpp-python {lcp.get('version')}, flash_attn=True, "
+                   + ("its own bundled libllama (built from source with the same llama.cpp commit)" if own
+                      else f"loading `{lib}`"))
     for tool, why in raw.get("skipped", {}).items():
         out.append(f"- {tool}: not measured: {why}")
     for note in raw.get("notes", []):
@@ -577,15 +618,33 @@ def markdown_section(raw: dict[str, Any]) -> str:
         load = k(i.get("rss_load_kib")) if i.get("rss_load_kib") else "(one step: Llama())"
         out.append(f"| {tool} | {load} | {k(i.get('rss_ctx_kib'))} | {k(e.get('rss_peak_kib'))} | "
                    f"{fmt_bytes(raw['model_file_bytes'])} | {fmt_bytes(kv) if kv else '-'} |")
-    out += ["", "Reproduce:", "", "```sh", build_command(b)]
-    name = mi.get("name") or ""
-    mm = re.match(r"random-llama-(\w+)$", name)
-    if mm:
-        out.append(f"python3 benchmarks/make_model.py --preset {mm.group(1)} --out {Path(raw['model_path']).name}")
-    out.append("python3 benchmarks/run.py " + " ".join(shlex.quote(x) for x in raw["argv"]
-                                                         if not x.startswith("--json=")))
+    out += ["", "Reproduce:", "", "```sh"]
+    if raw.get("repro"):
+        out += list(raw["repro"])
+    else:
+        out.append(build_command(b))
+        if mi.get("make_model"):
+            out.append(f"python3 benchmarks/make_model.py {mi['make_model']} --out {Path(raw['model_path']).name}")
+        out.append("python3 benchmarks/run.py " + " ".join(shlex.quote(x) for x in repro_argv(raw["argv"])))
     out += ["```", ""]
     return "\n".join(out)
+
+
+def repro_argv(argv: list[str]) -> list[str]:
+    """The command line without the options that only say where output goes."""
+    drop = {"--json", "--markdown", "--log-dir", "--note"}
+    out, skip = [], False
+    for x in argv:
+        if skip:
+            skip = False
+            continue
+        if x in drop:
+            skip = True
+            continue
+        if x.split("=", 1)[0] in drop:
+            continue
+        out.append(x)
+    return out
 
 
 MD_HEADER = """# Benchmarks
@@ -618,12 +677,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--n-gen", "-n", type=int, default=128)
     ap.add_argument("--n-ctx", type=int, default=1024, help="context of the Python tools (llama-bench sizes its own)")
     ap.add_argument("--llama-bench", default=None, help="llama-bench binary (default: from the library's build tree)")
+    ap.add_argument("--quiet-wait", type=float, default=120.0,
+                    help="before each measurement wait up to this many seconds for other processes to leave "
+                         "the CPUs idle (0: don't wait)")
+    ap.add_argument("--quiet-threshold", type=float, default=0.25,
+                    help="busy fraction of all CPUs counted as quiet (default 0.25)")
     ap.add_argument("--no-llama-bench", action="store_true")
     ap.add_argument("--no-llama-cpp-python", action="store_true")
     ap.add_argument("--label", default=None, help="section key in the markdown (default: backend-model-threads)")
     ap.add_argument("--note", action="append", help="a line added to the markdown section (repeatable)")
     ap.add_argument("--json", default=None, help="write the raw results here")
     ap.add_argument("--markdown", default=str(BENCH_MD), help="markdown file to update ('' for none)")
+    ap.add_argument("--repro", action="append", help="a reproduction command shown instead of the derived ones")
     ap.add_argument("--merge", default=None, metavar="JSON", help="render a saved JSON into --markdown and exit")
     ap.add_argument("--log-dir", default=None, help="worker stderr logs (default: a temp folder)")
     ap.add_argument("--worker", choices=("mullama", "llama-cpp-python"), help=argparse.SUPPRESS)
@@ -668,6 +733,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if a.merge:
             raw = json.loads(Path(a.merge).read_text())
+            if a.repro:
+                raw["repro"] = a.repro
+            if a.note:
+                raw["notes"] = list(raw.get("notes") or []) + a.note
         else:
             raw = measure(a)
             if a.json:

@@ -68,7 +68,7 @@ class _Reader:
         self.need(n, what)
         raw = bytes(self.buf[self.pos:self.pos + n]) if keep else None
         self.pos += n
-        return raw.decode("utf-8", "replace") if raw is not None else None
+        return raw.decode("utf-8", "surrogateescape") if raw is not None else None
 
     def value(self, typ: int, what: str, keep: bool) -> Value:
         if typ in _SCALARS:
@@ -95,8 +95,16 @@ class _Reader:
         raise GGUFError(f"{what} has unknown value type {typ}")
 
 
+VOCAB_KEY = "tokenizer.ggml.tokens"
+
+
 def read_header(path: PathLike, keys: frozenset[str] | None = None) -> dict[str, Value]:
-    """Validate the whole header of ``path``; return the values of ``keys`` found (scalars and strings)."""
+    """Validate the whole header of ``path``; return the values of ``keys`` found (scalars and strings).
+
+    Beyond the layout, it checks what llama.cpp asserts on (and would abort
+    the process for) while loading a vocabulary: every token text must be
+    unique.
+    """
     p = Path(os.fspath(path))
     size = p.stat().st_size
     if size == 0:
@@ -105,7 +113,18 @@ def read_header(path: PathLike, keys: frozenset[str] | None = None) -> dict[str,
         if size < 24:
             raise GGUFError(f"the file is only {size} bytes long, too short for a GGUF header")
         with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as m:
-            return _walk(_Reader(m, size), keys or frozenset())
+            found = _walk(_Reader(m, size), (keys or frozenset()) | {VOCAB_KEY})
+    tokens = found.get(VOCAB_KEY)
+    if isinstance(tokens, list) and len(set(tokens)) != len(tokens):
+        seen: dict[str, int] = {}
+        for i, t in enumerate(tokens):
+            if t in seen:
+                raise GGUFError(f"{VOCAB_KEY} lists {t!r} twice (ids {seen[t]} and {i}); "
+                                f"llama.cpp cannot load a vocabulary with duplicate tokens")
+            seen[t] = i
+    if keys is None or VOCAB_KEY not in keys:
+        found.pop(VOCAB_KEY, None)
+    return found
 
 
 def _walk(r: _Reader, keys: frozenset[str]) -> dict[str, Value]:

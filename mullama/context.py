@@ -7,7 +7,7 @@ import ctypes
 import signal
 import threading
 import weakref
-from collections.abc import Generator, Iterator, Sequence
+from collections.abc import AsyncIterator, Generator, Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -469,6 +469,18 @@ class Context(NativeHandle):
         tail = held + utf8.decode(b"", final=True)
         if tail:
             yield tail
+
+    async def agenerate(self, prompt: str | Sequence[int], max_tokens: int = 100,
+                        params: SamplerParams | None = None, **kwargs: Any) -> str:
+        """Awaitable :meth:`generate`, run in a worker thread (see :mod:`mullama.aio`)."""
+        from .aio import agenerate
+        return await agenerate(self, prompt, max_tokens, params, **kwargs)
+
+    def agenerate_stream(self, prompt: str | Sequence[int], max_tokens: int = 100,
+                         params: SamplerParams | None = None, **kwargs: Any) -> AsyncIterator[str]:
+        """Async iterator over the pieces of :meth:`generate_stream` (see :mod:`mullama.aio`)."""
+        from .aio import agenerate_stream
+        return agenerate_stream(self, prompt, max_tokens, params, **kwargs)
 
     def __repr__(self) -> str:
         if self.closed:
