@@ -95,6 +95,34 @@ def cpu_busy(interval: float = 0.5) -> float:
     return 1.0 - (i1 - i0) / max(1, t1 - t0)
 
 
+_TICK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+def busy_seconds() -> float:
+    """CPU seconds all CPUs have spent busy since boot (/proc/stat)."""
+    try:
+        f = [int(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+    except (OSError, ValueError):
+        return 0.0
+    return (sum(f[:8]) - f[3] - f[4]) / _TICK
+
+
+def proc_cpu_seconds(pid: int) -> float:
+    """user + system CPU seconds of one process (all its threads)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / _TICK
+    except (OSError, ValueError, IndexError):
+        return 0.0
+
+
+def children_cpu_seconds() -> float:
+    import resource  # noqa: PLC0415
+
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
+
+
 def wait_quiet(max_wait: float, threshold: float) -> tuple[float, float]:
     """Wait (up to max_wait s) until other processes leave the CPUs alone; returns (waited s, busy fraction)."""
     start = time.monotonic()
@@ -460,7 +488,7 @@ def measure(a: argparse.Namespace) -> dict[str, Any]:
                     "os": f"{platform.system()} {platform.release()}", "python": platform.python_version(),
                     "loadavg_start": os.getloadavg()},
         "threads": a.threads, "ngl": a.ngl, "n_prompt": a.n_prompt, "n_gen": a.n_gen, "n_ctx": a.n_ctx,
-        "reps": a.reps, "model_path": a.model, "model_file_bytes": Path(a.model).stat().st_size,
+        "reps": a.reps, "max_others": a.max_others, "model_path": a.model, "model_file_bytes": Path(a.model).stat().st_size,
         "build": info, "lib_dir": str(lib_dir()), "llama_bench": str(bench_exe) if bench_exe else None,
         "argv": sys.argv[1:], "notes": a.note or [], "repro": a.repro, "tools": {}, "skipped": {},
     }
@@ -486,24 +514,39 @@ def measure(a: argparse.Namespace) -> dict[str, Any]:
         for i in range(a.reps):
             k = i % len(order)
             for tool in order[k:] + order[:k]:
-                waited, busy = wait_quiet(a.quiet_wait, a.quiet_threshold) if a.quiet_wait > 0 else (0.0, 0.0)
-                if busy > a.quiet_threshold:
-                    print(f"[run] warning: CPUs {100 * busy:.0f}% busy before {tool} rep {i + 1} "
-                          f"(other processes); its numbers may be disturbed", file=sys.stderr, flush=True)
-                if tool == "llama-bench":
-                    assert bench_exe is not None
-                    r = run_llama_bench(bench_exe, a)
-                    raw["tools"][tool].setdefault("meta", r.pop("meta", None))
-                    row = {"pp_tps": r.get("pp_tps"), "tg_tps": r.get("tg_tps")}
-                else:
-                    w = workers[tool].rep()
-                    tps, steps = tg_stats(w["tg_marks"])
-                    steps.sort()
-                    row = {"pp_tps": a.n_prompt / w["pp_s"], "tg_tps": tps, "ttft_ms": 1e3 * w["ttft_s"],
-                           "tok_p50_ms": 1e3 * steps[len(steps) // 2] if steps else None,
-                           "tok_p90_ms": 1e3 * steps[int(len(steps) * 0.9)] if steps else None}
-                row["cpu_busy_before"] = round(busy, 3)
-                row["waited_s"] = round(waited, 1)
+                for attempt in range(a.retries + 1):
+                    waited, busy = wait_quiet(a.quiet_wait, a.quiet_threshold) if a.quiet_wait > 0 else (0.0, 0.0)
+                    if busy > a.quiet_threshold:
+                        print(f"[run] warning: CPUs {100 * busy:.0f}% busy before {tool} rep {i + 1} "
+                              f"(other processes); its numbers may be disturbed", file=sys.stderr, flush=True)
+                    # CPU time that other processes take during the measurement (all CPUs' busy time
+                    # minus the measured process's own): a disturbed repetition is measured again.
+                    t0, b0 = time.monotonic(), busy_seconds()
+                    own0 = children_cpu_seconds() if tool == "llama-bench" else proc_cpu_seconds(workers[tool].proc.pid)
+                    if tool == "llama-bench":
+                        assert bench_exe is not None
+                        r = run_llama_bench(bench_exe, a)
+                        raw["tools"][tool].setdefault("meta", r.pop("meta", None))
+                        row = {"pp_tps": r.get("pp_tps"), "tg_tps": r.get("tg_tps")}
+                        own = children_cpu_seconds() - own0
+                    else:
+                        w = workers[tool].rep()
+                        own = proc_cpu_seconds(workers[tool].proc.pid) - own0
+                        tps, steps = tg_stats(w["tg_marks"])
+                        steps.sort()
+                        row = {"pp_tps": a.n_prompt / w["pp_s"], "tg_tps": tps, "ttft_ms": 1e3 * w["ttft_s"],
+                               "tok_p50_ms": 1e3 * steps[len(steps) // 2] if steps else None,
+                               "tok_p90_ms": 1e3 * steps[int(len(steps) * 0.9)] if steps else None}
+                    wall = time.monotonic() - t0
+                    others = max(0.0, busy_seconds() - b0 - own) / max(wall, 1e-9)  # in CPUs
+                    row.update(cpu_busy_before=round(busy, 3), waited_s=round(waited, 1),
+                               others_cpus=round(others, 3), attempt=attempt)
+                    if others <= a.max_others or attempt == a.retries:
+                        break
+                    print(f"[run] rep {i + 1}/{a.reps} {tool}: other processes took {others:.2f} CPUs during "
+                          f"it (pp {row['pp_tps']:.1f}, tg {row['tg_tps']:.2f}); measuring again",
+                          file=sys.stderr, flush=True)
+                    raw["tools"][tool].setdefault("discarded", []).append(row)
                 raw["tools"][tool]["reps"].append(row)
                 print(f"[run] rep {i + 1}/{a.reps} {tool:17s} pp {row['pp_tps']:9.1f} t/s   "
                       f"tg {row['tg_tps']:8.2f} t/s" + (f"   ttft {row['ttft_ms']:7.1f} ms" if "ttft_ms" in row else ""),
@@ -563,6 +606,12 @@ def markdown_section(raw: dict[str, Any]) -> str:
                f"(order rotated each repetition); load average {m['loadavg_start'][0]:.2f} at start, "
                f"{m.get('loadavg_end', [float('nan')])[0]:.2f} at end"
                + (f"; CPUs at most {100 * max(busy):.0f}% busy (other processes) before a measurement" if busy else ""))
+    others = [r.get("others_cpus") for t in raw["tools"].values() for r in t.get("reps", [])]
+    others = [x for x in others if x is not None]
+    n_disc = sum(len(t.get("discarded", [])) for t in raw["tools"].values())
+    if others:
+        out.append(f"- Other processes used at most {max(others):.2f} CPUs during a kept measurement; "
+                   f"{n_disc} disturbed measurement(s) (over {raw.get('max_others', 0.1)} CPUs) were repeated")
     out.append(f"- Machine: CPU {m['cpu']} ({m['cpus']} CPUs)" + (f"; GPU {m['gpu']}" if m.get("gpu") else "")
                + f"; {m['os']}; Python {m['python']}")
     out.append(f"- Threads: {raw['threads']}; GPU layers: {raw['ngl']}; n_ctx {n_ctx}; "
@@ -682,6 +731,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                          "the CPUs idle (0: don't wait)")
     ap.add_argument("--quiet-threshold", type=float, default=0.25,
                     help="busy fraction of all CPUs counted as quiet (default 0.25)")
+    ap.add_argument("--max-others", type=float, default=0.1,
+                    help="CPUs that other processes may use during a measurement before it is repeated "
+                         "(default 0.1)")
+    ap.add_argument("--retries", type=int, default=4, help="repeats of a disturbed measurement (default 4)")
     ap.add_argument("--no-llama-bench", action="store_true")
     ap.add_argument("--no-llama-cpp-python", action="store_true")
     ap.add_argument("--label", default=None, help="section key in the markdown (default: backend-model-threads)")
