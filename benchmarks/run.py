@@ -251,6 +251,7 @@ def worker_mullama(a: argparse.Namespace) -> None:
     import mullama  # noqa: PLC0415
     from mullama import Context, Model, SamplerParams, _backend  # noqa: PLC0415
 
+    _backend.lib()  # the native library, loaded (llama_cpp loads its own at import)
     rss0 = rss_kib()
     t0 = time.perf_counter()
     model = Model.load(a.model, n_gpu_layers=a.ngl)
@@ -293,6 +294,7 @@ def worker_mullama(a: argparse.Namespace) -> None:
         marks: list[tuple[float, int]] = []
         clock = time.perf_counter
         held = ctx._tokens  # the list the generation loop appends to (read only, for the count)
+        marks.append((clock(), 0))  # the call: the 1-token prompt is decoded after it
         for _piece in ctx.generate_stream(gen_prompt, max_tokens=n_gen + 1, params=greedy, ignore_eos=True):
             marks.append((clock(), len(held)))
         marks.append((clock(), len(held)))
@@ -311,8 +313,9 @@ def worker_mullama(a: argparse.Namespace) -> None:
 
 
 def worker_llama_cpp_python(a: argparse.Namespace) -> None:
-    rss0 = rss_kib()
     import llama_cpp  # noqa: PLC0415
+
+    rss0 = rss_kib()
 
     t0 = time.perf_counter()
     llm = llama_cpp.Llama(model_path=a.model, n_gpu_layers=a.ngl, n_ctx=a.n_ctx, n_batch=2048, n_ubatch=512,
@@ -346,6 +349,7 @@ def worker_llama_cpp_python(a: argparse.Namespace) -> None:
         marks: list[tuple[float, int]] = []
         clock = time.perf_counter
         n = 0
+        marks.append((clock(), 0))
         for tok in llm.generate(gen_prompt, reset=True, **sample_kw):
             utf8.decode(llm.detokenize([tok]))
             n += 1
@@ -415,16 +419,25 @@ class Worker:
         return out
 
 
-def tg_stats(marks: list[list[float]]) -> tuple[float, list[float]]:
-    """Tokens/s between the first streamed token and the end, and per-token intervals (s)."""
-    if len(marks) < 2:
-        return float("nan"), []
-    (t_a, n_a), (t_b, n_b) = marks[0], marks[-1]
+def tg_stats(marks: list[list[float]], n_gen: int) -> tuple[float, float, list[float]]:
+    """Generation speed two ways, and the per-token intervals (s).
+
+    ``marks`` are (time, tokens in the cache): the call (0), each streamed
+    piece, the end.  Steady state: tokens decoded between the first piece and
+    the end (n_gen) over that time.  Full: the first n_gen decodes from the
+    call on (the 1-token prompt's included, as llama-bench's tg counts them),
+    extrapolated from the last mark with the steady-state time per token.
+    """
+    if len(marks) < 3:
+        return float("nan"), float("nan"), []
+    (t_c, _), (t_a, n_a), (t_b, n_b) = marks[0], marks[1], marks[-1]
     steps = []
-    for (t0, n0), (t1, n1) in zip(marks, marks[1:]):
+    for (t0, n0), (t1, n1) in zip(marks[1:], marks[2:]):
         if n1 > n0:
             steps += [(t1 - t0) / (n1 - n0)] * (n1 - n0)
-    return (n_b - n_a) / (t_b - t_a), steps
+    per = (t_b - t_a) / max(1, n_b - n_a)
+    full = (t_b - t_c) - per * (n_b - n_gen)  # n_b = n_gen + 1 decodes at the end; drop the extra one
+    return (n_b - n_a) / (t_b - t_a), n_gen / full, steps
 
 
 # ---------------------------------------------------------------------------
@@ -461,7 +474,7 @@ def summarize(raw: dict[str, Any]) -> dict[str, Any]:
         if not reps:
             continue
         s: dict[str, Any] = {}
-        for m in ("pp_tps", "tg_tps", "ttft_ms", "tok_p50_ms", "tok_p90_ms"):
+        for m in ("pp_tps", "tg_tps", "tg_full_tps", "ttft_ms", "tok_p50_ms", "tok_p90_ms"):
             xs = [r[m] for r in reps if r.get(m) is not None]
             if xs:
                 s[m] = {"median": median(xs), "min": min(xs), "max": max(xs)}
@@ -470,9 +483,10 @@ def summarize(raw: dict[str, Any]) -> dict[str, Any]:
     for tool, s in out.items():
         if tool == "llama-bench" or not ref:
             continue
-        for m in ("pp_tps", "tg_tps"):
-            if m in s and m in ref:
-                s[m]["ratio"] = s[m]["median"] / ref[m]["median"]
+        for m in ("pp_tps", "tg_tps", "tg_full_tps"):
+            rk = "tg_tps" if m == "tg_full_tps" else m  # llama-bench's tg counts every decode
+            if m in s and rk in ref:
+                s[m]["ratio"] = s[m]["median"] / ref[rk]["median"]
         if "tg_tps" in s and "tg_tps" in ref:
             s["overhead_us"] = 1e6 / s["tg_tps"]["median"] - 1e6 / ref["tg_tps"]["median"]
     return out
@@ -489,7 +503,7 @@ def measure(a: argparse.Namespace) -> dict[str, Any]:
                     "loadavg_start": os.getloadavg()},
         "threads": a.threads, "ngl": a.ngl, "n_prompt": a.n_prompt, "n_gen": a.n_gen, "n_ctx": a.n_ctx,
         "reps": a.reps, "max_others": a.max_others, "model_path": a.model, "model_file_bytes": Path(a.model).stat().st_size,
-        "build": info, "lib_dir": str(lib_dir()), "llama_bench": str(bench_exe) if bench_exe else None,
+        "build": info, "lib_dir": str(lib_dir()), "mullama_lib_env": os.environ.get("MULLAMA_LIB"), "llama_bench": str(bench_exe) if bench_exe else None,
         "argv": sys.argv[1:], "notes": a.note or [], "repro": a.repro, "tools": {}, "skipped": {},
     }
     workers: dict[str, Worker] = {}
@@ -532,9 +546,10 @@ def measure(a: argparse.Namespace) -> dict[str, Any]:
                     else:
                         w = workers[tool].rep()
                         own = proc_cpu_seconds(workers[tool].proc.pid) - own0
-                        tps, steps = tg_stats(w["tg_marks"])
+                        tps, full, steps = tg_stats(w["tg_marks"], a.n_gen)
                         steps.sort()
-                        row = {"pp_tps": a.n_prompt / w["pp_s"], "tg_tps": tps, "ttft_ms": 1e3 * w["ttft_s"],
+                        row = {"pp_tps": a.n_prompt / w["pp_s"], "tg_tps": tps, "tg_full_tps": full,
+                               "ttft_ms": 1e3 * w["ttft_s"],
                                "tok_p50_ms": 1e3 * steps[len(steps) // 2] if steps else None,
                                "tok_p90_ms": 1e3 * steps[int(len(steps) * 0.9)] if steps else None}
                     wall = time.monotonic() - t0
@@ -571,7 +586,7 @@ def spread(s: dict[str, float], nd: int = 1) -> str:
 def console(raw: dict[str, Any]) -> str:
     summ = raw["summary"]
     lines = [f"{'tool':17s} {'pp t/s  median (min-max)':>30s} {'tg t/s  median (min-max)':>28s} "
-             f"{'pp x':>6s} {'tg x':>6s} {'ovh us/tok':>10s} {'ttft ms':>9s}"]
+             f"{'pp x':>6s} {'tg x':>6s} {'ovh us/tok':>10s} {'ttft ms':>9s} {'tg full x':>9s}"]
     for tool in TOOLS:
         s = summ.get(tool)
         if not s:
@@ -579,7 +594,8 @@ def console(raw: dict[str, Any]) -> str:
         pp, tg = s.get("pp_tps"), s.get("tg_tps")
         lines.append(f"{tool:17s} {spread(pp) if pp else '-':>30s} {spread(tg, 2) if tg else '-':>28s} "
                      f"{pp.get('ratio', 1.0) if pp else float('nan'):6.3f} {tg.get('ratio', 1.0) if tg else float('nan'):6.3f} "
-                     f"{s.get('overhead_us', 0.0):10.1f} {s['ttft_ms']['median'] if 'ttft_ms' in s else float('nan'):9.1f}")
+                     f"{s.get('overhead_us', 0.0):10.1f} {s['ttft_ms']['median'] if 'ttft_ms' in s else float('nan'):9.1f} "
+                     f"{s.get('tg_full_tps', {}).get('ratio', float('nan')):9.3f}")
     for tool, why in raw.get("skipped", {}).items():
         lines.append(f"{tool}: skipped ({why})")
     return "\n".join(lines)
@@ -633,9 +649,11 @@ def markdown_section(raw: dict[str, Any]) -> str:
         out.append(f"- {tool}: not measured: {why}")
     for note in raw.get("notes", []):
         out.append(f"- {note}")
+    full = any("tg_full_tps" in summ.get(t, {}) for t in TOOLS)
     out += ["", f"| tool | pp{P} tok/s | tg{G} tok/s | pp vs llama-bench | tg vs llama-bench | "
-                f"ms/token (p50 / p90) | overhead µs/token | TTFT, {P}-token prompt |",
-            "|---|---|---|---|---|---|---|---|"]
+                f"ms/token (p50 / p90) | overhead µs/token | TTFT, {P}-token prompt |"
+            + (f" tg{G} incl. 1st decode (vs llama-bench) |" if full else ""),
+            "|---|---|---|---|---|---|---|---|" + ("---|" if full else "")]
     ref = summ.get("llama-bench", {})
     for tool in TOOLS:
         s = summ.get(tool)
@@ -646,17 +664,19 @@ def markdown_section(raw: dict[str, Any]) -> str:
             ms = f"{1e3 / tg['median']:.2f} (mean)" if tg else "-"
             ttft = f"({1e3 * P / pp['median']:.1f} ms = pp{P} time)" if pp else "-"
             out.append(f"| llama-bench | {spread(pp) if pp else '-'} | {spread(tg, 2) if tg else '-'} | 1 | 1 | "
-                       f"{ms} | 0 | {ttft} |")
+                       f"{ms} | 0 | {ttft} |" + (f" {tg['median']:.2f} (1) |" if full and tg else ""))
             continue
+        tf = s.get("tg_full_tps")
+        tail = (f" {tf['median']:.2f} ({tf.get('ratio', float('nan')):.3f}) |" if tf else " - |") if full else ""
         ms = (f"{s['tok_p50_ms']['median']:.2f} / {s['tok_p90_ms']['median']:.2f}" if "tok_p50_ms" in s else "-")
         out.append(f"| {tool} | {spread(pp) if pp else '-'} | {spread(tg, 2) if tg else '-'} | "
                    f"{pp.get('ratio', float('nan')):.3f} | {tg.get('ratio', float('nan')):.3f} | {ms} | "
-                   f"{s.get('overhead_us', float('nan')):+.0f} | {spread(s['ttft_ms'])} ms |"
+                   f"{s.get('overhead_us', float('nan')):+.0f} | {spread(s['ttft_ms'])} ms |" + tail
                    if ref else
-                   f"| {tool} | {spread(pp)} | {spread(tg, 2)} | - | - | {ms} | - | {spread(s['ttft_ms'])} ms |")
+                   f"| {tool} | {spread(pp)} | {spread(tg, 2)} | - | - | {ms} | - | {spread(s['ttft_ms'])} ms |" + tail)
     out += ["", "Memory (resident set of the process, from /proc/self/status):", "",
-            "| tool | RSS after load | RSS after context | peak RSS | model file | KV cache (f16, n_ctx "
-            f"{n_ctx}) |", "|---|---|---|---|---|---|"]
+            "| tool | RSS before load (Python, imports, native library) | RSS after load | RSS after context | peak RSS | model file "
+            f"| KV cache (f16, n_ctx {n_ctx}) |", "|---|---|---|---|---|---|---|"]
     kv = mi.get("kv_bytes")
     for tool in ("mullama", "llama-cpp-python"):
         t = raw["tools"].get(tool)
@@ -665,16 +685,20 @@ def markdown_section(raw: dict[str, Any]) -> str:
         i, e = t.get("info", {}), t.get("end", {})
         k = lambda v: fmt_bytes(v * 1024) if v else "-"  # noqa: E731
         load = k(i.get("rss_load_kib")) if i.get("rss_load_kib") else "(one step: Llama())"
-        out.append(f"| {tool} | {load} | {k(i.get('rss_ctx_kib'))} | {k(e.get('rss_peak_kib'))} | "
+        out.append(f"| {tool} | {k(i.get('rss_start_kib'))} | {load} | {k(i.get('rss_ctx_kib'))} | {k(e.get('rss_peak_kib'))} | "
                    f"{fmt_bytes(raw['model_file_bytes'])} | {fmt_bytes(kv) if kv else '-'} |")
     out += ["", "Reproduce:", "", "```sh"]
     if raw.get("repro"):
         out += list(raw["repro"])
     else:
-        out.append(build_command(b))
+        home = str(Path.home())
+        tilde = lambda x: "~" + x[len(home):] if x.startswith(home + "/") else x  # noqa: E731
+        env_lib = raw.get("mullama_lib_env")
+        out.append(build_command(b) + (f" --install-dir {tilde(env_lib)}" if env_lib else ""))
         if mi.get("make_model"):
             out.append(f"python3 benchmarks/make_model.py {mi['make_model']} --out {Path(raw['model_path']).name}")
-        out.append("python3 benchmarks/run.py " + " ".join(shlex.quote(x) for x in repro_argv(raw["argv"])))
+        out.append((f"MULLAMA_LIB={tilde(env_lib)} " if env_lib else "") + "python3 benchmarks/run.py "
+                   + " ".join(shlex.quote(tilde(x)) for x in repro_argv(raw["argv"])))
     out += ["```", ""]
     return "\n".join(out)
 

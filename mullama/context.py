@@ -182,7 +182,9 @@ class Context(NativeHandle):
             stream = self._active_stream() if self._active_stream is not None else None
         if stream is not None and not getattr(stream, "gi_running", False):
             stream.close()  # a stream abandoned on this thread: finish it before starting anew
-        with self._owner_lock:
+        with self._owner_lock:  # check and take ownership in one step
+            if self._owner is not None and self._owner != me:
+                raise RuntimeError("this Context is in use by another thread; use one Context per thread")
             self._owner = me
         self._cancel.requested = False
         self._cancel.interrupted = False
