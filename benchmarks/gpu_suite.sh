@@ -14,6 +14,13 @@
 # source; default native/llama.cpp, or .devsrc/llama.cpp when only that exists),
 # VOCAB (GGUF whose tokenizer is copied; default: make_model.py's own choice),
 # MAKE_MODEL_ARGS (extra make_model.py arguments, e.g. --synthetic-vocab), DEADLINE (seconds since the start after which no new stage begins).
+#
+# For a machine without network (the device tool), prepare a git-ignored .devsrc/ here and carry it:
+#   .devsrc/llama.cpp   trimmed copy of native/llama.cpp (CMakeLists.txt cmake ggml src include common
+#                       vendor gguf-py LICENSE licenses tools/CMakeLists.txt tools/llama-bench; ~25 MB)
+#   .devsrc/pylib       llama-cpp-python's Python package (site-packages/llama_cpp without lib/ and
+#                       server/) and diskcache, to run llama-cpp-python on mullama's CUDA libllama
+#   .devsrc/smollm2-vocab.gguf   make_model.py --extract-vocab SmolLM2.gguf (for VOCAB=)
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-/tmp/mullama-bench}
@@ -69,9 +76,7 @@ stage_bench() {
     local p=$1
     stage_model "$p" || return $?
     echo "== bench:$p ($(elapsed)s)"
-    # Work-around: with the CUDA build, libllama loaded RTLD_LOCAL by ctypes crashes in std::regex
-    # (a template copy in libggml-cuda.so wins symbol resolution); preloading libllama avoids it.
-    LD_PRELOAD=$PWD/mullama/lib/libllama.so${LD_PRELOAD:+:$LD_PRELOAD} python3 benchmarks/run.py --model "$MODELS/llama-$p.Q4_K_M.gguf" --ngl all -t "$THREADS" --reps "$REPS" \
+    python3 benchmarks/run.py --model "$MODELS/llama-$p.Q4_K_M.gguf" --ngl all -t "$THREADS" --reps "$REPS" \
         --label "gpu-llama-$p-q4_k_m" --json "$OUT/gpu-$p.json" --markdown "$OUT/gpu.md" --log-dir "$OUT/logs-$p" \
         ${LCP_NOTE:+--note "$LCP_NOTE"} \
         --note "Model: random weights, llama-3 shapes, made by benchmarks/make_model.py --preset $p (make_model.py ${MAKE_MODEL_ARGS:-${VOCAB:+--vocab-from $(basename "$VOCAB")}})"

@@ -206,7 +206,7 @@ def find_llama_bench(explicit: str | None, info: dict[str, Any]) -> Path:
         if p.is_file():
             return p
     raise BenchError(f"llama-bench is missing ({cands[0]}): the library in {lib_dir()} was built without it. "
-                     f"Run `{build_command(info)}` (same flags, plus --bench), or pass --llama-bench PATH")
+                     f"Run `{build_command(info)}` (this library's build flags plus --bench), or pass --llama-bench PATH")
 
 
 def bench_env(exe: Path) -> dict[str, str]:
@@ -434,7 +434,7 @@ def tg_stats(marks: list[list[float]], n_gen: int) -> tuple[float, float, list[f
     steps = []
     for (t0, n0), (t1, n1) in zip(marks[1:], marks[2:]):
         if n1 > n0:
-            steps += [(t1 - t0) / (n1 - n0)] * (n1 - n0)
+            steps += [(t1 - t0) / (n1 - n0)] * int(n1 - n0)
     per = (t_b - t_a) / max(1, n_b - n_a)
     full = (t_b - t_c) - per * (n_b - n_gen)  # n_b = n_gen + 1 decodes at the end; drop the extra one
     return (n_b - n_a) / (t_b - t_a), n_gen / full, steps
@@ -567,8 +567,8 @@ def measure(a: argparse.Namespace) -> dict[str, Any]:
                       f"tg {row['tg_tps']:8.2f} t/s" + (f"   ttft {row['ttft_ms']:7.1f} ms" if "ttft_ms" in row else ""),
                       file=sys.stderr, flush=True)
     finally:
-        for tool, w in workers.items():
-            raw["tools"][tool]["end"] = w.close()
+        for tool, worker in workers.items():
+            raw["tools"][tool]["end"] = worker.close()
     raw["machine"]["loadavg_end"] = os.getloadavg()
     raw["summary"] = summarize(raw)
     return raw
@@ -813,7 +813,9 @@ def main(argv: list[str] | None = None) -> int:
             if a.repro:
                 raw["repro"] = a.repro
             if a.note:
-                raw["notes"] = list(raw.get("notes") or []) + a.note
+                raw["notes"] = list(raw.get("notes") or []) + [n for n in a.note if n not in (raw.get("notes") or [])]
+            if a.repro or a.note:
+                Path(a.merge).write_text(json.dumps(raw, indent=1) + "\n")
         else:
             raw = measure(a)
             if a.json:

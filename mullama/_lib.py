@@ -338,7 +338,7 @@ _FUNCTIONS: Final[dict[str, tuple[Any, tuple[Any, ...]]]] = {
     "llama_batch_free": (None, (llama_batch,)),
     "llama_decode": (c_int32, (_p, llama_batch)),
     "llama_encode": (c_int32, (_p, llama_batch)),
-    "llama_get_logits_ith": (POINTER(c_float), (_p, c_int32)),
+    "llama_get_logits_ith": (c_void_p, (_p, c_int32)),
     "llama_get_embeddings": (POINTER(c_float), (_p,)),
     "llama_get_embeddings_ith": (POINTER(c_float), (_p, c_int32)),
     "llama_get_embeddings_seq": (POINTER(c_float), (_p, llama_seq_id)),
@@ -438,7 +438,11 @@ def _read_build_info(folder: Path) -> dict[str, Any]:
 
 def _open(path: Path) -> tuple[ctypes.CDLL, ctypes.CDLL]:
     folder = path.parent
-    mode = getattr(os, "RTLD_NOW", 0) | getattr(os, "RTLD_LOCAL", 0)
+    # RTLD_GLOBAL: with a CUDA build, libggml-cuda.so carries its own copies of
+    # libstdc++ templates (std::regex); loaded RTLD_LOCAL, libllama's vocabulary
+    # loader bound to the wrong copies and crashed.  Global binding makes every
+    # library agree on one definition, as a program linked to libllama would.
+    mode = getattr(os, "RTLD_NOW", 0) | getattr(os, "RTLD_GLOBAL", 0)
     if sys.platform == "win32":
         os.add_dll_directory(str(folder))  # dependencies next to llama.dll
     llama = ctypes.CDLL(str(path), mode=mode)

@@ -7,7 +7,7 @@ import ctypes
 import signal
 import threading
 import weakref
-from collections.abc import AsyncIterator, Generator, Iterator, Sequence
+from collections.abc import AsyncIterator, Generator, Sequence
 from typing import Any
 
 import numpy as np
@@ -355,7 +355,7 @@ class Context(NativeHandle):
         stop: Sequence[str] | None = None,
         cancel: threading.Event | None = None,
         ignore_eos: bool = False,
-    ) -> Iterator[str]:
+    ) -> Generator[str, None, None]:
         """Like :meth:`generate`, but yields each piece of text as soon as its token is sampled.
 
         Pieces never split a UTF-8 character, and ``"".join(pieces)`` equals
@@ -405,7 +405,7 @@ class Context(NativeHandle):
                 window = tokens if chain.penalty_last_n < 0 else tokens[-chain.penalty_last_n:]
                 for t in window:
                     L.llama_sampler_accept(smpl, t)
-            yield from self._token_loop(ctx, smpl, max_tokens, stops, ignore_eos)
+            yield from self._token_loop(ctx, smpl, max_tokens, stops, ignore_eos, chain.argmax_only)
         finally:
             self._release()
 
@@ -421,10 +421,24 @@ class Context(NativeHandle):
         self._last_prompt_evaluated = len(tokens) - kept
         self._decode_chunks(ctx, tokens[kept:])
 
-    def _token_loop(self, ctx: int, smpl: int, max_tokens: int,
-                    stops: tuple[str, ...], ignore_eos: bool) -> Generator[str, None, None]:
+    def _token_loop(self, ctx: int, smpl: int, max_tokens: int, stops: tuple[str, ...], ignore_eos: bool,
+                    argmax_only: bool) -> Generator[str, None, None]:
         L = _backend.lib()
         sample = L.llama_sampler_sample
+        if argmax_only:
+            # Greedy without penalties: the first largest logit, exactly what
+            # llama.cpp's greedy sampler returns, read in place (no copy).
+            get_logits = L.llama_get_logits_ith
+            n_vocab = self._model._n_vocab
+            views: dict[int, np.ndarray] = {}
+
+            def sample(_smpl: int, c: int, idx: int) -> int:
+                addr = get_logits(c, idx)
+                view = views.get(addr)
+                if view is None:
+                    view = views[addr] = np.ctypeslib.as_array(
+                        ctypes.cast(addr, ctypes.POINTER(ctypes.c_float)), shape=(n_vocab,))
+                return int(view.argmax())
         is_eog = L.llama_vocab_is_eog
         to_piece = L.llama_token_to_piece
         run = L.llama_decode

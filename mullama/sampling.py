@@ -143,6 +143,7 @@ class SamplerChain(NativeHandle):
         self.uses_penalties = params.penalty_last_n != 0 and (
             params.penalty_repeat != 1.0 or params.penalty_freq != 0.0 or params.penalty_present != 0.0)
         self.penalty_last_n = params.penalty_last_n
+        self.argmax_only = False
         chain = L.llama_sampler_chain_init(L.llama_sampler_chain_default_params())
         if not chain:
             raise RuntimeError("could not create a sampler chain")
@@ -159,6 +160,10 @@ class SamplerChain(NativeHandle):
                                                 params.penalty_freq, params.penalty_present), "penalties")
         if params.is_greedy:
             _add(L.llama_sampler_init_greedy(), "greedy")
+            # Nothing in the chain reshapes or remembers: picking the largest
+            # logit directly gives the same token without the native sampler
+            # building a candidate list of the whole vocabulary per token.
+            self.argmax_only = not self.uses_penalties
             return
         if params.top_k > 0:
             _add(L.llama_sampler_init_top_k(params.top_k), "top-k")
