@@ -438,13 +438,20 @@ def _read_build_info(folder: Path) -> dict[str, Any]:
 
 def _open(path: Path) -> tuple[ctypes.CDLL, ctypes.CDLL]:
     folder = path.parent
-    # RTLD_GLOBAL: with a CUDA build, libggml-cuda.so carries its own copies of
-    # libstdc++ templates (std::regex); loaded RTLD_LOCAL, libllama's vocabulary
-    # loader bound to the wrong copies and crashed.  Global binding makes every
-    # library agree on one definition, as a program linked to libllama would.
-    mode = getattr(os, "RTLD_NOW", 0) | getattr(os, "RTLD_GLOBAL", 0)
+    # RTLD_LOCAL: our libraries never supply symbols to anything else loaded
+    # in the process (another libllama, say), nor take theirs.
+    mode = getattr(os, "RTLD_NOW", 0) | getattr(os, "RTLD_LOCAL", 0)
     if sys.platform == "win32":
         os.add_dll_directory(str(folder))  # dependencies next to llama.dll
+    elif sys.platform.startswith("linux"):
+        # Make the C++ runtime globally visible first.  When an extension
+        # (NumPy's) has already loaded libstdc++ privately, a CUDA build's
+        # libllama otherwise resolved C++ runtime symbols elsewhere among the
+        # CUDA libraries it pulls in and crashed in its first std::regex.
+        try:
+            ctypes.CDLL("libstdc++.so.6", mode=getattr(os, "RTLD_NOW", 2) | getattr(os, "RTLD_GLOBAL", 256))
+        except OSError:
+            pass  # a statically linked build needs none
     llama = ctypes.CDLL(str(path), mode=mode)
     ggml_names = {"win32": ("ggml.dll",), "darwin": ("libggml.dylib",)}.get(sys.platform, ("libggml.so",))
     ggml: ctypes.CDLL | None = None
