@@ -15,7 +15,7 @@
 # VOCAB (GGUF whose tokenizer is copied; default: make_model.py's own choice),
 # MAKE_MODEL_ARGS (extra make_model.py arguments, e.g. --synthetic-vocab), DEADLINE (seconds since the start after which no new stage begins).
 #
-# For a machine without network (the device tool), prepare a git-ignored .devsrc/ here and carry it:
+# For a machine without network access, prepare a git-ignored .devsrc/ here and carry it:
 #   .devsrc/llama.cpp   trimmed copy of native/llama.cpp (CMakeLists.txt cmake ggml src include common
 #                       vendor gguf-py LICENSE licenses tools/CMakeLists.txt tools/llama-bench; ~25 MB)
 #   .devsrc/pylib       llama-cpp-python's Python package (site-packages/llama_cpp without lib/ and

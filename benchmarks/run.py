@@ -55,6 +55,12 @@ class BenchError(RuntimeError):
 
 # ---------------------------------------------------------------------------
 # small helpers
+
+
+def _portable(text: str) -> str:
+    """Results name paths relative to the checkout and the home folder, never this machine's."""
+    root = str(Path(__file__).resolve().parent.parent)
+    return text.replace(root + "/", "").replace(root, ".").replace(str(Path.home()), "~")
 # ---------------------------------------------------------------------------
 
 
@@ -734,7 +740,7 @@ def update_markdown(path: Path, label: str, section: str) -> None:
         text = text[:text.index(start)] + block + text[text.index(end) + len(end):]
     else:
         text = text.rstrip() + "\n\n" + block + "\n"
-    path.write_text(text)
+    path.write_text(_portable(text))
 
 
 # ---------------------------------------------------------------------------
@@ -815,11 +821,11 @@ def main(argv: list[str] | None = None) -> int:
             if a.note:
                 raw["notes"] = list(raw.get("notes") or []) + [n for n in a.note if n not in (raw.get("notes") or [])]
             if a.repro or a.note:
-                Path(a.merge).write_text(json.dumps(raw, indent=1) + "\n")
+                Path(a.merge).write_text(_portable(json.dumps(raw, indent=1)) + "\n")
         else:
             raw = measure(a)
             if a.json:
-                Path(a.json).write_text(json.dumps(raw, indent=1) + "\n")
+                Path(a.json).write_text(_portable(json.dumps(raw, indent=1)) + "\n")
     except BenchError as e:
         print(f"run.py: error: {e}", file=sys.stderr)
         return 2
