@@ -53,10 +53,16 @@ def main() -> int:
 
     runners: dict[str, Callable[[], object]] = {}
 
-    from mullama import EmbeddingGenerator, Model
+    from mullama import EmbeddingGenerator, Model, quantize
     model = Model.load(gguf)
     gen = EmbeddingGenerator(model, n_threads=args.threads)
     runners["mullama"] = lambda: gen.embed_matrix(texts)
+    # The same weights in bf16 (AVX512-BF16 dot products where the CPU has them).
+    bf16_path = gguf.with_name(gguf.name.replace("-f16", "-bf16"))
+    if not bf16_path.exists():
+        quantize(gguf, bf16_path, "bf16")
+    gen_bf16 = EmbeddingGenerator(Model.load(bf16_path), n_threads=args.threads)
+    runners["mullama (bf16 GGUF)"] = lambda: gen_bf16.embed_matrix(texts)
 
     try:
         import torch

@@ -35,3 +35,7 @@ __all__ += ["Context", "ContextFullError", "GenerationCancelled", "SamplerParams
 from .embedding import EmbeddingGenerator, cosine_similarity  # noqa: E402
 
 __all__ += ["EmbeddingGenerator", "cosine_similarity"]
+
+from .quantize import quantize  # noqa: E402
+
+__all__ += ["quantize"]

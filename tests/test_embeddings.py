@@ -47,6 +47,25 @@ def test_matches_sentence_transformers(gen: EmbeddingGenerator, minilm: Model) -
     assert cos.min() >= 0.999, f"{SENTENCES[same_tokens[worst]]!r}: cosine {cos.min()}"
 
 
+def test_bf16_copy_stays_accurate(minilm_path: Path, minilm: Model, tmp_path: Path) -> None:
+    from mullama import quantize
+    bf16 = quantize(minilm_path, tmp_path / "minilm-bf16.gguf", "bf16")
+    same_tokens = [i for i in range(len(SENTENCES)) if minilm.tokenize(SENTENCES[i]) == _hf_ids(i)]
+    with Model.load(bf16) as m:
+        matrix = EmbeddingGenerator(m).embed_matrix([SENTENCES[i] for i in same_tokens])
+    assert np.einsum("ij,ij->i", matrix, REF["embeddings"][same_tokens]).min() >= 0.999
+
+
+def test_quantize_errors(tmp_path: Path, minilm_path: Path) -> None:
+    from mullama import quantize
+    with pytest.raises(ValueError, match="unknown ftype"):
+        quantize(minilm_path, tmp_path / "x.gguf", "q9_9")
+    with pytest.raises(RuntimeError, match="No such file"):
+        quantize(tmp_path / "missing.gguf", tmp_path / "x.gguf")
+    with pytest.raises(TypeError):
+        quantize(42, tmp_path / "x.gguf")  # type: ignore[arg-type]
+
+
 def test_batch_equals_one_by_one(gen: EmbeddingGenerator) -> None:
     texts = SENTENCES[:40]
     batch = np.stack(gen.embed_batch(texts))
