@@ -295,14 +295,15 @@ def download_sdist(pin: Mapping[str, object], dest_dir: Path) -> Path:
     return target
 
 
-def verify_sdist(path: Path, expected: str) -> None:
+def verify_download(path: Path, expected: str) -> None:
+    """Refuse (and move aside) a downloaded file whose sha256 is not the pinned one."""
     actual = sha256_file(path)
     if actual != expected:
         bad = path.with_name(path.name + ".rejected")
         os.replace(path, bad)
         raise BuildError(
-            f"{path.name} has sha256 {actual}, expected {expected}: the archive is corrupt or not the pinned release. "
-            f"It was moved to {bad}; run the build again to download it afresh"
+            f"{path.name} has sha256 {actual}, expected {expected}: the file is corrupt or not the pinned release. "
+            f"It was moved to {bad}; run again to download it afresh"
         )
 
 
@@ -351,7 +352,7 @@ def ensure_source(source_dir: Path, cache_dir: Path, pin: Mapping[str, object]) 
     sd = pin["sdist"]
     assert isinstance(sd, dict)
     archive = download_sdist(pin, cache_dir / "sdist")
-    verify_sdist(archive, str(sd["sha256"]))
+    verify_download(archive, str(sd["sha256"]))
     log(f"extracting {sd['subdir']} from {archive.name} into {source_dir}")
     source_dir.parent.mkdir(parents=True, exist_ok=True)
     extract_subdir(archive, str(sd["subdir"]), source_dir)

