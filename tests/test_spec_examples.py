@@ -10,13 +10,19 @@ from typing import Any, Iterator
 import numpy as np
 import pytest
 
-from .spec_examples import example, with_models
+from .spec_examples import COPY_SPEC, SHARED_SPEC, example, with_models
 
 
 def _run(code: str, name: str = "__spec__", **extra: Any) -> dict[str, Any]:
     ns: dict[str, Any] = {"__name__": name, **extra}
     exec(compile(code, "<spec example>", "exec"), ns)
     return ns
+
+
+def test_spec_copy_is_current() -> None:
+    if SHARED_SPEC.exists():
+        assert COPY_SPEC.read_text(encoding="utf-8") == SHARED_SPEC.read_text(encoding="utf-8"), \
+            "tests/data/spec/python-api.md is out of date: copy shared/spec/python-api.md over it"
 
 
 def test_type_stub_snippet(smollm_path: Path) -> None:
