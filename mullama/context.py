@@ -558,8 +558,13 @@ class _SigintGuard:
 
     def __exit__(self, *exc: object) -> None:
         if self.active:
-            signal.signal(signal.SIGINT, self.previous)
             self.active = False
+            try:
+                signal.signal(signal.SIGINT, self.previous)
+            except ValueError:
+                # A suspended stream finished from another thread (closed by the
+                # garbage collector there): only the main thread may restore it.
+                pass
         if self.state.interrupted and exc[0] is None:
             self.state.interrupted = False
             raise KeyboardInterrupt

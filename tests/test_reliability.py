@@ -303,7 +303,7 @@ def cycle(explicit, probe=None):
         c.close(); m.close()
 for explicit in (True, False):
     working = []
-    for _ in range(20):
+    for _ in range(50):   # let the allocator's arenas settle first
         cycle(explicit, working)
     gc.collect()
     base = rss()
