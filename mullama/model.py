@@ -338,8 +338,10 @@ class Model(NativeHandle):
     def _special_tokens(self) -> dict[str, str]:
         L = _backend.lib()
         out: dict[str, str] = {}
+        unk = self.meta("tokenizer.ggml.unknown_token_id")  # the C API has no getter for it
         for key, tok in (("bos_token", L.llama_vocab_bos(self._vocab)), ("eos_token", L.llama_vocab_eos(self._vocab)),
-                         ("pad_token", L.llama_vocab_pad(self._vocab))):
+                         ("pad_token", L.llama_vocab_pad(self._vocab)),
+                         ("unk_token", int(unk) if unk and unk.lstrip("-").isdigit() else -1)):
             if 0 <= tok < self._n_vocab:
                 text = L.llama_vocab_get_text(self._vocab, tok)
                 if text is not None:

@@ -65,3 +65,10 @@ def test_sandbox_blocks_python_internals(model: Model) -> None:
     with pytest.raises(Exception) as e:
         model.apply_chat_template([("user", "x")], template=evil)
     assert "unsafe" in str(e.value).lower() or "security" in str(e.value).lower() or "chat template error" in str(e.value)
+
+
+def test_special_tokens_are_the_ones_transformers_passes(model: Model) -> None:
+    # transformers' GGUF tokenizer for this file: bos <|im_start|>, eos <|im_end|>, pad <|im_end|>, unk <|endoftext|>
+    out = model.apply_chat_template([("user", "x")], template="{{ bos_token }}|{{ eos_token }}|{{ pad_token }}|"
+                                                               "{{ unk_token }}")
+    assert out == "<|im_start|>|<|im_end|>|<|im_end|>|<|endoftext|>"
