@@ -36,8 +36,12 @@ def ctx(model: Model) -> Context:
 
 
 def _reference(exe: Path, model_path: Path, prompt: str, n: int) -> tuple[list[int], list[int]]:
+    import os
+
+    from mullama import _backend
+    env = {**os.environ, "GGML_BACKEND_DIR": str(_backend.lib().path.parent)}
     out = subprocess.run([str(exe), str(model_path), str(n), "1024", prompt], capture_output=True, text=True,
-                         check=True).stdout.split("\n")
+                         check=True, env=env).stdout.split("\n")
     return [int(x) for x in out[0].split()], [int(x) for x in out[1].split()]
 
 

@@ -1,7 +1,8 @@
 /* Independent greedy decoding straight on libllama: argmax over the logits,
  * one token at a time.  Prints the prompt's token ids on the first line and
  * the generated ids on the second.  The tests compare mullama against it.
- * usage: greedy_ref MODEL N_PREDICT N_CTX PROMPT */
+ * usage: greedy_ref MODEL N_PREDICT N_CTX PROMPT
+ * With a build of loadable backends (--portable), GGML_BACKEND_DIR names their folder. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -14,6 +15,9 @@ int main(int argc, char **argv) {
     int n_predict = atoi(argv[2]);
     llama_log_set(quiet, NULL);
     llama_backend_init();
+    if (ggml_backend_reg_count() == 0 && getenv("GGML_BACKEND_DIR")) {
+        ggml_backend_load_all_from_path(getenv("GGML_BACKEND_DIR"));
+    }
     struct llama_model_params mp = llama_model_default_params();
     mp.n_gpu_layers = 0;
     struct llama_model *model = llama_model_load_from_file(argv[1], mp);
