@@ -402,6 +402,9 @@ def build(cfg: BuildConfig, pin: Mapping[str, object]) -> Path:
         "build_key": cfg.key(commit),
     }
     (cfg.install_dir / "build_info.json").write_text(json.dumps(info, indent=2) + "\n")
+    # The libraries are llama.cpp's and ggml's: their MIT notice travels with them.
+    if (cfg.source_dir / "LICENSE").exists():
+        shutil.copyfile(cfg.source_dir / "LICENSE", cfg.install_dir / "LICENSE.llama.cpp")
     return build_dir
 
 
