@@ -27,7 +27,7 @@ def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_wheel_is_platform_specific_and_carries_the_libraries(wheel: Path) -> None:
     assert wheel.name.startswith("mullama-0.1.0-py3-none-linux_")
     names = zipfile.ZipFile(wheel).namelist()
-    for lib in ("libllama.so", "libggml.so", "libggml-base.so", "libggml-cpu.so", "build_info.json"):
+    for lib in ("libllama.so", "libggml.so", "libggml-base.so", "libggml-cpu.so", "build_info.json", "LICENSE.llama.cpp"):
         assert f"mullama/lib/{lib}" in names
     assert "mullama/py.typed" in names
     assert any(n.endswith("entry_points.txt") for n in names)
