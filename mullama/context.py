@@ -206,11 +206,21 @@ class Context(NativeHandle):
     # -- KV cache ------------------------------------------------------------------
 
     def clear_cache(self) -> None:
-        """Empty the KV cache (start of a new, unrelated conversation)."""
-        self.ptr()
+        """Empty the KV cache (start of a new, unrelated conversation).
+
+        A stream left suspended on this thread is finished first; from another
+        thread while this Context is busy it raises RuntimeError.
+        """
+        self._acquire()
+        try:
+            self._clear()
+        finally:
+            self._release()
+
+    def _clear(self) -> None:
         if self._mem:
             _backend.lib().llama_memory_clear(self._mem, True)
-        self._tokens = []
+        self._tokens.clear()  # in place: a running loop holds this list
 
     def _truncate_cache(self, keep: int) -> int:
         """Keep the first ``keep`` cached tokens, drop the rest; returns how many were kept."""
@@ -220,7 +230,7 @@ class Context(NativeHandle):
         if self._mem and keep > 0 and L.llama_memory_seq_rm(self._mem, 0, keep, -1):
             del self._tokens[keep:]
             return keep
-        self.clear_cache()  # partial removal unsupported (e.g. recurrent state): start over
+        self._clear()  # partial removal unsupported (e.g. recurrent state): start over
         return 0
 
     def _decode_chunks(self, ctx: int, tokens: list[int], output_all: bool = False) -> None:
@@ -277,7 +287,7 @@ class Context(NativeHandle):
             if not ids:
                 raise ValueError("tokens is empty")
             if self._is_encoder or (self._embeddings and not self._mem):
-                self._tokens = []  # encoder-only models keep no cache: each call stands alone
+                self._tokens.clear()  # encoder-only models keep no cache: each call stands alone
             self._decode_chunks(ctx, ids, output_all=self._embeddings)
         finally:
             self._release()

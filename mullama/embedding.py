@@ -126,7 +126,7 @@ class EmbeddingGenerator:
             L = _backend.lib()
             if ctx._mem:
                 L.llama_memory_clear(ctx._mem, True)
-            ctx._tokens = []
+            ctx._tokens.clear()
             ctx._batch.fill_sequences(seqs)
             run = L.llama_encode if ctx._is_encoder else L.llama_decode
             rc = run(c, ctx._batch.struct)

@@ -113,6 +113,12 @@ def test_breaking_out_early_keeps_the_context_usable(ctx: Context) -> None:
     stream = ctx.generate_stream("Abandoned", max_tokens=50)
     next(stream)  # left suspended: the next call on this thread finishes it first
     assert ctx.generate("The moon is", max_tokens=30, params=SamplerParams.greedy()) == expected
+    stream = ctx.generate_stream("Abandoned again", max_tokens=50)
+    next(stream)
+    ctx.clear_cache()  # finishes the suspended stream too, and the cache agrees with itself
+    assert ctx.n_past == 0 and list(stream) == []
+    assert ctx.generate("The moon is", max_tokens=30, params=SamplerParams.greedy()) == expected
+    assert ctx.last_prompt_evaluated == len(ctx.model.tokenize("The moon is"))
 
 
 def test_second_chat_turn_evaluates_only_new_tokens(ctx: Context, model: Model) -> None:
