@@ -21,7 +21,6 @@ from ctypes import (
     POINTER,
     Structure,
     c_bool,
-    c_char,
     c_char_p,
     c_double,
     c_float,
@@ -30,7 +29,6 @@ from ctypes import (
     c_int32,
     c_int64,
     c_size_t,
-    c_uint8,
     c_uint32,
     c_uint64,
     c_void_p,
@@ -585,16 +583,3 @@ def load() -> _Lib:
             + "\nBuild it with `python scripts/build_lib.py`, or point MULLAMA_LIB at a libllama file or folder."
         )
 
-
-# Convenience types re-exported for the modules that build buffers.
-__all__ = [
-    "LibraryLoadError",
-    "c_char",
-    "c_uint8",
-    "load",
-    "llama_batch",
-    "llama_chat_message",
-    "llama_context_params",
-    "llama_model_params",
-    "llama_logit_bias",
-]

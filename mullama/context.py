@@ -7,7 +7,7 @@ import ctypes
 import signal
 import threading
 import weakref
-from collections.abc import AsyncIterator, Generator, Sequence
+from collections.abc import AsyncIterator, Callable, Generator, Sequence
 from typing import Any
 
 import numpy as np
@@ -434,7 +434,7 @@ class Context(NativeHandle):
     def _token_loop(self, ctx: int, smpl: int, max_tokens: int, stops: tuple[str, ...], ignore_eos: bool,
                     argmax_only: bool) -> Generator[str, None, None]:
         L = _backend.lib()
-        sample = L.llama_sampler_sample
+        sample: Callable[[int, int, int], int] = L.llama_sampler_sample
         if argmax_only:
             # Greedy without penalties: the first largest logit, exactly what
             # llama.cpp's greedy sampler returns, read in place (no copy).
@@ -442,13 +442,14 @@ class Context(NativeHandle):
             n_vocab = self._model._n_vocab
             views: dict[int, np.ndarray] = {}
 
-            def sample(_smpl: int, c: int, idx: int) -> int:
+            def argmax(_smpl: int, c: int, idx: int) -> int:
                 addr = get_logits(c, idx)
                 view = views.get(addr)
                 if view is None:
                     view = views[addr] = np.ctypeslib.as_array(
                         ctypes.cast(addr, ctypes.POINTER(ctypes.c_float)), shape=(n_vocab,))
                 return int(view.argmax())
+            sample = argmax
         is_eog = L.llama_vocab_is_eog
         to_piece = L.llama_token_to_piece
         run = L.llama_decode

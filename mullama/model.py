@@ -309,15 +309,13 @@ class Model(NativeHandle):
         _validate.integer("token", token, 0, self.n_vocab - 1)
         return self._piece(token, special)
 
-    def _piece(self, token: int, special: bool, buf: ctypes.Array[ctypes.c_char] | None = None) -> bytes:
+    def _piece(self, token: int, special: bool) -> bytes:
         L = _backend.lib()
-        if buf is None:
-            buf = ctypes.create_string_buffer(64)
+        buf = ctypes.create_string_buffer(64)
         n = L.llama_token_to_piece(self._vocab, token, buf, len(buf), 0, special)
-        if n < 0:
-            big = ctypes.create_string_buffer(-n)
-            n = L.llama_token_to_piece(self._vocab, token, big, len(big), 0, special)
-            return big.raw[:n]
+        if n < 0:  # longer than 64 bytes: llama.cpp says how long
+            buf = ctypes.create_string_buffer(-n)
+            n = L.llama_token_to_piece(self._vocab, token, buf, len(buf), 0, special)
         return buf.raw[:n]
 
     def token_is_eog(self, token: int) -> bool:
