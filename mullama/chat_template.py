@@ -43,8 +43,12 @@ def _tojson(x: Any, ensure_ascii: bool = False, indent: int | None = None,
     return json.dumps(x, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys)
 
 
+def _now() -> datetime:
+    return datetime.now()
+
+
 def _strftime_now(fmt: str) -> str:
-    return datetime.now().strftime(fmt)
+    return _now().strftime(fmt)  # through _now, so that tests can fix the date
 
 
 @lru_cache(maxsize=32)

@@ -10,6 +10,7 @@ Writes tests/data/chat_templates.json.
 
 from __future__ import annotations
 
+import datetime
 import json
 import sys
 from pathlib import Path
@@ -61,7 +62,9 @@ def main() -> None:
                 cases.append({"template": name, "messages": conv, "add_generation_prompt": add_gen,
                               "expected": out, "error": error})
     out_path = ROOT / "tests/data/chat_templates.json"
-    out_path.write_text(json.dumps({"model": model.name, "cases": cases}, ensure_ascii=False, indent=1) + "\n")
+    out_path.write_text(json.dumps({"model": model.name,
+                                      # templates that print today's date (strftime_now) printed this day's
+                                      "reference_day": datetime.date.today().isoformat(), "cases": cases}, ensure_ascii=False, indent=1) + "\n")
     print(f"wrote {len(cases)} cases to {out_path}")
 
 

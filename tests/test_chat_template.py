@@ -3,20 +3,24 @@
 from __future__ import annotations
 
 import json
+from datetime import datetime
 from pathlib import Path
 
 import pytest
 
-from mullama import Model, builtin_chat_templates
+from mullama import Model, builtin_chat_templates, chat_template
 
 from .conftest import LLAMA_SRC
 
 DATA = json.loads((Path(__file__).parent / "data" / "chat_templates.json").read_text(encoding="utf-8"))
+REFERENCE_DAY = datetime.fromisoformat(DATA["reference_day"] + "T12:00")  # when the references were recorded
 
 
 @pytest.mark.parametrize("case", DATA["cases"], ids=lambda c: f"{c['template'] or 'own'}-{len(c['messages'])}msg-"
                                                              f"{'gen' if c['add_generation_prompt'] else 'nogen'}")
-def test_matches_transformers(model: Model, case: dict) -> None:  # type: ignore[type-arg]
+def test_matches_transformers(model: Model, case: dict, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[type-arg]
+    # Templates that print today's date (strftime_now) see the day the references were made.
+    monkeypatch.setattr(chat_template, "_now", lambda: REFERENCE_DAY)
     source = None if case["template"] is None else (LLAMA_SRC / "models/templates" / case["template"]).read_text()
     messages = [tuple(m) for m in case["messages"]]
     if case["error"]:

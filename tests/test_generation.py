@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import subprocess
 import threading
-import time
 from pathlib import Path
 
 import pytest
@@ -17,9 +16,10 @@ from .conftest import compile_c
 ROOT = Path(__file__).resolve().parent.parent
 CHAT = ("<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n"
         "<|im_start|>user\nWhat is the capital of France?<|im_end|>\n<|im_start|>assistant\n")
-# Recorded from tests/native/greedy_ref.c (argmax decoding straight on libllama) for CHAT, 24 tokens.
-CHAT_GREEDY_IDS = [60, 23, 39614, 1141, 552, 28, 2618, 2828, 313, 7712, 769, 28, 2618, 2849, 1558, 26261, 651, 89,
-                   28, 2618, 2849, 1558, 26261, 651]
+# No token ids or texts are recorded here: greedy output legitimately differs
+# between CPUs (SIMD code paths round differently), so every expectation is
+# computed in the same run, on the same machine, by tests/native/greedy_ref.c
+# (argmax decoding straight on libllama) or by an earlier call.
 
 
 @pytest.fixture(scope="module")
@@ -62,12 +62,6 @@ def test_greedy_matches_llama_cpp(ctx: Context, model: Model, smollm_path: Path,
     assert generated == ref_ids[:len(generated)] and len(generated) >= len(ref_ids) - 1
 
 
-def test_recorded_greedy_ids(ctx: Context, model: Model) -> None:
-    text = ctx.generate(CHAT, max_tokens=24, params=SamplerParams.greedy())
-    assert text == model.detokenize(CHAT_GREEDY_IDS)
-    assert ctx.tokens[-23:] == CHAT_GREEDY_IDS[:23]
-
-
 def test_token_id_prompt_equals_text_prompt(ctx: Context, model: Model) -> None:
     a = ctx.generate("Hello, AI!", max_tokens=20, params=SamplerParams.greedy())
     ctx.clear_cache()
@@ -75,19 +69,24 @@ def test_token_id_prompt_equals_text_prompt(ctx: Context, model: Model) -> None:
     assert a == b and a
 
 
-def test_stream_joins_to_generate_and_arrives_incrementally(ctx: Context) -> None:
-    full = ctx.generate("Write a story about a dragon.", max_tokens=80, params=SamplerParams.greedy(),
-                        ignore_eos=True)
+def test_stream_joins_to_generate_and_arrives_incrementally(ctx: Context, model: Model) -> None:
+    prompt = "Write a story about a dragon."
+    full = ctx.generate(prompt, max_tokens=80, params=SamplerParams.greedy(), ignore_eos=True)
     ctx.clear_cache()
-    times, pieces = [], []
-    start = time.perf_counter()
-    for piece in ctx.generate_stream("Write a story about a dragon.", max_tokens=80,
-                                     params=SamplerParams.greedy(), ignore_eos=True):
-        times.append(time.perf_counter() - start)
+    n_prompt = len(model.tokenize(prompt, special=True))
+    pieces: list[str] = []
+    cached_at_piece: list[int] = []  # how many tokens the cache held when each piece arrived
+    for piece in ctx.generate_stream(prompt, max_tokens=80, params=SamplerParams.greedy(), ignore_eos=True):
         pieces.append(piece)
+        cached_at_piece.append(ctx.n_past)
     assert "".join(pieces) == full
     assert len(pieces) > 40
-    assert times[0] < times[-1] / 4  # the first piece came long before the last
+    # Each piece came as soon as its token was sampled, before that token was
+    # decoded: one piece per cache position at most (a token whose text is
+    # empty, a special token, yields none), and the first long before the end.
+    assert all(a < b for a, b in zip(cached_at_piece, cached_at_piece[1:]))
+    assert n_prompt <= cached_at_piece[0] < n_prompt + 10
+    assert cached_at_piece[-1] == ctx.n_past == n_prompt + 79
 
 
 def test_stream_never_splits_utf8(ctx: Context, model: Model) -> None:
@@ -208,11 +207,16 @@ def test_max_tokens_and_empty_prompt(ctx: Context) -> None:
 
 def test_stop_strings(ctx: Context) -> None:
     full = ctx.generate(CHAT, max_tokens=30, params=SamplerParams.greedy())
-    assert "Marseillaise" in full
-    cut = ctx.generate(CHAT, max_tokens=30, params=SamplerParams.greedy(), stop=["Marseillaise"])
-    assert cut == full[:full.index("Marseillaise")]
-    streamed = "".join(ctx.generate_stream(CHAT, max_tokens=30, params=SamplerParams.greedy(), stop=["Marseil"]))
-    assert streamed == cut
+    # A word from the second half of this machine's own greedy answer.
+    words = [w.strip(".,;:!?\"'()") for w in full[len(full) // 2:].split()]
+    stop = next(w for w in words if len(w) >= 4)
+    cut = ctx.generate(CHAT, max_tokens=30, params=SamplerParams.greedy(), stop=[stop])
+    assert cut == full[:full.index(stop)] and len(cut) < len(full)
+    prefix = stop[:-1]  # stopping on a prefix of a later token
+    streamed = "".join(ctx.generate_stream(CHAT, max_tokens=30, params=SamplerParams.greedy(), stop=[prefix]))
+    assert streamed == full[:full.index(prefix)]
+    both = ctx.generate(CHAT, max_tokens=30, params=SamplerParams.greedy(), stop=[stop, "\u2603never"])
+    assert both == cut
     with pytest.raises(ValueError):
         ctx.generate("x", stop=[""])
 
@@ -266,21 +270,23 @@ def test_context_properties_and_validation(model: Model) -> None:
 def test_same_context_from_two_threads_is_refused(model: Model) -> None:
     c = Context(model, n_ctx=512)
     errors: list[BaseException] = []
-    started = threading.Event()
+    started, tried = threading.Event(), threading.Event()
 
     def worker() -> None:
         for i, _ in enumerate(c.generate_stream("Tell me a story", max_tokens=60, ignore_eos=True)):
             if i == 0:
                 started.set()
-            time.sleep(0.005)
+                tried.wait(30)  # stay mid-generation until the other thread has tried
 
     t = threading.Thread(target=worker)
     t.start()
-    started.wait(10)
+    assert started.wait(60)
     try:
         c.generate("Hi", max_tokens=2)
     except RuntimeError as e:
         errors.append(e)
+    finally:
+        tried.set()
     t.join()
     assert errors and "another thread" in str(errors[0])
     assert c.generate("Hi", max_tokens=2, params=SamplerParams.greedy()) is not None

@@ -57,65 +57,80 @@ def test_eight_threads_share_one_model(model: Model) -> None:
 
 
 def test_native_calls_release_the_gil(model: Model) -> None:
-    ctx = Context(model, n_ctx=4096, n_batch=512)
-    tokens = model.tokenize("The history of the world is long. " * 120)
+    # One prompt, one llama_decode call (n_batch holds it all).  Holding the
+    # GIL through it would let the counter thread run at most once or twice
+    # (at Python's switch interval around the call); released, it runs again
+    # and again while the call is in C.
+    tokens = model.tokenize("The history of the world is long. " * 110)
+    ctx = Context(model, n_ctx=2048, n_batch=2048)
     ticks = 0
+    running = threading.Event()
     stop = threading.Event()
 
     def counter() -> None:
         nonlocal ticks
+        running.set()
         while not stop.is_set():
             ticks += 1
-            time.sleep(0.001)
+            time.sleep(0.0005)
 
     t = threading.Thread(target=counter)
     t.start()
-    time.sleep(0.05)
+    running.wait()
     before = ticks
-    started = time.perf_counter()
     ctx.decode(tokens)
-    elapsed = time.perf_counter() - started
     during = ticks - before
     stop.set()
     t.join()
-    assert elapsed > 0.3
-    # the counter thread ran throughout the evaluation (it wakes about every millisecond)
-    assert during > elapsed * 200
+    assert len(tokens) > 700 and ctx.n_past == len(tokens)
+    assert during >= 10, f"the counter thread ran {during} times during a {len(tokens)}-token decode"
 
 
 # -- cancellation ---------------------------------------------------------------
 
 SIGINT_CHILD = """
-import sys, time
+import os, signal, sys, threading, time
 from mullama import Model, Context, SamplerParams
 m = Model.load(sys.argv[1])
 ctx = Context(m, n_ctx=8192, n_batch=512)
-prompt = "The history of the world is long. " * 900 if sys.argv[2] == "prompt" else "Tell me a story."
-print("go", flush=True)
+phase = sys.argv[2]
+prompt = "The history of the world is long. " * 900 if phase == "prompt" else "Tell me a story."
+n_prompt = len(m.tokenize(prompt, special=True))
+# Ctrl-C arrives once the first batch of the prompt is in (prompt phase), or
+# ten tokens into the generation; what the cache held then is remembered.
+target = 512 if phase == "prompt" else n_prompt + 10
+at_signal = []
+def press_ctrl_c():
+    while ctx.n_past < target:
+        time.sleep(0.0005)
+    at_signal.append(ctx.n_past)
+    os.kill(os.getpid(), signal.SIGINT)
+threading.Thread(target=press_ctrl_c, daemon=True).start()
 try:
     ctx.generate(prompt, max_tokens=5000, params=SamplerParams.greedy(), ignore_eos=True)
     print("finished", flush=True)
 except KeyboardInterrupt:
-    print("interrupted", ctx.n_past == len(ctx.tokens), flush=True)
+    print("interrupted", at_signal[0], ctx.n_past, ctx.n_past == len(ctx.tokens), n_prompt, flush=True)
 print("usable", ctx.generate("Hello", max_tokens=4, params=SamplerParams.greedy()) != "", flush=True)
 """
 
 
 @pytest.mark.parametrize("phase", ["prompt", "generation"])
 def test_ctrl_c_stops_quickly_and_leaves_the_context_usable(smollm_path: Path, phase: str) -> None:
-    p = subprocess.Popen([sys.executable, "-c", SIGINT_CHILD, str(smollm_path), phase], stdout=subprocess.PIPE,
-                         stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
-    assert p.stdout is not None
-    assert p.stdout.readline().strip() == "go"
-    time.sleep(1.0)
-    sent = time.monotonic()
-    p.send_signal(signal.SIGINT)
-    line = p.stdout.readline().strip()
-    latency = time.monotonic() - sent
-    out, err = p.communicate(timeout=60)
-    assert line == "interrupted True", (line, err)
-    assert latency < 0.5
-    assert out.strip() == "usable True" and err == ""
+    p = subprocess.run([sys.executable, "-c", SIGINT_CHILD, str(smollm_path), phase], capture_output=True, text=True,
+                       timeout=300, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    lines = p.stdout.splitlines()
+    assert len(lines) == 2 and lines[0].startswith("interrupted"), (p.stdout, p.stderr)
+    _, at_signal, at_stop, consistent, n_prompt = lines[0].split()
+    assert consistent == "True"
+    stopped_after = int(at_stop) - int(at_signal)
+    if phase == "prompt":
+        # within the batch being evaluated (or, if that one had just ended, the next)
+        assert 0 <= stopped_after <= 2 * 512 and int(at_stop) < int(n_prompt)
+    else:
+        # within about one token (a few, if the signalling thread was descheduled)
+        assert 0 <= stopped_after <= 8
+    assert lines[1] == "usable True" and p.stderr == ""
 
 
 def test_cancel_event_from_another_thread(model: Model) -> None:
@@ -127,19 +142,33 @@ def test_cancel_event_from_another_thread(model: Model) -> None:
                                      ignore_eos=True, cancel=event):
             pieces += 1
             if pieces == 3:
-                threading.Timer(0.05, event.set).start()
-                set_at = time.monotonic()
-    assert time.monotonic() - set_at < 1.0
-    assert pieces < 3000 and ctx.n_past == len(ctx.tokens) >= 3
+                setter = threading.Thread(target=event.set)
+                setter.start()
+                setter.join()
+    assert pieces == 3  # no piece after the event was set
+    assert ctx.n_past == len(ctx.tokens) >= 3
     assert ctx.generate("Hello", max_tokens=3, params=SamplerParams.greedy())
 
 
 def test_cancel_method_during_prompt_evaluation(model: Model) -> None:
     ctx = Context(model, n_ctx=8192, n_batch=512)
-    threading.Timer(0.2, ctx.cancel).start()
+    tokens = model.tokenize("The history of the world is long. " * 900)
+    at_cancel: list[int] = []
+
+    def cancel_after_first_batch() -> None:
+        while ctx.n_past < 512:
+            time.sleep(0.0005)
+        at_cancel.append(ctx.n_past)
+        ctx.cancel()
+
+    t = threading.Thread(target=cancel_after_first_batch, daemon=True)
+    t.start()
     with pytest.raises(GenerationCancelled):
-        ctx.decode(model.tokenize("The history of the world is long. " * 900))
-    assert ctx.n_past < 6000  # stopped part way, and the cache agrees with what it says it holds
+        ctx.decode(tokens)
+    t.join()
+    # stopped part way, within a batch or two, and the cache agrees with what it says it holds
+    assert 0 <= ctx.n_past - at_cancel[0] <= 2 * 512 and ctx.n_past < len(tokens)
+    assert ctx.n_past == len(ctx.tokens)
     ctx.clear_cache()
     assert ctx.generate("Hello", max_tokens=3, params=SamplerParams.greedy())
 
@@ -148,33 +177,34 @@ def test_cancel_method_during_prompt_evaluation(model: Model) -> None:
 
 
 def test_three_concurrent_async_generations_keep_the_loop_responsive(model: Model) -> None:
-    async def main() -> tuple[list[str], float, list[str]]:
-        lag = 0.0
+    greedy = SamplerParams.greedy()
+    ctxs = [Context(model, n_ctx=512, n_threads=1) for _ in range(3)]
+
+    async def main() -> tuple[list[str], set[tuple[int, ...]], list[str]]:
+        # A ticker records what the caches held each time the loop let it run.
+        # A loop blocked by native work would see only the start and the end.
+        seen: set[tuple[int, ...]] = set()
         done = asyncio.Event()
 
         async def ticker() -> None:
-            nonlocal lag
             while not done.is_set():
-                t = time.perf_counter()
-                await asyncio.sleep(0.01)
-                lag = max(lag, time.perf_counter() - t - 0.01)
+                seen.add(tuple(c.n_past for c in ctxs))
+                await asyncio.sleep(0.001)
 
         tick = asyncio.create_task(ticker())
-        ctxs = [Context(model, n_ctx=512, n_threads=1) for _ in range(3)]
-        greedy = SamplerParams.greedy()
         texts = await asyncio.gather(*(c.agenerate(p, max_tokens=40, params=greedy)
                                        for c, p in zip(ctxs, PROMPTS)))
         pieces = [piece async for piece in ctxs[0].agenerate_stream(PROMPTS[0], 40, greedy)]
         done.set()
         await tick
-        return list(texts), lag, pieces
+        return list(texts), seen, pieces
 
-    texts, lag, pieces = asyncio.run(main())
-    alone = [Context(model, n_ctx=512).generate(p, max_tokens=40, params=SamplerParams.greedy())
-             for p in PROMPTS[:3]]
+    texts, seen, pieces = asyncio.run(main())
+    alone = [Context(model, n_ctx=512, n_threads=1).generate(p, max_tokens=40, params=greedy) for p in PROMPTS[:3]]
     assert texts == alone
     assert "".join(pieces) == alone[0]
-    assert lag < 0.1
+    # the loop ran at many points while the three generations were under way
+    assert len(seen) >= 10, sorted(seen)
 
 
 def test_async_stream_left_early_cancels_the_worker(model: Model) -> None:

@@ -138,6 +138,7 @@ def test_complete_rag_example(smollm_path: Path, minilm_path: Path, tmp_path: Pa
     # sentence-transformers ranks these documents 1, 2, 0 (scores 0.4647, 0.3633, 0.3044)
     docs = ns["rag"].documents
     assert [docs.index(s["text"]) for s in result["sources"]] == [1, 2, 0]
-    assert [round(s["score"], 2) for s in result["sources"]] == [0.46, 0.36, 0.30]
+    scores = [s["score"] for s in result["sources"]]
+    assert np.allclose(scores, [0.4647, 0.3633, 0.3044], atol=2e-3), scores  # the accuracy bar, not more digits
     assert (tmp_path / "mullama_docs.npy").exists()
     assert "Indexed 7 documents" in capsys.readouterr().out
