@@ -19,7 +19,7 @@ from typing import Any, Union
 GGUF_MAGIC = b"GGUF"
 SUPPORTED_VERSIONS = (2, 3)
 MAX_DIMS = 4
-GGML_TYPE_COUNT = 42  # one past the highest ggml_type of the pinned llama.cpp
+GGML_TYPE_COUNT = 43  # GGML_TYPE_COUNT of the pinned ggml.h (tests/test_abi.py checks it)
 MAX_STRING = 1 << 30  # as gguf.cpp: GGUF_MAX_STRING_LENGTH
 MAX_ARRAY = 1 << 30  # as gguf.cpp: GGUF_MAX_ARRAY_ELEMENTS
 

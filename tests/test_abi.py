@@ -108,3 +108,10 @@ def test_struct_returning_functions_return_structs() -> None:
 @pytest.mark.parametrize("field,expected", [("n_batch", 2048), ("n_ubatch", 512), ("n_seq_max", 1)])
 def test_defaults_round_trip_through_the_mirror(field: str, expected: int) -> None:
     assert getattr(L.load().llama_context_default_params(), field) == expected
+
+
+def test_gguf_reader_knows_every_tensor_type() -> None:
+    from mullama import _gguf
+    header = (LLAMA_SRC / "ggml" / "include" / "ggml.h").read_text()
+    m = re.search(r"GGML_TYPE_COUNT\s*=\s*(\d+)", header)
+    assert m and int(m.group(1)) == _gguf.GGML_TYPE_COUNT

@@ -1,0 +1,531 @@
+'use strict';
+// JsContext: a KV cache over a JsModel, and text generation with the native
+// sampler chain (mirrors mullama/context.py).
+//
+// Generation is one generator, `_steps`, that yields either a piece of text or
+// the DECODE request (evaluate the batch now).  Two drivers run it: the
+// synchronous API performs each decode in place; the async API performs it on
+// a worker thread (koffi's async calls) and awaits it, so the event loop keeps
+// running.  The token loop, stop strings, UTF-8 handling and cache
+// bookkeeping exist once, for both.
+
+const { TextDecoder } = require('node:util');
+const koffi = require('koffi');
+const _lib = require('./_lib');
+const { lib } = require('./_backend');
+const { Batch } = require('./_batch');
+const { usableCpus } = require('./_cpus');
+const { NativeHandle } = require('./_handle');
+const { JsModel } = require('./model');
+const { SamplerChain, paramsKey, resolveParams } = require('./sampling');
+const v = require('./_validate');
+
+const { C } = _lib;
+const MAX_N_CTX = 1 << 24;
+const MAX_N_BATCH = 1 << 20;
+const MAX_CHAINS = 8;
+const POOLING = { none: C.LLAMA_POOLING_TYPE_NONE, mean: C.LLAMA_POOLING_TYPE_MEAN,
+  cls: C.LLAMA_POOLING_TYPE_CLS, last: C.LLAMA_POOLING_TYPE_LAST };
+const CONTEXT_OPTIONS = ['nCtx', 'nBatch', 'nThreads', 'embeddings', 'nUbatch', 'nSeqMax', 'pooling'];
+const GENERATE_OPTIONS = ['stop', 'ignoreEos', 'signal'];
+const DECODE = Symbol('decode'); // what _steps yields when the batch must be evaluated
+
+/** The tokens do not fit in the context window. */
+class ContextFullError extends RangeError {
+  constructor(message) {
+    super(message);
+    this.name = 'ContextFullError';
+  }
+}
+
+/** Generation was stopped by an AbortSignal or JsContext.cancel(). */
+class GenerationCancelledError extends Error {
+  constructor(message = 'generation was cancelled') {
+    super(message);
+    this.name = 'AbortError';
+    this.code = 'ABORT_ERR';
+  }
+}
+
+class JsContext extends NativeHandle {
+  /**
+   * An inference context: a KV cache of nCtx tokens over a model.  It
+   * remembers which tokens its cache holds, so a prompt that starts with them
+   * (the next turn of a chat) evaluates only what is new.
+   */
+  constructor(model, params) {
+    super();
+    if (!(model instanceof JsModel)) throw new TypeError(`model must be a JsModel, not ${v.typeName(model)}`);
+    model.ptr();
+    const o = v.options('params', params, CONTEXT_OPTIONS);
+    const nCtx = v.integer('nCtx', o.nCtx ?? 0, 0, MAX_N_CTX);
+    const nBatch = v.integer('nBatch', o.nBatch ?? 2048, 1, MAX_N_BATCH);
+    const nThreads = v.integer('nThreads', o.nThreads ?? 0, 0, 4096);
+    const embeddings = v.boolean('embeddings', o.embeddings ?? false);
+    const nUbatch = v.integer('nUbatch', o.nUbatch ?? 0, 0, MAX_N_BATCH);
+    const L = lib();
+    const nSeqMax = v.integer('nSeqMax', o.nSeqMax ?? 1, 1, Number(L.llama_max_parallel_sequences()));
+    if (o.pooling !== undefined && !(o.pooling in POOLING)) {
+      throw new RangeError(`pooling must be one of ${Object.keys(POOLING).join(', ')}, not ${JSON.stringify(o.pooling)}`);
+    }
+    const train = model.nCtxTrain;
+    if (train > 0 && nCtx > train) {
+      throw new RangeError(`nCtx=${nCtx} exceeds the model's training context nCtxTrain=${train}; `
+        + `reduce nCtx to at most ${train}`);
+    }
+    this._model = model;
+    this._embeddings = embeddings;
+    const mptr = model.ptr();
+    this._isEncoder = L.llama_model_has_encoder(mptr) && !L.llama_model_has_decoder(mptr);
+    const threads = nThreads || usableCpus();
+    const cp = L.llama_context_default_params();
+    cp.n_ctx = nCtx;
+    cp.n_batch = nBatch;
+    // Non-causal (embedding) models need a whole sequence in one micro-batch.
+    cp.n_ubatch = nUbatch || (embeddings ? nBatch : Math.min(nBatch, 512));
+    cp.n_seq_max = nSeqMax;
+    // One cache shared by all sequences, so that packed sequences of any length fit.
+    cp.kv_unified = nSeqMax > 1;
+    cp.n_threads = threads;
+    cp.n_threads_batch = threads;
+    cp.embeddings = embeddings;
+    if (embeddings) cp.n_outputs_max_per_seq = 0;
+    if (o.pooling !== undefined) cp.pooling_type = POOLING[o.pooling];
+    _lib.takeErrors();
+    const ptr = L.llama_init_from_model(mptr, cp);
+    if (!ptr) {
+      const why = _lib.takeErrors() || 'llama.cpp could not create it (out of memory?)';
+      throw new Error(`Failed to create context (nCtx=${nCtx || train}, nBatch=${nBatch}): ${why}`);
+    }
+    this._attach(ptr, L.llama_free, model);
+    this._mem = L.llama_get_memory(ptr);
+    this._nCtx = L.llama_n_ctx(ptr);
+    this._nBatch = L.llama_n_batch(ptr);
+    this._nUbatch = L.llama_n_ubatch(ptr);
+    this._nThreads = threads;
+    this._batch = new Batch(this._nBatch);
+    this._tokens = []; // what the KV cache holds, in order (sequence 0)
+    this._lastPromptEvaluated = 0;
+    this._chains = new Map();
+    this._pieceBuf = Buffer.alloc(256);
+    this._logitViews = new Map();
+    this._active = null; // the async generation under way, if any
+    this._cancelRequested = false;
+  }
+
+  // -- properties ------------------------------------------------------------------
+
+  get model() { return this._model; }
+  /** Context size in tokens. */
+  get nCtx() { this.ptr(); return this._nCtx; }
+  /** Most tokens evaluated in one llama_decode call. */
+  get nBatch() { this.ptr(); return this._nBatch; }
+  get nThreads() { this.ptr(); return this._nThreads; }
+  /** The tokens the KV cache holds, in order. */
+  get tokens() { this.ptr(); return this._tokens.slice(); }
+  /** How many tokens the KV cache holds. */
+  get nPast() { this.ptr(); return this._tokens.length; }
+  /** Prompt tokens actually evaluated by the last generation (the rest came from the cache). */
+  get lastPromptEvaluated() { return this._lastPromptEvaluated; }
+
+  close() {
+    if (this._busy()) {
+      throw new Error('this JsContext is running an async generation; cancel() it and let it finish before close()');
+    }
+    if (this._batch) this._batch.close();
+    for (const chain of this._chains.values()) chain.close();
+    this._chains.clear();
+    this._logitViews.clear();
+    super.close();
+  }
+
+  // -- ownership: one generation at a time --------------------------------------------
+
+  _busy() {
+    const a = this._active;
+    // A stream that was garbage-collected unfinished left the cache consistent
+    // (every step ends between native calls): it no longer holds the context.
+    return a !== null && !a.done && a.ref.deref() !== undefined;
+  }
+
+  _acquire() {
+    const ptr = this.ptr();
+    this._model.ptr();
+    if (this._busy()) {
+      throw new Error('this JsContext is busy with an async generation; finish or cancel() it first, '
+        + 'or use one JsContext per concurrent request');
+    }
+    this._active = null;
+    this._cancelRequested = false;
+    return ptr;
+  }
+
+  /**
+   * Stop the async generation under way: a generation waiting on native work
+   * throws an AbortError before its next token (or prompt chunk); a stream
+   * suspended between pieces is closed.  The context stays usable.
+   */
+  cancel() {
+    if (!this._busy()) return;
+    this._cancelRequested = true;
+    this._active.ref.deref().return().catch(() => {});
+  }
+
+  // -- KV cache ----------------------------------------------------------------------------
+
+  /** Empty the KV cache (start of a new, unrelated conversation). */
+  clearCache() {
+    this._acquire();
+    this._clear();
+  }
+
+  _clear() {
+    if (this._mem) lib().llama_memory_clear(this._mem, true);
+    this._tokens.length = 0; // in place: a running loop holds this array
+  }
+
+  /** Keep the first `keep` cached tokens, drop the rest; returns how many were kept. */
+  _truncateCache(keep) {
+    if (keep >= this._tokens.length) return this._tokens.length;
+    if (this._mem && keep > 0 && lib().llama_memory_seq_rm(this._mem, 0, keep, -1)) {
+      this._tokens.length = keep;
+      return keep;
+    }
+    this._clear(); // partial removal unsupported (e.g. recurrent state): start over
+    return 0;
+  }
+
+  _afterFailedDecode(rc, nBefore) {
+    // Whatever part of the batch reached the cache is dropped, so that the
+    // cache and this._tokens agree again.
+    this._truncateCache(nBefore);
+    if (this._mem) lib().llama_memory_seq_rm(this._mem, 0, this._tokens.length, -1);
+    if (rc === 1) throw new ContextFullError(`no room left in the KV cache (nCtx=${this._nCtx}); use a larger nCtx`);
+    throw new Error(`llama_decode failed with status ${rc}: ${_lib.takeErrors() || 'set a log handler for details'}`);
+  }
+
+  /**
+   * Steps that evaluate `tokens` at the end of the cache, `chunk` at a time,
+   * with outputs for the last token (or all of them).
+   */
+  * _decodeSteps(tokens, chunk, outputAll = false) {
+    const n = tokens.length;
+    if (this._tokens.length + n > this._nCtx) {
+      throw new ContextFullError(`${n} tokens do not fit in the context: it holds ${this._tokens.length} of `
+        + `nCtx=${this._nCtx}; use a larger nCtx or a shorter prompt`);
+    }
+    if (this._isEncoder && n > this._nBatch) {
+      throw new ContextFullError(`${n} tokens exceed nBatch=${this._nBatch}, which an embedding model must `
+        + 'evaluate at once; use a larger nBatch');
+    }
+    for (let start = 0; start < n; start += chunk) {
+      const part = tokens.subarray ? tokens.subarray(start, start + chunk) : tokens.slice(start, start + chunk);
+      this._batch.fill(part, this._tokens.length, 0, start + part.length === n, outputAll);
+      const rc = yield DECODE;
+      if (rc !== 0) this._afterFailedDecode(rc, this._tokens.length);
+      for (const t of part) this._tokens.push(t);
+    }
+  }
+
+  /** Append `tokens` to the context and evaluate them (logits/embeddings of the last are kept). */
+  decode(tokens) {
+    const ids = v.tokenList('tokens', tokens, this._model._nVocab);
+    this._acquire();
+    if (!ids.length) throw new RangeError('tokens is empty');
+    if (this._isEncoder || (this._embeddings && !this._mem)) this._tokens.length = 0; // each call stands alone
+    this._drive(this._decodeSteps(ids, this._nBatch, this._embeddings));
+  }
+
+  /**
+   * The embedding of the last decoded tokens (pooled per the model, else the
+   * last token's), or null when this context was not created with
+   * embeddings: true or nothing was decoded.
+   */
+  getEmbeddings() {
+    const ctx = this.ptr();
+    if (!this._embeddings || (!this._tokens.length && !this._isEncoder)) return null;
+    const L = lib();
+    const mptr = this._model.ptr();
+    const n = L.llama_model_n_embd_out(mptr) || L.llama_model_n_embd(mptr);
+    const p = L.llama_pooling_type(ctx) !== C.LLAMA_POOLING_TYPE_NONE
+      ? L.llama_get_embeddings_seq(ctx, 0) : L.llama_get_embeddings_ith(ctx, -1);
+    if (!p) return null;
+    return Array.from(new Float32Array(koffi.view(p, n * 4)));
+  }
+
+  // -- generation ------------------------------------------------------------------------
+
+  /** Generate up to maxTokens tokens after a text prompt; returns the text. */
+  generate(prompt, maxTokens = 100, params = undefined, options = undefined) {
+    v.string('prompt', prompt);
+    return this._drive(this._start(prompt, maxTokens, params, options, false)).join('');
+  }
+
+  /** Generate from token ids (e.g. a prompt tokenized once and reused). */
+  generateFromTokens(tokens, maxTokens = 100, params = undefined, options = undefined) {
+    if (typeof tokens === 'string') throw new TypeError('tokens must be an array of integer token ids, not string');
+    return this._drive(this._start(tokens, maxTokens, params, options, false)).join('');
+  }
+
+  /**
+   * Generate and return every piece of text, in order, as an array.  Pieces
+   * never split a UTF-8 character, and joined they equal generate().
+   */
+  generateStream(prompt, maxTokens = 100, params = undefined, options = undefined) {
+    return this._drive(this._start(prompt, maxTokens, params, options, false));
+  }
+
+  /** Like generate(), with the native work on a worker thread; options.signal cancels it. */
+  async generateAsync(prompt, maxTokens = 100, params = undefined, options = undefined) {
+    const pieces = [];
+    for await (const piece of this.generateStreamAsync(prompt, maxTokens, params, options)) pieces.push(piece);
+    return pieces.join('');
+  }
+
+  /**
+   * Async iterator over the pieces, each yielded as soon as its token is
+   * sampled; the event loop keeps running between and during tokens.
+   * Leaving the loop early, an AbortSignal or cancel() stops the work.
+   */
+  generateStreamAsync(prompt, maxTokens = 100, params = undefined, options = undefined) {
+    // Arguments are checked here, so that bad input throws at the call.
+    const steps = this._start(prompt, maxTokens, params, options, true);
+    const run = this._driveAsync(steps, options && options.signal);
+    const active = { done: false, ref: null };
+    const self = this;
+    const stream = (async function* stream() {
+      try {
+        yield* run;
+      } finally {
+        active.done = true;
+        if (self._active === active) self._active = null;
+      }
+    }());
+    active.ref = new WeakRef(stream);
+    this._active = active;
+    return stream;
+  }
+
+  /** Validate everything, take the context, and return the steps of one generation. */
+  _start(prompt, maxTokens, params, options, isAsync) {
+    v.integer('maxTokens', maxTokens, 0);
+    const o = v.options('options', options, GENERATE_OPTIONS);
+    const stops = checkStops(o.stop);
+    const ignoreEos = v.boolean('ignoreEos', o.ignoreEos ?? false);
+    if (o.signal !== undefined && !(o.signal instanceof AbortSignal)) throw new TypeError('signal must be an AbortSignal');
+    if (o.signal !== undefined && !isAsync) {
+      throw new TypeError('signal applies to generateAsync/generateStreamAsync; the synchronous API cannot be interrupted');
+    }
+    this.ptr();
+    const tokens = this._promptTokens(prompt);
+    const chain = this._chain(params);
+    if (tokens.length > this._nCtx) {
+      throw new ContextFullError(`the prompt has ${tokens.length} tokens but the context holds nCtx=${this._nCtx}; `
+        + 'use a larger nCtx or a shorter prompt');
+    }
+    this._acquire();
+    return this._steps(tokens, maxTokens, chain, stops, ignoreEos, isAsync);
+  }
+
+  _promptTokens(prompt) {
+    let ids;
+    if (typeof prompt === 'string') {
+      if (!prompt) throw new Error('the prompt is empty: there is nothing to generate from');
+      // Special tokens are parsed, so that a prompt from applyChatTemplate means what the template meant.
+      ids = this._model.tokenize(prompt, true, true);
+    } else {
+      ids = Array.from(v.tokenList('prompt', prompt, this._model._nVocab));
+    }
+    if (!ids.length) throw new Error('the prompt is empty: there is nothing to generate from');
+    return ids;
+  }
+
+  _chain(params) {
+    const p = resolveParams(params);
+    const key = paramsKey(p);
+    let chain = this._chains.get(key);
+    if (!chain) {
+      if (this._chains.size >= MAX_CHAINS) {
+        const [oldKey, old] = this._chains.entries().next().value;
+        this._chains.delete(oldKey);
+        old.close();
+      }
+      chain = new SamplerChain(p, this._model._nVocab);
+      this._chains.set(key, chain);
+    }
+    return chain;
+  }
+
+  /** The whole generation: prompt evaluation, then one piece of text per sampled token. */
+  * _steps(tokens, maxTokens, chain, stops, ignoreEos, isAsync) {
+    // Reuse the longest cached prefix; the last prompt token is always
+    // evaluated again so that its logits are fresh.
+    const cached = this._tokens;
+    const limit = Math.min(cached.length, tokens.length - 1);
+    let common = 0;
+    while (common < limit && cached[common] === tokens[common]) common++;
+    const kept = this._truncateCache(common);
+    this._lastPromptEvaluated = tokens.length - kept;
+    // The async driver can only stop between native calls: it evaluates the
+    // prompt a micro-batch at a time, so that a cancel waits for one at most.
+    yield* this._decodeSteps(Int32Array.from(tokens.slice(kept)), isAsync ? this._nUbatch : this._nBatch);
+    if (maxTokens === 0) return;
+    const L = lib();
+    const smpl = chain.ptr();
+    L.llama_sampler_reset(smpl);
+    if (chain.usesPenalties) {
+      const window = chain.penaltyLastN < 0 ? tokens : tokens.slice(-chain.penaltyLastN);
+      for (const t of window) L.llama_sampler_accept(smpl, t);
+    }
+    yield* this._tokenLoop(smpl, maxTokens, stops, ignoreEos, chain.argmaxOnly);
+  }
+
+  * _tokenLoop(smpl, maxTokens, stops, ignoreEos, argmaxOnly) {
+    const L = lib();
+    const ctx = this.ptr();
+    const vocab = this._model._vocab;
+    const sample = argmaxOnly ? () => this._argmax(ctx) : () => L.llama_sampler_sample(smpl, ctx, -1);
+    const isEog = L.llama_vocab_is_eog;
+    const toPiece = L.llama_token_to_piece;
+    const buf = this._pieceBuf;
+    const cached = this._tokens;
+    const nCtx = this._nCtx;
+    const utf8 = new TextDecoder('utf-8');
+    let held = ''; // text withheld because it may be the start of a stop string
+    for (let i = 0; i < maxTokens; i++) {
+      const tok = sample();
+      if (!ignoreEos && isEog(vocab, tok)) break;
+      const n = toPiece(vocab, tok, buf, buf.length, 0, false);
+      const bytes = n >= 0 ? buf.subarray(0, n) : this._model._piece(tok, false);
+      let text = utf8.decode(bytes, { stream: true });
+      if (stops.length) {
+        let hit;
+        [text, hit] = applyStops(held + text, stops);
+        if (hit) held = '';
+        else [text, held] = holdBack(text, stops);
+        if (text) yield text;
+        if (hit) return;
+      } else if (text) {
+        yield text;
+      }
+      if (i + 1 === maxTokens) break;
+      if (cached.length >= nCtx) {
+        throw new ContextFullError(`the context is full (nCtx=${nCtx}) after ${i + 1} generated tokens; `
+          + 'use a larger nCtx, fewer maxTokens or a shorter prompt');
+      }
+      this._batch.setOne(tok, cached.length);
+      const rc = yield DECODE;
+      if (rc !== 0) this._afterFailedDecode(rc, cached.length);
+      cached.push(tok);
+    }
+    const tail = held + utf8.decode();
+    if (tail) yield tail;
+  }
+
+  /** Greedy without penalties: the first largest logit, as llama.cpp's greedy sampler picks it, read in place. */
+  _argmax(ctx) {
+    const addr = lib().llama_get_logits_ith(ctx, -1);
+    let logits = this._logitViews.get(addr);
+    if (!logits) {
+      logits = new Float32Array(koffi.view(addr, this._model._nVocab * 4));
+      this._logitViews.set(addr, logits);
+    }
+    let best = 0;
+    let max = logits[0];
+    for (let i = 1; i < logits.length; i++) {
+      if (logits[i] > max) {
+        max = logits[i];
+        best = i;
+      }
+    }
+    return best;
+  }
+
+  _run() {
+    const L = lib();
+    return (this._isEncoder ? L.llama_encode : L.llama_decode)(this.ptr(), this._batch.struct);
+  }
+
+  /** Run steps to the end, decoding in place; returns the pieces. */
+  _drive(steps) {
+    const pieces = [];
+    let r = steps.next();
+    while (!r.done) {
+      if (r.value === DECODE) {
+        r = steps.next(this._run());
+      } else {
+        pieces.push(r.value);
+        r = steps.next();
+      }
+    }
+    return pieces;
+  }
+
+  /** Run steps with each decode on a worker thread; yields the pieces. */
+  async* _driveAsync(steps, signal) {
+    const L = lib();
+    const run = this._isEncoder ? L.llama_encode : L.llama_decode;
+    const ctx = this.ptr();
+    const batch = this._batch.struct;
+    try {
+      let r = steps.next();
+      while (!r.done) {
+        if (this._cancelRequested || (signal && signal.aborted)) {
+          this._cancelRequested = false;
+          throw signal && signal.aborted && signal.reason instanceof Error ? signal.reason : new GenerationCancelledError();
+        }
+        if (r.value === DECODE) {
+          const rc = await new Promise((resolve, reject) => {
+            run.async(ctx, batch, (err, res) => (err ? reject(err) : resolve(res)));
+          });
+          r = steps.next(rc);
+        } else {
+          yield r.value;
+          r = steps.next();
+        }
+      }
+    } finally {
+      steps.return(); // leaves the cache consistent: every step ends between native calls
+    }
+  }
+
+  toString() {
+    if (this.closed) return 'JsContext(closed)';
+    return `JsContext(nCtx=${this._nCtx}, nBatch=${this._nBatch}, nPast=${this._tokens.length})`;
+  }
+}
+
+function checkStops(stop) {
+  if (stop === undefined || stop === null) return [];
+  const list = typeof stop === 'string' ? [stop] : stop;
+  if (!Array.isArray(list) || !list.every((s) => typeof s === 'string')) {
+    throw new TypeError('stop must be a string or an array of strings');
+  }
+  if (list.some((s) => !s)) throw new RangeError('stop strings must not be empty');
+  return list.slice();
+}
+
+function applyStops(text, stops) {
+  let cut = -1;
+  for (const s of stops) {
+    const i = text.indexOf(s);
+    if (i >= 0 && (cut < 0 || i < cut)) cut = i;
+  }
+  return cut >= 0 ? [text.slice(0, cut), true] : [text, false];
+}
+
+/** Split off the longest tail of `text` that could begin a stop string. */
+function holdBack(text, stops) {
+  let keep = 0;
+  for (const s of stops) {
+    for (let k = Math.min(s.length - 1, text.length); k > keep; k--) {
+      if (s.startsWith(text.slice(-k))) {
+        keep = k;
+        break;
+      }
+    }
+  }
+  return keep ? [text.slice(0, -keep), text.slice(-keep)] : [text, ''];
+}
+
+module.exports = { JsContext, ContextFullError, GenerationCancelledError };

@@ -1,0 +1,37 @@
+'use strict';
+// Paths of the real test models.  The Python side fetches and hash-checks them
+// into the user cache (scripts/test.sh does that before the Node tests run);
+// here they are asked for once, through the same code, so both languages test
+// exactly the same files.
+const { execFileSync } = require('node:child_process');
+const path = require('node:path');
+
+const ROOT = path.resolve(__dirname, '..', '..', '..');
+const LLAMA_SRC = path.join(ROOT, 'native', 'llama.cpp');
+const cache = new Map();
+
+function python() {
+  return process.env.PYTHON || 'python3';
+}
+
+function resolve(envName, code) {
+  if (process.env[envName]) return process.env[envName];
+  if (!cache.has(envName)) {
+    const out = execFileSync(python(), ['-c', code], { cwd: ROOT, encoding: 'utf8',
+      env: { ...process.env, PYTHONPATH: ROOT } });
+    cache.set(envName, out.trim().split('\n').pop());
+  }
+  return cache.get(envName);
+}
+
+function smollmPath() {
+  return resolve('MULLAMA_TEST_SMOLLM',
+    'from mullama._download import ensure_model; print(ensure_model(quiet=True))');
+}
+
+function minilmPath() {
+  return resolve('MULLAMA_TEST_MINILM',
+    'import sys; sys.path.insert(0, "scripts"); from convert_minilm import ensure_minilm; print(ensure_minilm())');
+}
+
+module.exports = { ROOT, LLAMA_SRC, smollmPath, minilmPath, python };
