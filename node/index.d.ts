@@ -1,0 +1,235 @@
+// Type definitions for mullama (Node.js): fast local LLM inference over llama.cpp's libllama.
+
+/** Options of JsModel.load. */
+export interface JsModelParams {
+  /** Layers to offload to the GPU (0 = CPU only, -1 = all). Default 0. */
+  nGpuLayers?: number;
+  /** Memory-map the file. Default true. */
+  useMmap?: boolean;
+  /** Lock the model in memory (no swapping). Default false. */
+  useMlock?: boolean;
+  /** Load only the vocabulary (tokenization only). Default false. */
+  vocabOnly?: boolean;
+  /** Called with the fraction loaded (0..1); returning false cancels the load. */
+  progressCallback?: (fraction: number) => boolean | void;
+}
+
+/** Options of the JsContext constructor. */
+export interface JsContextParams {
+  /** Context size in tokens (0 = the model's training context). Default 0. */
+  nCtx?: number;
+  /** Most tokens evaluated in one native call. Default 2048. */
+  nBatch?: number;
+  /** CPU threads (0 = every CPU this process may use). Default 0. */
+  nThreads?: number;
+  /** Embeddings mode. Default false. */
+  embeddings?: boolean;
+  /** Micro-batch size (0 = min(nBatch, 512), or nBatch with embeddings). */
+  nUbatch?: number;
+  /** Sequences the context holds at once. Default 1. */
+  nSeqMax?: number;
+  /** Pooling of embeddings, overriding the model's. */
+  pooling?: 'none' | 'mean' | 'cls' | 'last';
+}
+
+/** Sampling parameters; every field is optional and validated. */
+export interface JsSamplerParams {
+  /** Default 0.8 (0.0 = deterministic). */
+  temperature?: number;
+  /** Default 40 (0 = disabled). */
+  topK?: number;
+  /** Default 0.95 (1.0 = disabled). */
+  topP?: number;
+  /** Default 0.05 (0.0 = disabled). */
+  minP?: number;
+  /** Default 1.0 (1.0 = disabled). */
+  typicalP?: number;
+  /** Default 1.1 (1.0 = disabled). */
+  penaltyRepeat?: number;
+  /** Default 0.0 (0.0 = disabled). */
+  penaltyFreq?: number;
+  /** Default 0.0 (0.0 = disabled). */
+  penaltyPresent?: number;
+  /** Default 64 (-1 = the whole context). */
+  penaltyLastN?: number;
+  /** Default 0 (0 = a new random seed for every generation). */
+  seed?: number;
+}
+
+/** Options of the generation methods (an extension of the documented API). */
+export interface JsGenerateOptions {
+  /** Stop before the first of these strings (which is not included). */
+  stop?: string | string[];
+  /** Keep generating past end-of-generation tokens. Default false. */
+  ignoreEos?: boolean;
+  /** Cancels generateAsync / generateStreamAsync (not accepted by the synchronous methods). */
+  signal?: AbortSignal;
+}
+
+/** Options of the embedding methods. */
+export interface JsEmbedOptions {
+  /** Cut texts longer than nCtx tokens instead of throwing. Default false. */
+  truncate?: boolean;
+}
+
+/** Options of the JsEmbeddingGenerator constructor beyond the documented ones. */
+export interface JsEmbeddingGeneratorOptions {
+  /** Tokens packed into one native call (0 = 128). */
+  nBatch?: number;
+  /** CPU threads (0 = every CPU this process may use). */
+  nThreads?: number;
+}
+
+/** A chat message: a [role, content] pair, or an object with role and content. */
+export type JsChatMessage = [string, string] | { role: string; content: string; [extra: string]: unknown };
+
+/** A compute device of the loaded library. */
+export interface JsDevice {
+  name: string;
+  description: string;
+  type: 'cpu' | 'gpu' | 'igpu' | 'accel' | 'unknown';
+}
+
+/** A native object released by close() (or `using`), or by garbage collection otherwise. */
+export interface JsDisposable {
+  /** True once close() was called. */
+  readonly closed: boolean;
+  /** Release the native resources now; calling it again does nothing. */
+  close(): void;
+  /** Alias of close(). */
+  dispose(): void;
+  [Symbol.dispose](): void;
+}
+
+export class JsModel implements JsDisposable {
+  private constructor();
+  /** Load a model from a GGUF file; throws Error if it cannot be loaded or is invalid. */
+  static load(path: string, params?: JsModelParams): JsModel;
+  /** Text to token ids. addBos defaults to true, special to false. */
+  tokenize(text: string, addBos?: boolean, special?: boolean): number[];
+  /** Token ids to text. Ids outside the vocabulary throw RangeError. */
+  detokenize(tokens: number[] | Int32Array, removeSpecial?: boolean, unparseSpecial?: boolean): string;
+  /**
+   * Format messages with the model's chat template (rendered as Hugging Face
+   * transformers renders it). template overrides it: a built-in template name
+   * (see builtinChatTemplates()) or Jinja source.
+   */
+  applyChatTemplate(messages: JsChatMessage[], addGenerationPrompt?: boolean, template?: string): string;
+  /** All metadata as strings. */
+  metadata(): Record<string, string>;
+  /** One metadata value, or null if absent. */
+  meta(key: string): string | null;
+  /** True for end-of-generation tokens. */
+  tokenIsEog(token: number): boolean;
+  /** The bytes of one token (may be part of a UTF-8 character). */
+  tokenToPiece(token: number, special?: boolean): Buffer;
+  readonly nCtxTrain: number;
+  readonly nEmbd: number;
+  readonly nVocab: number;
+  readonly nLayer: number;
+  readonly nHead: number;
+  readonly tokenBos: number;
+  readonly tokenEos: number;
+  /** Model size in bytes. */
+  readonly size: number;
+  readonly nParams: number;
+  readonly description: string;
+  readonly architecture: string | null;
+  readonly name: string | null;
+  /** The file the model was loaded from. */
+  readonly path: string;
+  /** The model's own Jinja chat template, or null. */
+  readonly chatTemplate: string | null;
+  /** Whether the vocabulary asks for a BOS token at the start of a prompt. */
+  readonly addBos: boolean;
+  readonly closed: boolean;
+  close(): void;
+  dispose(): void;
+  [Symbol.dispose](): void;
+}
+
+export class JsContext implements JsDisposable {
+  constructor(model: JsModel, params?: JsContextParams);
+  /** Generate up to maxTokens (default 100) tokens after a text prompt. */
+  generate(prompt: string, maxTokens?: number, params?: JsSamplerParams, options?: JsGenerateOptions): string;
+  /** Generate from token ids. */
+  generateFromTokens(tokens: number[] | Int32Array, maxTokens?: number, params?: JsSamplerParams,
+    options?: JsGenerateOptions): string;
+  /** Generate and return the pieces, in order; joined they equal generate(). */
+  generateStream(prompt: string | number[], maxTokens?: number, params?: JsSamplerParams,
+    options?: JsGenerateOptions): string[];
+  /** generate() with the native work on a worker thread; options.signal cancels it (AbortError). */
+  generateAsync(prompt: string | number[], maxTokens?: number, params?: JsSamplerParams,
+    options?: JsGenerateOptions): Promise<string>;
+  /** Async iterator over the pieces, each as soon as its token is sampled. */
+  generateStreamAsync(prompt: string | number[], maxTokens?: number, params?: JsSamplerParams,
+    options?: JsGenerateOptions): AsyncGenerator<string, void, undefined>;
+  /** Append tokens to the context and evaluate them. */
+  decode(tokens: number[] | Int32Array): void;
+  /** Clear the KV cache (a new, unrelated conversation). */
+  clearCache(): void;
+  /** Embeddings of the last decoded tokens (needs embeddings: true), or null. */
+  getEmbeddings(): number[] | null;
+  /** Stop the async generation under way (it ends with an AbortError). */
+  cancel(): void;
+  readonly nCtx: number;
+  readonly nBatch: number;
+  readonly nThreads: number;
+  /** The tokens the KV cache holds, in order. */
+  readonly tokens: number[];
+  /** How many tokens the KV cache holds. */
+  readonly nPast: number;
+  /** Prompt tokens evaluated by the last generation (the rest came from the cache). */
+  readonly lastPromptEvaluated: number;
+  readonly model: JsModel;
+  readonly closed: boolean;
+  close(): void;
+  dispose(): void;
+  [Symbol.dispose](): void;
+}
+
+export class JsEmbeddingGenerator {
+  constructor(model: JsModel, nCtx?: number, normalize?: boolean, options?: JsEmbeddingGeneratorOptions);
+  /** One text to a vector of nEmbd numbers. */
+  embed(text: string, options?: JsEmbedOptions): number[];
+  /** Many texts to one vector each, packed into few native calls. */
+  embedBatch(texts: string[], options?: JsEmbedOptions): number[][];
+  /** Many texts to one Float32Array of texts.length * nEmbd values, row after row. */
+  embedMatrix(texts: string[], options?: JsEmbedOptions): Float32Array;
+  readonly nEmbd: number;
+  /** The longest text, in tokens, embedded without truncation. */
+  readonly maxTokens: number;
+  readonly context: JsContext;
+  close(): void;
+  dispose(): void;
+  [Symbol.dispose](): void;
+}
+
+/** The tokens do not fit in the context window. */
+export class ContextFullError extends RangeError {}
+
+/** An async generation was stopped by cancel() or an AbortSignal (name 'AbortError'). */
+export class GenerationCancelledError extends Error {
+  readonly code: 'ABORT_ERR';
+}
+
+/** libllama could not be found or loaded, or was built from another llama.cpp. */
+export class LibraryLoadError extends Error {}
+
+export function samplerParamsGreedy(): JsSamplerParams;
+export function samplerParamsCreative(): JsSamplerParams;
+export function samplerParamsPrecise(): JsSamplerParams;
+/** Cosine similarity; throws Error if the vectors have different lengths; 0 for a zero vector. */
+export function cosineSimilarity(a: number[] | Float32Array, b: number[] | Float32Array): number;
+export function backendInit(): void;
+export function backendFree(): void;
+export function supportsGpuOffload(): boolean;
+export function systemInfo(): string;
+export function maxDevices(): number;
+export function version(): string;
+/** The compute devices of the loaded library. */
+export function devices(): JsDevice[];
+/** Names of llama.cpp's built-in chat templates. */
+export function builtinChatTemplates(): string[];
+/** Receive llama.cpp's log lines (silent by default); null to stop. */
+export function setLogHandler(handler: ((level: 'debug' | 'info' | 'warn' | 'error', line: string) => void) | null): void;
