@@ -46,7 +46,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 BENCH_MD = ROOT / "BENCHMARKS.md"
 PROTO = "@@BENCH "  # worker protocol lines on stdout start with this
-TOOLS = ("llama-bench", "mullama", "llama-cpp-python")
+TOOLS = ("llama-bench", "mullama", "mullama-node", "mullama-node-async", "llama-cpp-python")
+NODE_TOOLS = {"mullama-node": "sync", "mullama-node-async": "async"}  # benchmarks/node_worker.js modes
 
 
 class BenchError(RuntimeError):
@@ -387,9 +388,12 @@ def serve(pp: Any, tg: Any, ttft: Any, n_gen: int) -> None:
 class Worker:
     def __init__(self, tool: str, a: argparse.Namespace) -> None:
         self.tool = tool
-        cmd = [sys.executable, "-u", str(Path(__file__).resolve()), "--worker", tool, "--model", a.model,
-               "--threads", str(a.threads), "--ngl", str(a.ngl_int), "--n-ctx", str(a.n_ctx),
-               "--n-prompt", str(a.n_prompt), "--n-gen", str(a.n_gen)]
+        common = ["--model", a.model, "--threads", str(a.threads), "--ngl", str(a.ngl_int), "--n-ctx", str(a.n_ctx),
+                  "--n-prompt", str(a.n_prompt), "--n-gen", str(a.n_gen)]
+        if tool in NODE_TOOLS:
+            cmd = ["node", str(Path(__file__).resolve().parent / "node_worker.js"), "--mode", NODE_TOOLS[tool], *common]
+        else:
+            cmd = [sys.executable, "-u", str(Path(__file__).resolve()), "--worker", tool, *common]
         self.stderr_path = Path(a.log_dir) / f"{tool}.stderr.log"
         self.stderr = open(self.stderr_path, "w")
         self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.stderr,
@@ -513,9 +517,12 @@ def measure(a: argparse.Namespace) -> dict[str, Any]:
         "argv": sys.argv[1:], "notes": a.note or [], "repro": a.repro, "tools": {}, "skipped": {},
     }
     workers: dict[str, Worker] = {}
-    for tool in ("mullama", "llama-cpp-python"):
+    for tool in ("mullama", *NODE_TOOLS, "llama-cpp-python"):
         if tool == "llama-cpp-python" and a.no_llama_cpp_python:
             raw["skipped"][tool] = "--no-llama-cpp-python"
+            continue
+        if tool in NODE_TOOLS and a.no_node:
+            raw["skipped"][tool] = "--no-node"
             continue
         print(f"[run] starting {tool} worker ...", file=sys.stderr, flush=True)
         try:
@@ -684,7 +691,7 @@ def markdown_section(raw: dict[str, Any]) -> str:
             "| tool | RSS before load (Python, imports, native library) | RSS after load | RSS after context | peak RSS | model file "
             f"| KV cache (f16, n_ctx {n_ctx}) |", "|---|---|---|---|---|---|---|"]
     kv = mi.get("kv_bytes")
-    for tool in ("mullama", "llama-cpp-python"):
+    for tool in ("mullama", *NODE_TOOLS, "llama-cpp-python"):
         t = raw["tools"].get(tool)
         if not t:
             continue
@@ -767,6 +774,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--retries", type=int, default=4, help="repeats of a disturbed measurement (default 4)")
     ap.add_argument("--no-llama-bench", action="store_true")
     ap.add_argument("--no-llama-cpp-python", action="store_true")
+    ap.add_argument("--no-node", action="store_true", help="leave out mullama's Node.js binding")
     ap.add_argument("--label", default=None, help="section key in the markdown (default: backend-model-threads)")
     ap.add_argument("--note", action="append", help="a line added to the markdown section (repeatable)")
     ap.add_argument("--json", default=None, help="write the raw results here")
