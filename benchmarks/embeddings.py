@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Embedding throughput, side by side in one run: mullama vs sentence-transformers vs llama-cpp-python.
+"""Embedding throughput, side by side in one run: mullama (Python and Node.js) vs sentence-transformers vs llama-cpp-python.
 
     python benchmarks/embeddings.py [--texts 1000] [--threads 2] [--rounds 3]
 
@@ -29,6 +29,31 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 from run import cpu_name  # noqa: E402
 
 
+def _node_runner(gguf: Path, texts: list[str], threads: int) -> Callable[[], object] | None:
+    """mullama's Node binding in a child process (benchmarks/node_embed_worker.js), run by a line each time."""
+    import json
+    import shutil
+    import subprocess
+    import tempfile
+    if not shutil.which("node") or not (ROOT / "node" / "node_modules").is_dir():
+        print("Node.js runner skipped: node or node/node_modules missing (cd node && npm ci)", file=sys.stderr)
+        return None
+    texts_file = Path(tempfile.mkdtemp(prefix="mullama-emb-")) / "texts.json"
+    texts_file.write_text(json.dumps(texts), encoding="utf-8")
+    proc = subprocess.Popen(["node", str(ROOT / "benchmarks" / "node_embed_worker.js"), str(gguf), str(texts_file),
+                             str(threads)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1)
+    assert proc.stdin is not None and proc.stdout is not None
+    if proc.stdout.readline().strip() != "ready":
+        raise RuntimeError("the Node.js embedding worker did not start")
+
+    def run() -> object:
+        assert proc.stdin is not None and proc.stdout is not None
+        proc.stdin.write("run\n")
+        proc.stdin.flush()
+        return proc.stdout.readline()
+    return run
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--texts", type=int, default=1000)
@@ -55,6 +80,10 @@ def main() -> int:
         quantize(gguf, bf16_path, "bf16")
     gen_bf16 = EmbeddingGenerator(Model.load(bf16_path), n_threads=args.threads)
     runners["mullama (bf16 GGUF)"] = lambda: gen_bf16.embed_matrix(texts)
+
+    node = _node_runner(gguf, texts, args.threads)
+    if node is not None:
+        runners["mullama (Node.js)"] = node
 
     try:
         import torch

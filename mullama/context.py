@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-import codecs
 import ctypes
 import signal
 import threading
 import weakref
-from collections.abc import AsyncIterator, Callable, Generator, Sequence
+from collections.abc import AsyncIterator, Generator, Sequence
 from typing import Any
 
 import numpy as np
 
-from . import _backend, _lib, _validate
+from . import _backend, _lib, _sequence, _validate
 from ._batch import Batch
 from ._cpus import usable_cpus
 from ._handle import NativeHandle
@@ -84,9 +83,11 @@ class Context(NativeHandle):
         L = _backend.lib()
         n_seq_max = _validate.integer("n_seq_max", n_seq_max, 1, int(L.llama_max_parallel_sequences()))
         train = model.n_ctx_train
-        if train > 0 and n_ctx > train:
-            raise ValueError(f"n_ctx={n_ctx} exceeds the model's training context n_ctx_train={train}; "
-                             f"reduce n_ctx to at most {train}")
+        # With several sequences, n_ctx is the unified cache they share; each stays within n_ctx_train.
+        if train > 0 and n_ctx > train * n_seq_max:
+            raise ValueError(f"n_ctx={n_ctx} exceeds the model's training context n_ctx_train={train}"
+                             + (f" times n_seq_max={n_seq_max}" if n_seq_max > 1 else "")
+                             + f"; reduce n_ctx to at most {train * n_seq_max}")
         self._model = model
         self._embeddings = embeddings
         self._is_encoder = bool(L.llama_model_has_encoder(model.ptr()) and not L.llama_model_has_decoder(model.ptr()))
@@ -388,7 +389,7 @@ class Context(NativeHandle):
         # generate_stream() raises at the call for bad input.
         max_tokens = _validate.integer("max_tokens", max_tokens, 0)
         ignore_eos = _validate.boolean("ignore_eos", ignore_eos)
-        stops = _check_stops(stop)
+        stops = _sequence.check_stops(stop)
         if cancel is not None and not isinstance(cancel, threading.Event):
             raise TypeError("cancel must be a threading.Event or None")
         self.ptr()
@@ -408,14 +409,10 @@ class Context(NativeHandle):
             self._eval_prompt(ctx, tokens)
             if max_tokens == 0:
                 return
-            L = _backend.lib()
-            smpl = chain.ptr()
-            L.llama_sampler_reset(smpl)
-            if chain.uses_penalties:
-                window = tokens if chain.penalty_last_n < 0 else tokens[-chain.penalty_last_n:]
-                for t in window:
-                    L.llama_sampler_accept(smpl, t)
-            yield from self._token_loop(ctx, smpl, max_tokens, stops, ignore_eos, chain.argmax_only)
+            chain.start(tokens)
+            sample = _sequence.sampler(ctx, chain, self._model._n_vocab)
+            loop = _sequence.token_loop(self._model, sample, -1, max_tokens, stops, ignore_eos, _sequence.Finish())
+            yield from self._drive(ctx, loop)
         finally:
             self._release()
 
@@ -431,71 +428,35 @@ class Context(NativeHandle):
         self._last_prompt_evaluated = len(tokens) - kept
         self._decode_chunks(ctx, tokens[kept:])
 
-    def _token_loop(self, ctx: int, smpl: int, max_tokens: int, stops: tuple[str, ...], ignore_eos: bool,
-                    argmax_only: bool) -> Generator[str, None, None]:
-        L = _backend.lib()
-        sample: Callable[[int, int, int], int] = L.llama_sampler_sample
-        if argmax_only:
-            # Greedy without penalties: the first largest logit, exactly what
-            # llama.cpp's greedy sampler returns, read in place (no copy).
-            get_logits = L.llama_get_logits_ith
-            n_vocab = self._model._n_vocab
-            views: dict[int, np.ndarray] = {}
-
-            def argmax(_smpl: int, c: int, idx: int) -> int:
-                addr = get_logits(c, idx)
-                view = views.get(addr)
-                if view is None:
-                    view = views[addr] = np.ctypeslib.as_array(
-                        ctypes.cast(addr, ctypes.POINTER(ctypes.c_float)), shape=(n_vocab,))
-                return int(view.argmax())
-            sample = argmax
-        is_eog = L.llama_vocab_is_eog
-        to_piece = L.llama_token_to_piece
-        run = L.llama_decode
-        vocab = self._model._vocab
-        buf = self._piece_buf
-        cap = len(buf)
+    def _drive(self, ctx: int, loop: Generator[_sequence.Step, int, None]) -> Generator[str, None, None]:
+        """Run one sequence's token loop, decoding each token it asks for alone."""
+        run = _backend.lib().llama_decode
         batch = self._batch
         cached = self._tokens
         n_ctx = self._n_ctx
         cancel = self._cancel
-        utf8 = codecs.getincrementaldecoder("utf-8")("replace")
-        held = ""  # text withheld because it may be the start of a stop string
-        guard = _SigintGuard(cancel)
-        with guard:
-            for i in range(max_tokens):
-                tok = sample(smpl, ctx, -1)
-                if is_eog(vocab, tok) and not ignore_eos:
-                    break
-                n = to_piece(vocab, tok, buf, cap, 0, False)
-                piece = ctypes.string_at(buf, n) if n >= 0 else self._model._piece(tok, False)
-                text = utf8.decode(piece)
-                if stops:
-                    text, hit = _apply_stops(held + text, stops)
-                    text, held = (text, "") if hit else _hold_back(text, stops)
-                    if text:
-                        yield text
-                    if hit:
-                        return
-                elif text:
-                    yield text
-                if i + 1 == max_tokens:
-                    break
+        with _SigintGuard(cancel):
+            step = next(loop, None)
+            while step is not None:
+                if isinstance(step, str):
+                    yield step
+                    step = next(loop, None)
+                    continue
                 if cancel.requested or cancel.interrupted or (cancel.event is not None and cancel.event.is_set()):
                     self._raise_if_cancelled()
                 if len(cached) >= n_ctx:
                     raise ContextFullError(
-                        f"the context is full (n_ctx={n_ctx}) after {i + 1} generated tokens; "
+                        f"the context is full (n_ctx={n_ctx}) after {len(cached)} tokens; "
                         f"use a larger n_ctx, fewer max_tokens or a shorter prompt")
-                batch.set_one(tok, len(cached))
+                batch.set_one(step, len(cached))
                 rc = run(ctx, batch.struct)
                 if rc != 0:
                     self._after_failed_decode(rc, len(cached))
-                cached.append(tok)
-        tail = held + utf8.decode(b"", final=True)
-        if tail:
-            yield tail
+                cached.append(step)
+                try:
+                    step = loop.send(-1)
+                except StopIteration:
+                    step = None
 
     async def agenerate(self, prompt: str | Sequence[int], max_tokens: int = 100,
                         params: SamplerParams | None = None, **kwargs: Any) -> str:
@@ -516,34 +477,6 @@ class Context(NativeHandle):
 
 
 _DEFAULT_PARAMS = SamplerParams()
-
-
-def _check_stops(stop: Sequence[str] | None) -> tuple[str, ...]:
-    if stop is None:
-        return ()
-    if isinstance(stop, str):
-        stop = [stop]
-    if not isinstance(stop, Sequence) or not all(isinstance(s, str) for s in stop):
-        raise TypeError("stop must be a list of str")
-    if any(not s for s in stop):
-        raise ValueError("stop strings must not be empty")
-    return tuple(stop)
-
-
-def _apply_stops(text: str, stops: tuple[str, ...]) -> tuple[str, bool]:
-    cut = min((i for i in (text.find(s) for s in stops) if i >= 0), default=-1)
-    return (text[:cut], True) if cut >= 0 else (text, False)
-
-
-def _hold_back(text: str, stops: tuple[str, ...]) -> tuple[str, str]:
-    """Split off the longest tail of ``text`` that could begin a stop string."""
-    keep = 0
-    for s in stops:
-        for k in range(min(len(s) - 1, len(text)), keep, -1):
-            if s.startswith(text[-k:]):
-                keep = k
-                break
-    return (text[:-keep], text[-keep:]) if keep else (text, "")
 
 
 class _SigintGuard:

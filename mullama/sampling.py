@@ -176,6 +176,16 @@ class SamplerChain(NativeHandle):
         _add(L.llama_sampler_init_temp(params.temperature), "temperature")
         _add(L.llama_sampler_init_dist(params.seed or LLAMA_DEFAULT_SEED), "dist")
 
+    def start(self, prompt: list[int]) -> None:
+        """Reset for a new generation; the penalties see the prompt's last tokens first."""
+        L = _backend.lib()
+        smpl = self.ptr()
+        L.llama_sampler_reset(smpl)
+        if self.uses_penalties:
+            window = prompt if self.penalty_last_n < 0 else prompt[-self.penalty_last_n:]
+            for t in window:
+                L.llama_sampler_accept(smpl, t)
+
     def describe(self) -> list[str]:
         """The names of the samplers in the chain, in order."""
         L = _backend.lib()

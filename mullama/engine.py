@@ -1,0 +1,423 @@
+"""``Engine``: continuous batching — many requests, one model, one ``llama_decode`` per step.
+
+One context holds ``parallel`` sequences in a unified KV cache.  A scheduler
+thread runs steps: each step packs one new token for every generating
+sequence, plus chunks of newly arrived prompts, into a single batch, decodes
+it once, and then lets every sequence with an output sample its next token
+through the same per-sequence token loop a :class:`~mullama.Context` uses
+(:mod:`mullama._sequence`).  Requests join and leave at any step; more
+requests than ``parallel`` wait in a queue.  Each sequence has its own sampler
+chain, stop strings, ``max_tokens`` and cancellation, and streams its pieces
+to its own consumer (a blocking iterator or an ``async for``).
+
+A new request takes the idle slot whose cached tokens share the longest
+prefix with its prompt, so the next turn of a conversation evaluates only
+what is new.  Each slot may hold ``n_ctx`` tokens; the unified cache is sized
+for all of them, so a running request never waits for cache space.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import threading
+import time
+from collections.abc import AsyncIterator, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from . import _backend, _lib, _sequence, _validate
+from .context import Context, ContextFullError
+from .model import Model
+from .sampling import SamplerChain, SamplerParams
+
+FINISH_CANCELLED = "cancelled"
+_END = object()
+
+
+class Request:
+    """One generation submitted to an :class:`Engine`: iterate it for its pieces of text.
+
+    ``for piece in request`` blocks until each piece arrives; ``async for``
+    awaits it without blocking the event loop.  ``text()`` waits for the
+    whole answer.  Once it has ended, ``finish_reason`` says why ("stop",
+    "length" or "cancelled"), and ``prompt_tokens`` / ``completion_tokens``
+    are the usage counts.
+    """
+
+    def __init__(self, prompt: list[int], max_tokens: int, params: SamplerParams, stops: tuple[str, ...],
+                 ignore_eos: bool) -> None:
+        self.prompt = prompt
+        self.max_tokens = max_tokens
+        self.params = params
+        self.stops = stops
+        self.ignore_eos = ignore_eos
+        self.finish_reason: str | None = None
+        self.prompt_tokens = len(prompt)
+        self.prompt_evaluated = 0  # prompt tokens decoded for it (the rest came from the slot's cache)
+        self.completion_tokens = 0
+        self.submitted_at = time.monotonic()
+        self.first_piece_at: float | None = None
+        self._cancelled = False
+        self._items: collections.deque[Any] = collections.deque()
+        self._cond = threading.Condition()
+        self._wake: Any = None  # set by an async consumer: wakes its event loop
+
+    # -- for the engine --------------------------------------------------------------
+
+    def _push(self, item: Any) -> None:
+        with self._cond:
+            if self.first_piece_at is None and isinstance(item, str):
+                self.first_piece_at = time.monotonic()
+            self._items.append(item)
+            self._cond.notify_all()
+            wake = self._wake
+        if wake is not None:
+            wake()
+
+    # -- for the consumer ---------------------------------------------------------------
+
+    @property
+    def done(self) -> bool:
+        return self.finish_reason is not None
+
+    def cancel(self) -> None:
+        """Stop this request: it ends at the engine's next step, with finish_reason "cancelled"."""
+        self._cancelled = True
+
+    def __iter__(self) -> Iterator[str]:
+        while True:
+            with self._cond:
+                while not self._items:
+                    self._cond.wait()
+                item = self._items.popleft()
+            if item is _END:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+
+    def text(self) -> str:
+        """Wait for the whole answer."""
+        return "".join(self)
+
+    async def __aiter__(self) -> AsyncIterator[str]:
+        loop = asyncio.get_running_loop()
+        ready = asyncio.Event()
+        with self._cond:
+            self._wake = lambda: loop.call_soon_threadsafe(ready.set)
+        try:
+            while True:
+                with self._cond:
+                    item = self._items.popleft() if self._items else None
+                    if item is None:
+                        ready.clear()
+                if item is None:
+                    await ready.wait()
+                    continue
+                if item is _END:
+                    return
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+        finally:
+            with self._cond:
+                self._wake = None
+            if not self.done:
+                self.cancel()  # the consumer left early: free the sequence at the next step
+
+    async def atext(self) -> str:
+        return "".join([piece async for piece in self])
+
+
+@dataclass
+class _Slot:
+    """One sequence of the shared context."""
+
+    seq: int
+    tokens: list[int] = field(default_factory=list)  # what the KV cache holds for this sequence
+    request: Request | None = None
+    todo: list[int] = field(default_factory=list)  # prompt tokens not yet decoded
+    loop: Any = None  # the running token loop (a generator)
+    finish: _sequence.Finish | None = None
+    chain: SamplerChain | None = None
+    pending: int | None = None  # the sampled token waiting for the next step's decode
+
+
+class Engine:
+    """Continuous batching over one model: submit requests from any thread or event loop.
+
+    ``parallel``: sequences decoded together; ``n_ctx``: tokens each sequence
+    may hold (prompt and answer; default the model's training context, at
+    most 4096); ``n_batch``: most tokens in one step.
+    """
+
+    def __init__(self, model: Model, parallel: int = 4, n_ctx: int = 0, n_batch: int = 2048,
+                 n_threads: int = 0) -> None:
+        if not isinstance(model, Model):
+            raise TypeError(f"model must be a mullama.Model, not {type(model).__name__}")
+        L = _backend.lib()
+        parallel = _validate.integer("parallel", parallel, 1, int(L.llama_max_parallel_sequences()))
+        n_ctx = _validate.integer("n_ctx", n_ctx, 0, 1 << 20)
+        n_batch = _validate.integer("n_batch", n_batch, parallel, 1 << 20)
+        train = model.n_ctx_train
+        if train > 0 and n_ctx > train:
+            raise ValueError(f"n_ctx={n_ctx} exceeds the model's training context n_ctx_train={train}")
+        self._n_ctx_seq = n_ctx or (min(train, 4096) if train > 0 else 4096)
+        self._model = model
+        self._ctx = Context(model, n_ctx=self._n_ctx_seq * parallel, n_batch=n_batch, n_threads=n_threads,
+                            n_seq_max=parallel)
+        self._slots = [_Slot(i) for i in range(parallel)]
+        self._waiting: collections.deque[Request] = collections.deque()
+        self._cond = threading.Condition()
+        self._closed = False
+        self._thread: threading.Thread | None = None
+        self.stats = {"requests": 0, "requests_finished": 0, "prompt_tokens": 0, "prompt_tokens_evaluated": 0,
+                      "completion_tokens": 0, "steps": 0}
+
+    # -- properties ---------------------------------------------------------------------
+
+    @property
+    def model(self) -> Model:
+        return self._model
+
+    @property
+    def parallel(self) -> int:
+        return len(self._slots)
+
+    @property
+    def n_ctx(self) -> int:
+        """Tokens each sequence may hold."""
+        return self._n_ctx_seq
+
+    @property
+    def busy_slots(self) -> int:
+        return sum(s.request is not None for s in self._slots)
+
+    @property
+    def queue_depth(self) -> int:
+        return len(self._waiting)
+
+    # -- submitting -----------------------------------------------------------------------
+
+    def submit(self, prompt: str | Sequence[int], max_tokens: int = 100, params: SamplerParams | None = None, *,
+               stop: Sequence[str] | None = None, ignore_eos: bool = False) -> Request:
+        """Queue a generation; returns its :class:`Request` at once (iterate it for the pieces).
+
+        A prompt longer than ``n_ctx`` raises ContextFullError here; a
+        generation that reaches ``n_ctx`` ends with finish_reason "length".
+        """
+        max_tokens = _validate.integer("max_tokens", max_tokens, 0)
+        ignore_eos = _validate.boolean("ignore_eos", ignore_eos)
+        stops = _sequence.check_stops(stop)
+        if params is None:
+            params = SamplerParams()
+        elif not isinstance(params, SamplerParams):
+            raise TypeError(f"params must be a SamplerParams or None, not {type(params).__name__}")
+        tokens = self._ctx._prompt_tokens(prompt)
+        if len(tokens) >= self._n_ctx_seq:
+            raise ContextFullError(f"the prompt has {len(tokens)} tokens but a sequence holds n_ctx="
+                                   f"{self._n_ctx_seq}; use a larger n_ctx or a shorter prompt")
+        req = Request(tokens, max_tokens, params.copy(), stops, ignore_eos)
+        with self._cond:
+            if self._closed:
+                raise RuntimeError("this Engine is closed")
+            self._waiting.append(req)
+            self.stats["requests"] += 1
+            self.stats["prompt_tokens"] += len(tokens)
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="mullama-engine", daemon=True)
+                self._thread.start()
+            self._cond.notify()
+        return req
+
+    def generate(self, prompt: str | Sequence[int], max_tokens: int = 100, params: SamplerParams | None = None,
+                 **kwargs: Any) -> str:
+        """Submit and wait for the whole answer."""
+        return self.submit(prompt, max_tokens, params, **kwargs).text()
+
+    def close(self, drain: bool = False) -> None:
+        """Stop the engine: with ``drain``, after the requests already submitted finish; else cancel them."""
+        with self._cond:
+            if self._closed:
+                return
+            self._closed = True
+            if not drain:
+                for req in self._waiting:
+                    req._cancelled = True
+                for slot in self._slots:
+                    if slot.request is not None:
+                        slot.request._cancelled = True
+            self._cond.notify()
+            thread = self._thread
+        if thread is not None:
+            thread.join()
+        self._ctx.close()
+
+    def __enter__(self) -> Engine:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- the scheduler -----------------------------------------------------------------------
+
+    def _run(self) -> None:
+        ctx = self._ctx._acquire()  # the scheduler thread owns the context for good
+        try:
+            while True:
+                with self._cond:
+                    while not self._waiting and not any(s.request for s in self._slots) and not self._closed:
+                        self._cond.wait()
+                    if self._closed and not self._waiting and not any(s.request for s in self._slots):
+                        return
+                    self._admit()
+                self._step(ctx)
+        except BaseException as e:  # noqa: BLE001 - every waiting consumer learns why
+            self._fail_all(e)
+        finally:
+            self._ctx._release()
+
+    def _admit(self) -> None:
+        """Give waiting requests idle slots: the one whose cache shares the longest prefix."""
+        while self._waiting:
+            idle = [s for s in self._slots if s.request is None]
+            if not idle:
+                return
+            req = self._waiting.popleft()
+            if req._cancelled:
+                self._end(req, FINISH_CANCELLED)
+                continue
+            best, common = idle[0], -1
+            for s in idle:
+                n, limit = 0, min(len(s.tokens), len(req.prompt) - 1)
+                while n < limit and s.tokens[n] == req.prompt[n]:
+                    n += 1
+                if n > common:
+                    best, common = s, n
+            mem = self._ctx._mem
+            if not _backend.lib().llama_memory_seq_rm(mem, best.seq, common, -1):
+                _backend.lib().llama_memory_seq_rm(mem, best.seq, -1, -1)
+                common = 0
+            del best.tokens[common:]
+            best.request, best.todo = req, req.prompt[common:]
+            req.prompt_evaluated = len(best.todo)
+            self.stats["prompt_tokens_evaluated"] += len(best.todo)
+            best.chain = SamplerChain(req.params, self._model._n_vocab)
+            best.chain.start(req.prompt)
+            best.finish, best.loop, best.pending = _sequence.Finish(), None, None
+
+    def _step(self, ctx: int) -> None:
+        L = _backend.lib()
+        for s in self._slots:
+            if s.request is not None and s.request._cancelled:
+                self._finish(s, FINISH_CANCELLED)
+        batch = self._ctx._batch
+        tok, pos, seq, out = batch.token, batch.pos, batch.seq, batch.logits
+        outputs: list[tuple[_Slot, int]] = []
+        n = 0
+        # one new token for every generating sequence...
+        for s in self._slots:
+            if s.request is not None and s.pending is not None:
+                if len(s.tokens) >= self._n_ctx_seq:
+                    self._finish(s, _sequence.FINISH_LENGTH)
+                    continue
+                tok[n], pos[n], seq[n], out[n] = s.pending, len(s.tokens), s.seq, 1
+                outputs.append((s, n))
+                n += 1
+        # ...then chunks of the prompts still to evaluate
+        budget = batch.capacity - n
+        prefill: list[tuple[_Slot, int]] = []
+        for s in self._slots:
+            if budget <= 0:
+                break
+            if s.request is None or not s.todo:
+                continue
+            chunk = s.todo[:budget]
+            k = len(chunk)
+            start = len(s.tokens)
+            prefill.append((s, k))
+            tok[n:n + k] = chunk
+            pos[n:n + k] = np.arange(start, start + k, dtype=np.int32)
+            seq[n:n + k] = s.seq
+            out[n:n + k] = 0
+            if k == len(s.todo):
+                out[n + k - 1] = 1
+                outputs.append((s, n + k - 1))
+            n += k
+            budget -= k
+        if n == 0:
+            return
+        batch.struct.n_tokens = n
+        rc = L.llama_decode(ctx, batch.struct)
+        if rc != 0:
+            raise RuntimeError(f"llama_decode failed with status {rc}: {_lib.take_errors() or 'see the mullama log'}")
+        self.stats["steps"] += 1
+        # the cache now holds what was decoded
+        for s, _ in outputs:
+            if s.pending is not None:
+                s.tokens.append(s.pending)
+                s.pending = None
+        for s, k in prefill:
+            s.tokens.extend(s.todo[:k])
+            del s.todo[:k]
+        for s, idx in outputs:
+            self._advance(s, ctx, idx)
+
+    def _advance(self, s: _Slot, ctx: int, idx: int) -> None:
+        """Let the slot's token loop sample from output ``idx`` and run until it wants a decode."""
+        req = s.request
+        assert req is not None and s.finish is not None and s.chain is not None
+        try:
+            if s.loop is None:
+                if req.max_tokens == 0:
+                    self._finish(s, _sequence.FINISH_LENGTH)
+                    return
+                sample = _sequence.sampler(ctx, s.chain, self._model._n_vocab)
+                s.loop = _sequence.token_loop(self._model, sample, idx, req.max_tokens, req.stops, req.ignore_eos,
+                                              s.finish)
+                step = next(s.loop)
+            else:
+                step = s.loop.send(idx)
+            while isinstance(step, str):
+                req._push(step)
+                step = next(s.loop)
+            s.pending = step
+        except StopIteration:
+            self._finish(s, s.finish.reason or _sequence.FINISH_LENGTH)
+        finally:
+            req.completion_tokens = s.finish.n_sampled
+
+    def _finish(self, s: _Slot, reason: str) -> None:
+        req = s.request
+        assert req is not None
+        if s.loop is not None:
+            s.loop.close()
+        if s.chain is not None:
+            s.chain.close()
+        s.request, s.loop, s.chain, s.pending, s.todo = None, None, None, None, []
+        # The cache keeps what was decoded (prefix reuse for the next request of this slot).
+        self._end(req, reason)
+
+    def _end(self, req: Request, reason: str) -> None:
+        req.finish_reason = reason
+        self.stats["requests_finished"] += 1
+        self.stats["completion_tokens"] += req.completion_tokens
+        req._push(_END)
+
+    def _fail_all(self, e: BaseException) -> None:
+        with self._cond:
+            self._closed = True
+            reqs = [s.request for s in self._slots if s.request is not None] + list(self._waiting)
+            self._waiting.clear()
+        for s in self._slots:
+            s.request = None
+        for req in reqs:
+            req.finish_reason = "error"
+            req._push(e if isinstance(e, Exception) else RuntimeError(f"the engine stopped: {e!r}"))
+            req._push(_END)
+
+
+__all__ = ["Engine", "Request", "FINISH_CANCELLED"]
