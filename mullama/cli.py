@@ -1,4 +1,4 @@
-"""The ``mullama`` command: run, chat, embed, info, tokenize.
+"""The ``mullama`` command: run, chat, embed, info, tokenize, serve.
 
 MODEL may be omitted (or given as ``-``): the default model,
 SmolLM2-135M-Instruct (Q4_1), is then downloaded once into the user cache.
@@ -143,6 +143,14 @@ def cmd_tokenize(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    from .server import ServeOptions, serve
+    return serve(ServeOptions(model=_model_path(args.model), host=args.host, port=args.port, parallel=args.parallel,
+                              n_ctx=args.n_ctx, n_gpu_layers=args.n_gpu_layers, n_threads=args.threads,
+                              embedding_model=Path(args.embedding_model) if args.embedding_model else None,
+                              api_key=args.api_key, model_id=args.model_id))
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="mullama", description="Local LLM inference over llama.cpp.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -198,6 +206,19 @@ def build_parser() -> argparse.ArgumentParser:
     tok.add_argument("--special", action="store_true", help="parse special tokens")
     tok.add_argument("--show-pieces", action="store_true")
     tok.set_defaults(func=cmd_tokenize)
+    srv = sub.add_parser("serve", help="OpenAI-compatible HTTP server (needs: pip install 'mullama[server]')")
+    srv.add_argument("model", nargs="?", help="GGUF file (default: SmolLM2-135M-Instruct)")
+    srv.add_argument("--host", default="127.0.0.1", help="address to listen on (default: loopback only)")
+    srv.add_argument("--port", type=int, default=8080)
+    srv.add_argument("--parallel", "-np", type=int, default=4, help="sequences decoded together (default 4)")
+    srv.add_argument("--n-ctx", "-c", type=int, default=0,
+                     help="tokens each sequence may hold (default: the model's, at most 4096)")
+    srv.add_argument("--n-gpu-layers", "-ngl", type=int, default=0, help="layers on the GPU (-1 = all)")
+    srv.add_argument("--threads", "-t", type=int, default=0, help="CPU threads (0 = all usable)")
+    srv.add_argument("--embedding-model", help="a second GGUF served on /v1/embeddings (default: the main model)")
+    srv.add_argument("--api-key", help="require 'Authorization: Bearer KEY' on every route but /health")
+    srv.add_argument("--model-id", help="the model name /v1/models reports (default: the file's name)")
+    srv.set_defaults(func=cmd_serve)
     return p
 
 

@@ -385,10 +385,10 @@ class Engine:
                 req._push(step)
                 step = next(s.loop)
             s.pending = step
-        except StopIteration:
-            self._finish(s, s.finish.reason or _sequence.FINISH_LENGTH)
-        finally:
             req.completion_tokens = s.finish.n_sampled
+        except StopIteration:
+            req.completion_tokens = s.finish.n_sampled
+            self._finish(s, s.finish.reason or _sequence.FINISH_LENGTH)
 
     def _finish(self, s: _Slot, reason: str) -> None:
         req = s.request

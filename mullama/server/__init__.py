@@ -1,0 +1,80 @@
+"""``mullama serve``: an OpenAI-compatible HTTP server over the batched :class:`~mullama.engine.Engine`.
+
+Needs the ``server`` extra (``pip install mullama[server]``: Starlette and uvicorn).
+Routes: ``/v1/chat/completions``, ``/v1/completions`` (plain, or server-sent
+events with ``stream: true``), ``/v1/embeddings``, ``/v1/models``, ``/health``
+and ``/metrics`` (Prometheus).  SIGTERM or Ctrl-C stops accepting requests,
+lets those under way finish, and exits.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+
+@dataclass
+class ServeOptions:
+    model: Path
+    host: str = "127.0.0.1"
+    port: int = 8080
+    parallel: int = 4
+    n_ctx: int = 0
+    n_gpu_layers: int = 0
+    n_threads: int = 0
+    embedding_model: Path | None = None
+    api_key: str | None = None
+    model_id: str | None = None
+
+
+def build(opts: ServeOptions) -> tuple[Any, Any]:
+    """Load the models and make the app; returns (app, engine)."""
+    from ..embedding import EmbeddingGenerator
+    from ..engine import Engine
+    from ..model import Model
+    from .app import create_app
+
+    model = Model.load(opts.model, n_gpu_layers=opts.n_gpu_layers)
+    engine = Engine(model, parallel=opts.parallel, n_ctx=opts.n_ctx, n_threads=opts.n_threads)
+    emb_model = Model.load(opts.embedding_model, n_gpu_layers=opts.n_gpu_layers) if opts.embedding_model else model
+    embedder = EmbeddingGenerator(emb_model, n_threads=opts.n_threads)
+    model_id = opts.model_id or Path(opts.model).stem
+    emb_id = Path(opts.embedding_model).stem if opts.embedding_model else None
+    return create_app(engine, embedder, model_id, emb_id, opts.api_key), engine
+
+
+def serve(opts: ServeOptions) -> int:
+    try:
+        import uvicorn
+    except ImportError:
+        print("mullama serve needs the server extra: pip install 'mullama[server]' (starlette, uvicorn)",
+              file=sys.stderr)
+        return 1
+    if not _is_loopback(opts.host) and not opts.api_key:
+        print(f"mullama serve: warning: listening on {opts.host} without --api-key: anyone who can reach this "
+              f"address can use the model", file=sys.stderr)
+    app, engine = build(opts)
+    # uvicorn handles SIGTERM and SIGINT: it stops accepting, waits for the
+    # requests under way (streams included), then returns; the engine drains last.
+    config = uvicorn.Config(app, host=opts.host, port=opts.port, log_level="warning", lifespan="off",
+                            timeout_graceful_shutdown=300)
+    server = uvicorn.Server(config)
+    print(f"mullama serve: http://{opts.host}:{opts.port}/v1 ({opts.parallel} parallel sequences of "
+          f"{engine.n_ctx} tokens)", file=sys.stderr, flush=True)
+    try:
+        server.run()
+    finally:
+        engine.close(drain=True)
+    return 0
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False

@@ -1,0 +1,221 @@
+"""The ASGI app: OpenAI-compatible routes over an :class:`~mullama.engine.Engine`.
+
+Routes stay thin: they check the request (:mod:`.protocol`), submit it to the
+engine, and stream or collect what it produces.  Streams are server-sent
+events in OpenAI's chunk format; a client that disconnects mid-stream
+cancels its request, and the engine frees the sequence at its next step.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hmac
+import json
+import threading
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+from ..context import ContextFullError
+from ..embedding import EmbeddingGenerator
+from ..engine import Engine
+from ..engine import Request as EngineRequest
+from . import protocol as P
+from .metrics import Metrics
+
+
+class _Embedder:
+    """One EmbeddingGenerator (one context): calls are serialised and run off the event loop."""
+
+    def __init__(self, gen: EmbeddingGenerator, model_id: str) -> None:
+        self.gen = gen
+        self.model_id = model_id
+        self.lock = threading.Lock()
+
+    def embed(self, texts: list[str], fmt: str) -> tuple[list[Any], int]:
+        with self.lock:
+            n_tokens = sum(len(self.gen._model.tokenize(t)) for t in texts)
+            matrix = self.gen.embed_matrix(texts)
+        if fmt == "base64":  # little-endian float32, as OpenAI sends it
+            return [base64.b64encode(row.astype("<f4").tobytes()).decode() for row in matrix], n_tokens
+        return matrix.tolist(), n_tokens
+
+
+def create_app(engine: Engine, embedder: EmbeddingGenerator | None, model_id: str,
+               embedding_model_id: str | None = None, api_key: str | None = None) -> Any:
+    """The ASGI app (a Starlette app, wrapped by the request counter and the API-key check)."""
+    metrics = Metrics(engine)
+    emb = _Embedder(embedder, embedding_model_id or model_id) if embedder is not None else None
+
+    def model_list() -> list[dict[str, Any]]:
+        ids = [model_id] + ([emb.model_id] if emb is not None and emb.model_id != model_id else [])
+        return [{"id": i, "object": "model", "created": P.now(), "owned_by": "mullama"} for i in ids]
+
+    async def submit(prompt: str | list[int], gen: P.Generation) -> EngineRequest:
+        max_tokens = engine.n_ctx if gen.max_tokens is None else gen.max_tokens
+        try:
+            return engine.submit(prompt, max_tokens, gen.params, stop=gen.stop, ignore_eos=gen.ignore_eos)
+        except ContextFullError as e:
+            raise P.ApiError(400, str(e), param="messages", code="context_length_exceeded") from None
+        except (ValueError, TypeError) as e:
+            raise P.ApiError(400, str(e)) from None
+
+    async def completions(request: Request) -> Response:
+        body = P.parse_json(await request.body())
+        prompt = P.prompt_text(body)
+        gen = P.Generation(body)
+        req = await submit(prompt, gen)
+        return await respond(request, req, gen, "text_completion", lambda piece: {"text": piece})
+
+    async def chat_completions(request: Request) -> Response:
+        body = P.parse_json(await request.body())
+        messages = P.chat_messages(body)
+        gen = P.Generation(body)
+        try:
+            prompt = engine.model.apply_chat_template(messages, True)
+        except (ValueError, RuntimeError) as e:
+            raise P.ApiError(400, str(e), param="messages") from None
+        req = await submit(prompt, gen)
+        return await respond(request, req, gen, "chat.completion", lambda piece: {"role": "assistant", "content": piece})
+
+    async def respond(request: Request, req: EngineRequest, gen: P.Generation, kind: str,
+                      choice: Callable[[str], dict[str, Any]]) -> Response:
+        rid, created = P.new_id("chatcmpl" if kind == "chat.completion" else "cmpl"), P.now()
+        head: dict[str, Any] = {"id": rid, "created": created, "model": model_id}
+        chat = kind == "chat.completion"
+        if not gen.stream:
+            try:
+                text = await _unless_gone(request, req)
+            finally:
+                metrics.finished(req)
+            c: dict[str, Any] = {"index": 0, "finish_reason": req.finish_reason}
+            c.update({"message": choice(text)} if chat else {"text": text, "logprobs": None})
+            return JSONResponse({**head, "object": kind, "choices": [c],
+                                 "usage": P.usage(req.prompt_tokens, req.completion_tokens)})
+
+        def chunk(delta: dict[str, Any] | None, finish: str | None) -> str:
+            c: dict[str, Any] = {"index": 0, "finish_reason": finish}
+            if chat:
+                c["delta"] = delta or {}
+            else:
+                c.update({"text": (delta or {}).get("text", ""), "logprobs": None})
+            obj = {**head, "object": f"{kind}.chunk" if chat else kind, "choices": [c]}
+            if gen.include_usage:
+                obj["usage"] = None
+            return f"data: {json.dumps(obj, ensure_ascii=False)}\n\n"
+
+        async def events() -> AsyncIterator[str]:
+            try:
+                if chat:
+                    yield chunk({"role": "assistant", "content": ""}, None)
+                async for piece in req:
+                    yield chunk({"content": piece} if chat else {"text": piece}, None)
+                yield chunk({}, req.finish_reason)
+                if gen.include_usage:
+                    tail = {**head, "object": f"{kind}.chunk" if chat else kind, "choices": [],
+                            "usage": P.usage(req.prompt_tokens, req.completion_tokens)}
+                    yield f"data: {json.dumps(tail)}\n\n"
+                yield "data: [DONE]\n\n"
+            finally:
+                req.cancel()  # a client gone mid-stream: the engine frees the sequence at its next step
+                metrics.finished(req)
+
+        return StreamingResponse(events(), media_type="text/event-stream",
+                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+    async def embeddings(request: Request) -> Response:
+        if emb is None:
+            raise P.ApiError(404, "this server has no embedding model", code="model_not_found")
+        body = P.parse_json(await request.body())
+        texts = P.embedding_inputs(body)
+        fmt = P.encoding_format(body)
+        try:
+            vectors, n_tokens = await asyncio.to_thread(emb.embed, texts, fmt)
+        except ValueError as e:
+            raise P.ApiError(400, str(e), param="input") from None
+        data = [{"object": "embedding", "index": i, "embedding": v} for i, v in enumerate(vectors)]
+        return JSONResponse({"object": "list", "data": data, "model": emb.model_id,
+                             "usage": {"prompt_tokens": n_tokens, "total_tokens": n_tokens}})
+
+    async def models(request: Request) -> Response:
+        return JSONResponse({"object": "list", "data": model_list()})
+
+    async def health(request: Request) -> Response:
+        return JSONResponse({"status": "ok", "slots_busy": engine.busy_slots, "slots": engine.parallel,
+                             "queue": engine.queue_depth})
+
+    async def prometheus(request: Request) -> Response:
+        return PlainTextResponse(metrics.render(), media_type="text/plain; version=0.0.4")
+
+    async def api_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, P.ApiError)
+        return JSONResponse(exc.body, status_code=exc.status)
+
+    async def http_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, HTTPException)
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code)
+        return JSONResponse(P.ApiError(exc.status_code, f"{request.method} {request.url.path}: {exc.detail}",
+                                       code=code).body, status_code=exc.status_code)
+
+    app = Starlette(
+        routes=[
+            Route("/v1/completions", completions, methods=["POST"]),
+            Route("/v1/chat/completions", chat_completions, methods=["POST"]),
+            Route("/v1/embeddings", embeddings, methods=["POST"]),
+            Route("/v1/models", models, methods=["GET"]),
+            Route("/health", health, methods=["GET"]),
+            Route("/metrics", prometheus, methods=["GET"]),
+        ],
+        exception_handlers={P.ApiError: api_error, HTTPException: http_error},
+    )
+    wrapped = _count_requests(app, metrics)
+    return _require_key(wrapped, api_key) if api_key else wrapped
+
+
+async def _unless_gone(request: Request, req: EngineRequest) -> str:
+    """The whole answer; a client that hangs up meanwhile cancels the request."""
+    answer = asyncio.ensure_future(req.atext())
+    while True:
+        done, _ = await asyncio.wait({answer}, timeout=0.25)
+        if done:
+            return answer.result()
+        if await request.is_disconnected():
+            req.cancel()
+
+
+def _count_requests(app: Any, metrics: Metrics) -> Any:
+    async def counted(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await app(scope, receive, send)
+            return
+        status = [0]
+
+        async def send_status(message: dict[str, Any]) -> None:
+            if message["type"] == "http.response.start":
+                status[0] = message["status"]
+                metrics.http(scope["path"], status[0])
+            await send(message)
+        await app(scope, receive, send_status)
+    return counted
+
+
+def _require_key(app: Any, api_key: str) -> Any:
+    """Every route but /health needs ``Authorization: Bearer <key>``; otherwise 401 with OpenAI's error body."""
+    expected = f"Bearer {api_key}".encode()
+
+    async def guarded(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "http" and scope["path"] != "/health":
+            given = dict(scope.get("headers") or []).get(b"authorization", b"")
+            if not hmac.compare_digest(given, expected):
+                err = P.ApiError(401, "a valid API key is required: send 'Authorization: Bearer <key>'",
+                                 type="authentication_error", code="invalid_api_key")
+                await JSONResponse(err.body, status_code=401)(scope, receive, send)
+                return
+        await app(scope, receive, send)
+    return guarded

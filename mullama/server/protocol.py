@@ -1,0 +1,210 @@
+"""OpenAI's wire format: request bodies checked into library arguments, results into response bodies.
+
+Every problem with a request becomes an :class:`ApiError` carrying the HTTP
+status and OpenAI's error body (``{"error": {"message", "type", "param",
+"code"}}``), so that clients such as the official ``openai`` package report
+it as they would for OpenAI itself.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+import uuid
+from typing import Any, overload
+
+from ..sampling import SamplerParams
+
+MAX_STOPS = 16
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, message: str, param: str | None = None, code: str | None = None,
+                 type: str = "invalid_request_error") -> None:  # noqa: A002 - OpenAI's field name
+        super().__init__(message)
+        self.status = status
+        self.body = {"error": {"message": message, "type": type, "param": param, "code": code}}
+
+
+def parse_json(raw: bytes) -> dict[str, Any]:
+    try:
+        body = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise ApiError(400, f"the request body is not valid JSON: {e}", code="invalid_json") from None
+    if not isinstance(body, dict):
+        raise ApiError(400, f"the request body must be a JSON object, not {type(body).__name__}")
+    return body
+
+
+def _number(body: dict[str, Any], name: str, default: float, lo: float, hi: float | None,
+            lo_open: bool = False) -> float:
+    v = body.get(name)
+    if v is None:
+        return default
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+        raise ApiError(400, f"'{name}' must be a number, not {json.dumps(v)}", param=name, code="invalid_type")
+    if v < lo or (lo_open and v == lo) or (hi is not None and v > hi):
+        bound = f"{'>' if lo_open else '>='} {lo}" + (f" and <= {hi}" if hi is not None else "")
+        raise ApiError(400, f"'{name}' must be {bound}, got {v}", param=name, code="invalid_value")
+    return float(v)
+
+
+@overload
+def _integer(body: dict[str, Any], name: str, default: int, lo: int, hi: int | None = None) -> int: ...
+@overload
+def _integer(body: dict[str, Any], name: str, default: None, lo: int, hi: int | None = None) -> int | None: ...
+def _integer(body: dict[str, Any], name: str, default: int | None, lo: int, hi: int | None = None) -> int | None:
+    v = body.get(name)
+    if v is None:
+        return default
+    if isinstance(v, bool) or not isinstance(v, int):
+        raise ApiError(400, f"'{name}' must be an integer, not {json.dumps(v)}", param=name, code="invalid_type")
+    if v < lo or (hi is not None and v > hi):
+        raise ApiError(400, f"'{name}' must be >= {lo}" + (f" and <= {hi}" if hi is not None else "")
+                       + f", got {v}", param=name, code="invalid_value")
+    return v
+
+
+def _boolean(body: dict[str, Any], name: str, default: bool) -> bool:
+    v = body.get(name)
+    if v is None:
+        return default
+    if not isinstance(v, bool):
+        raise ApiError(400, f"'{name}' must be a boolean, not {json.dumps(v)}", param=name, code="invalid_type")
+    return v
+
+
+class Generation:
+    """The generation arguments common to both completion routes."""
+
+    def __init__(self, body: dict[str, Any]) -> None:
+        n = _integer(body, "n", 1, 1)
+        if n != 1:
+            raise ApiError(400, "'n' > 1 is not supported: send one request per choice", param="n")
+        # Refused rather than ignored: a client asking for these would get something else.
+        for name, harmless in (("logprobs", (None, False, 0)), ("top_logprobs", (None, 0)), ("echo", (None, False)),
+                               ("best_of", (None, 1)), ("logit_bias", (None, {})), ("suffix", (None, ""))):
+            if body.get(name) not in harmless:
+                raise ApiError(400, f"'{name}' is not supported by this server", param=name)
+        for later in ("response_format", "tools", "tool_choice", "functions", "function_call"):
+            value = body.get(later)
+            if value is not None and not (later == "response_format" and isinstance(value, dict)
+                                          and value.get("type") == "text") \
+                    and not (later == "tool_choice" and value == "none"):
+                raise ApiError(400, f"'{later}' is not supported by this server yet", param=later)
+        max_tokens = _integer(body, "max_completion_tokens", None, 0)
+        self.max_tokens = _integer(body, "max_tokens", max_tokens, 0)
+        self.stream = _boolean(body, "stream", False)
+        opts = body.get("stream_options")
+        if opts is not None and not isinstance(opts, dict):
+            raise ApiError(400, "'stream_options' must be an object", param="stream_options")
+        self.include_usage = bool(opts and opts.get("include_usage"))
+        self.ignore_eos = _boolean(body, "ignore_eos", False)
+        stop = body.get("stop")
+        if stop is None:
+            self.stop: list[str] = []
+        elif isinstance(stop, str):
+            self.stop = [stop]
+        elif isinstance(stop, list) and all(isinstance(s, str) for s in stop):
+            self.stop = list(stop)
+        else:
+            raise ApiError(400, "'stop' must be a string or a list of strings", param="stop", code="invalid_type")
+        if len(self.stop) > MAX_STOPS or any(not s for s in self.stop):
+            raise ApiError(400, f"'stop' takes at most {MAX_STOPS} non-empty strings", param="stop",
+                           code="invalid_value")
+        seed = _integer(body, "seed", None, -(2 ** 63), 2 ** 64 - 1)
+        # OpenAI's defaults (temperature 1, top_p 1, no penalties) with llama.cpp's top_k and min_p.
+        temperature = _number(body, "temperature", 1.0, 0.0, 2.0)
+        top_p = _number(body, "top_p", 1.0, 0.0, 1.0, lo_open=True)
+        top_k = _integer(body, "top_k", 40, 0)
+        min_p = _number(body, "min_p", 0.05, 0.0, 1.0)
+        repeat = _number(body, "repeat_penalty", 1.0, 0.0, None, lo_open=True)
+        presence = _number(body, "presence_penalty", 0.0, -2.0, 2.0)
+        frequency = _number(body, "frequency_penalty", 0.0, -2.0, 2.0)
+        self.params = SamplerParams(
+            temperature=temperature, top_p=top_p, top_k=top_k, min_p=min_p, penalty_repeat=repeat,
+            penalty_present=presence, penalty_freq=frequency,
+            # every OpenAI seed is a fixed seed; mullama's 0 means "draw one", so they are shifted by one
+            seed=0 if seed is None else seed % 0xFFFFFFFE + 1)
+
+
+def prompt_text(body: dict[str, Any]) -> str | list[int]:
+    """/v1/completions' prompt: a string, a list of one string, or token ids."""
+    p = body.get("prompt")
+    if p is None:
+        raise ApiError(400, "'prompt' is required", param="prompt", code="missing_required_parameter")
+    if isinstance(p, list) and len(p) == 1 and isinstance(p[0], (str, list)):
+        p = p[0]
+    if isinstance(p, str):
+        if not p:
+            raise ApiError(400, "'prompt' is empty", param="prompt", code="invalid_value")
+        return p
+    if isinstance(p, list) and p and all(isinstance(t, int) and not isinstance(t, bool) for t in p):
+        return p
+    raise ApiError(400, "'prompt' must be a non-empty string or a list of token ids (one prompt per request)",
+                   param="prompt", code="invalid_type")
+
+
+def chat_messages(body: dict[str, Any]) -> list[dict[str, Any]]:
+    msgs = body.get("messages")
+    if msgs is None:
+        raise ApiError(400, "'messages' is required", param="messages", code="missing_required_parameter")
+    if not isinstance(msgs, list) or not msgs:
+        raise ApiError(400, "'messages' must be a non-empty array", param="messages", code="invalid_type")
+    out = []
+    for i, m in enumerate(msgs):
+        where = f"messages[{i}]"
+        if not isinstance(m, dict):
+            raise ApiError(400, f"'{where}' must be an object", param=where, code="invalid_type")
+        role, content = m.get("role"), m.get("content")
+        if not isinstance(role, str) or not role:
+            raise ApiError(400, f"'{where}.role' must be a non-empty string", param=f"{where}.role")
+        if isinstance(content, list):  # content parts: only text is understood here
+            texts = []
+            for part in content:
+                if not isinstance(part, dict) or part.get("type") != "text" or not isinstance(part.get("text"), str):
+                    raise ApiError(400, f"'{where}.content' parts must be text parts ({{\"type\": \"text\", "
+                                   f"\"text\": ...}}); images and audio are not supported", param=f"{where}.content")
+                texts.append(part["text"])
+            content = "".join(texts)
+        elif content is None:
+            content = ""
+        elif not isinstance(content, str):
+            raise ApiError(400, f"'{where}.content' must be a string or an array of text parts",
+                           param=f"{where}.content", code="invalid_type")
+        out.append({"role": role, "content": content})
+    return out
+
+
+def embedding_inputs(body: dict[str, Any]) -> list[str]:
+    inp = body.get("input")
+    if inp is None:
+        raise ApiError(400, "'input' is required", param="input", code="missing_required_parameter")
+    texts = [inp] if isinstance(inp, str) else inp
+    if not isinstance(texts, list) or not texts or not all(isinstance(t, str) for t in texts):
+        raise ApiError(400, "'input' must be a string or a non-empty array of strings", param="input",
+                       code="invalid_type")
+    if any(not t for t in texts):
+        raise ApiError(400, "'input' must not contain empty strings", param="input", code="invalid_value")
+    return texts
+
+
+def encoding_format(body: dict[str, Any]) -> str:
+    fmt = body.get("encoding_format") or "float"
+    if fmt not in ("float", "base64"):
+        raise ApiError(400, "'encoding_format' must be \"float\" or \"base64\"", param="encoding_format")
+    return str(fmt)
+
+
+def new_id(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:24]}"
+
+
+def now() -> int:
+    return int(time.time())
+
+
+def usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
+    return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+            "total_tokens": prompt_tokens + completion_tokens}
