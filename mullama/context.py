@@ -71,6 +71,7 @@ class Context(NativeHandle):
         n_ubatch: int = 0,
         n_seq_max: int = 1,
         pooling: str | None = None,
+        kv_unified: bool | None = None,
     ) -> None:
         if not isinstance(model, Model):
             raise TypeError(f"model must be a mullama.Model, not {type(model).__name__}")
@@ -98,9 +99,9 @@ class Context(NativeHandle):
         # Non-causal (embedding) models need a whole sequence in one micro-batch.
         cp.n_ubatch = n_ubatch or (n_batch if embeddings else min(n_batch, 512))
         cp.n_seq_max = n_seq_max
-        # One cache shared by all sequences (not n_ctx / n_seq_max each), so
-        # that packed sequences of any length fit.
-        cp.kv_unified = n_seq_max > 1
+        # By default one cache shared by all sequences (not n_ctx / n_seq_max
+        # each), so that packed sequences of any length fit.
+        cp.kv_unified = n_seq_max > 1 if kv_unified is None else _validate.boolean("kv_unified", kv_unified)
         cp.n_threads = threads
         cp.n_threads_batch = threads
         cp.embeddings = embeddings

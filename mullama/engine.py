@@ -167,8 +167,12 @@ class Engine:
             raise ValueError(f"n_ctx={n_ctx} exceeds the model's training context n_ctx_train={train}")
         self._n_ctx_seq = n_ctx or (min(train, 4096) if train > 0 else 4096)
         self._model = model
+        # One KV stream per sequence (kv_unified off): each sequence's cells are
+        # laid out as if it ran alone, so its attention sums in the same order
+        # whatever the other sequences do.  A shared cache let greedy outputs
+        # drift at near-ties once other sequences' cells came and went.
         self._ctx = Context(model, n_ctx=self._n_ctx_seq * parallel, n_batch=n_batch, n_threads=n_threads,
-                            n_seq_max=parallel)
+                            n_seq_max=parallel, kv_unified=False)
         self._slots = [_Slot(i) for i in range(parallel)]
         self._waiting: collections.deque[Request] = collections.deque()
         self._cond = threading.Condition()
@@ -176,6 +180,8 @@ class Engine:
         self._thread: threading.Thread | None = None
         self.stats = {"requests": 0, "requests_finished": 0, "prompt_tokens": 0, "prompt_tokens_evaluated": 0,
                       "completion_tokens": 0, "steps": 0}
+        self.finish_reasons: collections.Counter[str] = collections.Counter()
+        self.ttft_seconds = [0.0, 0]  # sum and count of submission -> first piece
 
     # -- properties ---------------------------------------------------------------------
 
@@ -405,6 +411,10 @@ class Engine:
         req.finish_reason = reason
         self.stats["requests_finished"] += 1
         self.stats["completion_tokens"] += req.completion_tokens
+        self.finish_reasons[reason] += 1
+        if req.first_piece_at is not None:
+            self.ttft_seconds[0] += req.first_piece_at - req.submitted_at
+            self.ttft_seconds[1] += 1
         req._push(_END)
 
     def _fail_all(self, e: BaseException) -> None:

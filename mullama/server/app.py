@@ -90,10 +90,7 @@ def create_app(engine: Engine, embedder: EmbeddingGenerator | None, model_id: st
         head: dict[str, Any] = {"id": rid, "created": created, "model": model_id}
         chat = kind == "chat.completion"
         if not gen.stream:
-            try:
-                text = await _unless_gone(request, req)
-            finally:
-                metrics.finished(req)
+            text = await _unless_gone(request, req)
             c: dict[str, Any] = {"index": 0, "finish_reason": req.finish_reason}
             c.update({"message": choice(text)} if chat else {"text": text, "logprobs": None})
             return JSONResponse({**head, "object": kind, "choices": [c],
@@ -124,10 +121,9 @@ def create_app(engine: Engine, embedder: EmbeddingGenerator | None, model_id: st
                 yield "data: [DONE]\n\n"
             finally:
                 req.cancel()  # a client gone mid-stream: the engine frees the sequence at its next step
-                metrics.finished(req)
 
-        return StreamingResponse(events(), media_type="text/event-stream",
-                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+        return _EventStream(events(), media_type="text/event-stream",
+                            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
     async def embeddings(request: Request) -> Response:
         if emb is None:
@@ -176,6 +172,23 @@ def create_app(engine: Engine, embedder: EmbeddingGenerator | None, model_id: st
     )
     wrapped = _count_requests(app, metrics)
     return _require_key(wrapped, api_key) if api_key else wrapped
+
+
+class _EventStream(StreamingResponse):
+    """A stream whose generator is closed however the response ends.
+
+    When the client has gone, the server's send raises (ASGI 2.4) and
+    Starlette leaves the body generator suspended; closing it here runs its
+    cleanup at once, which cancels the request.
+    """
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            aclose = getattr(self.body_iterator, "aclose", None)
+            if aclose is not None:
+                await aclose()
 
 
 async def _unless_gone(request: Request, req: EngineRequest) -> str:

@@ -8,7 +8,6 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from ..engine import Engine
-    from ..engine import Request as EngineRequest
 
 
 class Metrics:
@@ -16,20 +15,10 @@ class Metrics:
         self.engine = engine
         self.lock = threading.Lock()
         self.http_responses: Counter[tuple[str, int]] = Counter()
-        self.finish_reasons: Counter[str] = Counter()
-        self.ttft_sum = 0.0
-        self.ttft_count = 0
 
     def http(self, path: str, status: int) -> None:
         with self.lock:
             self.http_responses[(path, status)] += 1
-
-    def finished(self, req: EngineRequest) -> None:
-        with self.lock:
-            self.finish_reasons[req.finish_reason or "unfinished"] += 1
-            if req.first_piece_at is not None:
-                self.ttft_sum += req.first_piece_at - req.submitted_at
-                self.ttft_count += 1
 
     def render(self) -> str:
         e = self.engine
@@ -42,10 +31,10 @@ class Metrics:
             lines.extend(f"mullama_{name}{labels} {value:g}" for labels, value in samples)
 
         metric("requests_total", "counter", "Generation requests submitted to the engine.", [("", st["requests"])])
+        reasons = sorted(e.finish_reasons.items())
+        ttft = list(e.ttft_seconds)
         with self.lock:
-            reasons = sorted(self.finish_reasons.items())
             http = sorted(self.http_responses.items())
-            ttft = (self.ttft_sum, self.ttft_count)
         metric("requests_finished_total", "counter", "Generation requests finished, by finish reason.",
                [(f'{{reason="{r}"}}', n) for r, n in reasons])
         metric("prompt_tokens_total", "counter", "Prompt tokens submitted.", [("", st["prompt_tokens"])])
