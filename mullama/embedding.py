@@ -78,6 +78,8 @@ class EmbeddingGenerator:
     def embed(self, text: str, *, truncate: bool = False) -> np.ndarray:
         """One text -> float32 vector of shape ``(n_embd,)``."""
         _validate.string("text", text)
+        if not text:
+            raise ValueError("text is empty; an empty string has no embedding")
         row: np.ndarray = self.embed_matrix([text], truncate=truncate)[0]
         return row
 

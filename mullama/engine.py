@@ -60,6 +60,7 @@ class Request:
         self.completion_tokens = 0
         self.submitted_at = time.monotonic()
         self.first_piece_at: float | None = None
+        self.finished_at: float | None = None
         self._cancelled = False
         self._items: collections.deque[Any] = collections.deque()
         self._cond = threading.Condition()
@@ -409,6 +410,7 @@ class Engine:
 
     def _end(self, req: Request, reason: str) -> None:
         req.finish_reason = reason
+        req.finished_at = time.monotonic()
         self.stats["requests_finished"] += 1
         self.stats["completion_tokens"] += req.completion_tokens
         self.finish_reasons[reason] += 1

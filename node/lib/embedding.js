@@ -56,6 +56,7 @@ class JsEmbeddingGenerator {
   /** One text -> a vector of nEmbd numbers. */
   embed(text, options = undefined) {
     v.string('text', text);
+    if (!text) throw new RangeError('text is empty; an empty string has no embedding');
     return this.embedBatch([text], options)[0];
   }
 
