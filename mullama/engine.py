@@ -152,11 +152,13 @@ class Engine:
 
     ``parallel``: sequences decoded together; ``n_ctx``: tokens each sequence
     may hold (prompt and answer; default the model's training context, at
-    most 4096); ``n_batch``: most tokens in one step.
+    most 4096); ``n_batch``: most tokens in one step.  ``kv_unified=True``
+    shares one KV cache among the sequences (llama.cpp's unified cache):
+    greedy outputs may then differ from a lone Context's at near-ties.
     """
 
     def __init__(self, model: Model, parallel: int = 4, n_ctx: int = 0, n_batch: int = 2048,
-                 n_threads: int = 0) -> None:
+                 n_threads: int = 0, *, kv_unified: bool = False) -> None:
         if not isinstance(model, Model):
             raise TypeError(f"model must be a mullama.Model, not {type(model).__name__}")
         L = _backend.lib()
@@ -168,12 +170,12 @@ class Engine:
             raise ValueError(f"n_ctx={n_ctx} exceeds the model's training context n_ctx_train={train}")
         self._n_ctx_seq = n_ctx or (min(train, 4096) if train > 0 else 4096)
         self._model = model
-        # One KV stream per sequence (kv_unified off): each sequence's cells are
-        # laid out as if it ran alone, so its attention sums in the same order
-        # whatever the other sequences do.  A shared cache let greedy outputs
-        # drift at near-ties once other sequences' cells came and went.
+        # One KV stream per sequence (kv_unified off, the default): each
+        # sequence's cells are laid out as if it ran alone, so its attention
+        # sums in the same order whatever the other sequences do.  A shared
+        # cache lets greedy outputs drift at near-ties (benchmarks/divergence.py).
         self._ctx = Context(model, n_ctx=self._n_ctx_seq * parallel, n_batch=n_batch, n_threads=n_threads,
-                            n_seq_max=parallel, kv_unified=False)
+                            n_seq_max=parallel, kv_unified=_validate.boolean("kv_unified", kv_unified))
         self._slots = [_Slot(i) for i in range(parallel)]
         self._waiting: collections.deque[Request] = collections.deque()
         self._cond = threading.Condition()
