@@ -95,7 +95,8 @@ class ServerProcess:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "mullama", "serve", a.model, "--port", str(self.port), "--parallel", str(parallel),
              "--n-ctx", str(n_ctx), "--threads", str(a.threads), "--n-gpu-layers", str(a.ngl)],
-            env={**os.environ, "PYTHONPATH": str(ROOT)}, stderr=subprocess.DEVNULL)
+            env={**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])])},
+            stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 300
         while True:
             try:

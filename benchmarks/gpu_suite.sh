@@ -9,6 +9,8 @@
 #              then prints mullama.system_info() (the CUDA device must be listed)
 #   model:P    benchmarks/make_model.py --preset P (random weights, Q4_K_M)
 #   bench:P    model:P, then benchmarks/run.py --ngl all on it
+#   batched:P  model:P, then benchmarks/batched.py (engine and server vs llama-batched-bench) on it
+#   divergence:P  model:P, then benchmarks/divergence.py (batched greedy vs a lone Context) on it
 # Environment: OUT (results, default /tmp/mullama-bench), MODELS (default
 # /tmp/mullama-models), THREADS (8), REPS (5), CUDA_ARCH (90), LLAMA_SRC (llama.cpp
 # source; default native/llama.cpp, or .devsrc/llama.cpp when only that exists),
@@ -82,6 +84,19 @@ stage_bench() {
         --note "Model: random weights, llama-3 shapes, made by benchmarks/make_model.py --preset $p (make_model.py ${MAKE_MODEL_ARGS:-${VOCAB:+--vocab-from $(basename "$VOCAB")}})"
 }
 
+stage_batched() {
+    stage_model "$1" || return $?
+    echo "== batched:$1 ($(elapsed)s)"
+    python3 benchmarks/batched.py --model "$MODELS/llama-$1.Q4_K_M.gguf" --ngl 99 --threads "$THREADS" \
+        --reps "${BATCHED_REPS:-2}" --markdown "$OUT/batched.md" ${BATCHED_ARGS:-}
+}
+
+stage_divergence() {
+    stage_model "$1" || return $?
+    echo "== divergence:$1 ($(elapsed)s)"
+    python3 benchmarks/divergence.py --model "$MODELS/llama-$1.Q4_K_M.gguf" --ngl 99 | tee -a "$OUT/divergence.txt"
+}
+
 for st in "$@"; do
     if [ "$(elapsed)" -ge "$DEADLINE" ]; then
         echo "== $st: skipped, past DEADLINE=${DEADLINE}s"
@@ -91,6 +106,8 @@ for st in "$@"; do
         build) stage_build || exit $? ;;
         model:*) stage_model "${st#model:}" || exit $? ;;
         bench:*) stage_bench "${st#bench:}" || exit $? ;;
+        batched:*) stage_batched "${st#batched:}" || exit $? ;;
+        divergence:*) stage_divergence "${st#divergence:}" || exit $? ;;
         *) echo "unknown stage $st"; exit 2 ;;
     esac
 done
