@@ -38,14 +38,22 @@ class NativeHandle {
     this._held = null;
     this._liveChildren = 0;
     this._closeRequested = false;
+    this._pressure = null;
   }
 
-  /** Take ownership of `pointer`; `parent` is kept alive until it is freed. */
-  _attach(pointer, free, parent = null) {
+  /**
+   * Take ownership of `pointer`; `parent` is kept alive until it is freed.
+   * `bytes`: about how much native memory it holds.  V8 cannot see native
+   * memory, so an object nobody closes would otherwise never make it collect:
+   * an ArrayBuffer of that size, never written (its pages are never made
+   * resident), counts as external memory and makes V8 collect in proportion.
+   */
+  _attach(pointer, free, parent = null, bytes = 0) {
     this._pointer = pointer;
     if (parent) parent._liveChildren += 1;
     this._held = { pointer, free, parent, freed: false };
     registry.register(this, this._held, this._held);
+    this._pressure = bytes > 0 ? new ArrayBuffer(Math.min(bytes, 2 ** 31)) : null;
   }
 
   /** The native pointer; throws once the object is closed. */
@@ -66,6 +74,7 @@ class NativeHandle {
   close() {
     this._pointer = null;
     this._closeRequested = true;
+    this._pressure = null;
     if (this._held && !this._held.freed && this._liveChildren === 0) {
       registry.unregister(this._held);
       release(this._held);

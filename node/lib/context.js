@@ -97,7 +97,7 @@ class JsContext extends NativeHandle {
       const why = _lib.takeErrors() || 'llama.cpp could not create it (out of memory?)';
       throw new Error(`Failed to create context (nCtx=${nCtx || train}, nBatch=${nBatch}): ${why}`);
     }
-    this._attach(ptr, L.llama_free, model);
+    this._attach(ptr, L.llama_free, model, kvBytes(L, mptr, L.llama_n_ctx(ptr)));
     this._mem = L.llama_get_memory(ptr);
     this._nCtx = L.llama_n_ctx(ptr);
     this._nBatch = L.llama_n_batch(ptr);
@@ -493,6 +493,13 @@ class JsContext extends NativeHandle {
     if (this.closed) return 'JsContext(closed)';
     return `JsContext(nCtx=${this._nCtx}, nBatch=${this._nBatch}, nPast=${this._tokens.length})`;
   }
+}
+
+/** The f16 KV cache of nCtx cells (most of a context's memory), for the garbage collector's accounting. */
+function kvBytes(L, model, nCtx) {
+  const nHead = L.llama_model_n_head(model) || 1;
+  const kvWidth = (L.llama_model_n_embd(model) / nHead) * L.llama_model_n_head_kv(model);
+  return Math.round(nCtx * L.llama_model_n_layer(model) * 2 * kvWidth * 2);
 }
 
 function checkStops(stop) {

@@ -5,7 +5,7 @@ const koffi = require('koffi');
 const _lib = require('./_lib');
 const { lib } = require('./_backend');
 const { JsContext } = require('./context');
-const { JsModel } = require('./model');
+const { JsModel, utf8 } = require('./model');
 const v = require('./_validate');
 
 const { C } = _lib;
@@ -101,7 +101,7 @@ class JsEmbeddingGenerator {
   _tokens(i, text, truncate) {
     if (typeof text !== 'string') throw new TypeError(`texts[${i}] must be a string, not ${v.typeName(text)}`);
     if (!text) throw new RangeError(`texts[${i}] is empty; an empty string has no embedding`);
-    let ids = this._model._tokenizeBytes(Buffer.from(text, 'utf8'), true, false);
+    let ids = this._model._tokenizeBytes(utf8(`texts[${i}]`, text), true, false);
     if (ids.length > this._maxTokens) {
       if (!truncate) {
         throw new RangeError(`texts[${i}] has ${ids.length} tokens, more than the ${this._maxTokens} this generator `

@@ -115,7 +115,7 @@ class JsModel extends NativeHandle {
       throw new Error(`Failed to load model: ${path}: ${why}`);
     }
     const self = new JsModel(CREATE);
-    self._attach(ptr, L.llama_model_free);
+    self._attach(ptr, L.llama_model_free, null, Number(L.llama_model_size(ptr)));
     self._path = path;
     self._vocab = L.llama_model_get_vocab(ptr);
     self._nVocab = L.llama_vocab_n_tokens(self._vocab);
@@ -323,4 +323,4 @@ class JsModel extends NativeHandle {
 
 const CREATE = Symbol('JsModel.load');
 
-module.exports = { JsModel, builtinChatTemplates };
+module.exports = { JsModel, builtinChatTemplates, utf8 };
