@@ -73,12 +73,7 @@ def sampler(ctx: int, chain: SamplerChain, n_vocab: int) -> Callable[[int], int]
 def token_loop(model: Model, sample: Callable[[int], int], first_idx: int, max_tokens: int,
                stops: tuple[str, ...], ignore_eos: bool, finish: Finish) -> Generator[Step, int, None]:
     """One sequence's generation, from the logits of its prompt at ``first_idx``; see the module doc."""
-    L = _backend.lib()
-    is_eog = L.llama_vocab_is_eog
-    to_piece = L.llama_token_to_piece
-    vocab = model._vocab
-    buf = ctypes.create_string_buffer(256)
-    cap = len(buf)
+    piece_of = model._piece_or_eog  # bytes of a token, or None at end-of-generation tokens (cached)
     utf8 = codecs.getincrementaldecoder("utf-8")("replace")
     held = ""  # text withheld because it may be the start of a stop string
     idx = first_idx
@@ -86,11 +81,12 @@ def token_loop(model: Model, sample: Callable[[int], int], first_idx: int, max_t
     for i in range(max_tokens):
         tok = sample(idx)
         finish.n_sampled = i + 1
-        if is_eog(vocab, tok) and not ignore_eos:
-            finish.reason = FINISH_STOP
-            break
-        n = to_piece(vocab, tok, buf, cap, 0, False)
-        piece = ctypes.string_at(buf, n) if n >= 0 else model._piece(tok, False)
+        piece = piece_of(tok)
+        if piece is None:
+            if not ignore_eos:
+                finish.reason = FINISH_STOP
+                break
+            piece = model._piece(tok, False)
         text = utf8.decode(piece)
         if stops:
             text, hit = apply_stops(held + text, stops)

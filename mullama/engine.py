@@ -64,19 +64,22 @@ class Request:
         self._cancelled = False
         self._items: collections.deque[Any] = collections.deque()
         self._cond = threading.Condition()
-        self._wake: Any = None  # set by an async consumer: wakes its event loop
+        self._waker: tuple[asyncio.AbstractEventLoop, asyncio.Event] | None = None  # an async consumer's
 
     # -- for the engine --------------------------------------------------------------
 
     def _push(self, item: Any) -> None:
+        """Queue an item; consumers are woken by ``_flush`` (once per engine step)."""
         with self._cond:
             if self.first_piece_at is None and isinstance(item, str):
                 self.first_piece_at = time.monotonic()
             self._items.append(item)
+
+    def _flush(self) -> tuple[asyncio.AbstractEventLoop, asyncio.Event] | None:
+        """Wake a blocking consumer; return the async consumer's (loop, event) for the engine to set."""
+        with self._cond:
             self._cond.notify_all()
-            wake = self._wake
-        if wake is not None:
-            wake()
+            return self._waker
 
     # -- for the consumer ---------------------------------------------------------------
 
@@ -105,27 +108,41 @@ class Request:
         return "".join(self)
 
     async def __aiter__(self) -> AsyncIterator[str]:
+        async for pieces in self.batches():
+            for piece in pieces:
+                yield piece
+
+    async def batches(self) -> AsyncIterator[list[str]]:
+        """Async iterator over lists of the pieces that arrived since the last one (never empty).
+
+        One engine step adds at most one piece per request, so a consumer
+        that keeps up gets one piece at a time, and one that falls behind
+        catches up in a single item (a server sends it as one event).
+        """
         loop = asyncio.get_running_loop()
         ready = asyncio.Event()
         with self._cond:
-            self._wake = lambda: loop.call_soon_threadsafe(ready.set)
+            self._waker = (loop, ready)
         try:
             while True:
                 with self._cond:
-                    item = self._items.popleft() if self._items else None
-                    if item is None:
+                    items = list(self._items)
+                    self._items.clear()
+                    if not items:
                         ready.clear()
-                if item is None:
+                if not items:
                     await ready.wait()
                     continue
-                if item is _END:
+                end = next((i for i, x in enumerate(items) if x is _END or isinstance(x, BaseException)), len(items))
+                if end:
+                    yield items[:end]
+                if end < len(items):
+                    if isinstance(items[end], BaseException):
+                        raise items[end]
                     return
-                if isinstance(item, BaseException):
-                    raise item
-                yield item
         finally:
             with self._cond:
-                self._wake = None
+                self._waker = None
             if not self.done:
                 self.cancel()  # the consumer left early: free the sequence at the next step
 
@@ -372,8 +389,23 @@ class Engine:
         for s, k in prefill:
             s.tokens.extend(s.todo[:k])
             del s.todo[:k]
+        touched = [s.request for s, _ in outputs if s.request is not None]
         for s, idx in outputs:
             self._advance(s, ctx, idx)
+        self._wake(touched)
+
+    def _wake(self, requests: list[Request]) -> None:
+        """Wake each request's consumer once; async consumers with one call per event loop."""
+        events: dict[asyncio.AbstractEventLoop, list[asyncio.Event]] = {}
+        for req in requests:
+            waker = req._flush()
+            if waker is not None:
+                events.setdefault(waker[0], []).append(waker[1])
+        for loop, evs in events.items():
+            try:
+                loop.call_soon_threadsafe(_set_all, evs)
+            except RuntimeError:
+                pass  # that loop has closed: its consumers are gone
 
     def _advance(self, s: _Slot, ctx: int, idx: int) -> None:
         """Let the slot's token loop sample from output ``idx`` and run until it wants a decode."""
@@ -420,6 +452,7 @@ class Engine:
             self.ttft_seconds[0] += req.first_piece_at - req.submitted_at
             self.ttft_seconds[1] += 1
         req._push(_END)
+        self._wake([req])
 
     def _fail_all(self, e: BaseException) -> None:
         with self._cond:
@@ -432,6 +465,12 @@ class Engine:
             req.finish_reason = "error"
             req._push(e if isinstance(e, Exception) else RuntimeError(f"the engine stopped: {e!r}"))
             req._push(_END)
+        self._wake(reqs)
+
+
+def _set_all(events: list[asyncio.Event]) -> None:
+    for e in events:
+        e.set()
 
 
 __all__ = ["Engine", "Request", "FINISH_CANCELLED"]

@@ -26,6 +26,9 @@ def _load_mode(use_mmap: bool, use_mlock: bool) -> int:
     return _lib.LLAMA_LOAD_MODE_NONE
 
 
+_UNSET = object()  # a token whose piece is not looked up yet
+
+
 def builtin_chat_templates() -> list[str]:
     """Names of the chat templates built into llama.cpp (usable as ``template=``)."""
     L = _backend.lib()
@@ -46,6 +49,7 @@ class Model(NativeHandle):
     _path: Path
     _vocab: int
     _n_vocab: int
+    _piece_table: list[object]
 
     def __init__(self) -> None:  # use Model.load()
         raise TypeError("use Model.load(path, ...) to create a Model")
@@ -127,6 +131,7 @@ class Model(NativeHandle):
         self._path = p
         self._vocab = L.llama_model_get_vocab(ptr)
         self._n_vocab = L.llama_vocab_n_tokens(self._vocab)
+        self._piece_table = [_UNSET] * self._n_vocab
         return self
 
     # -- properties -----------------------------------------------------------
@@ -317,6 +322,15 @@ class Model(NativeHandle):
             buf = ctypes.create_string_buffer(-n)
             n = L.llama_token_to_piece(self._vocab, token, buf, len(buf), 0, special)
         return buf.raw[:n]
+
+    def _piece_or_eog(self, token: int) -> bytes | None:
+        """The token loop's lookup: the bytes of ``token``, or None for an end-of-generation token, cached."""
+        table = self._piece_table
+        piece = table[token]
+        if piece is _UNSET:
+            piece = table[token] = None if _backend.lib().llama_vocab_is_eog(self._vocab, token) \
+                else self._piece(token, False)
+        return piece  # type: ignore[return-value]
 
     def token_is_eog(self, token: int) -> bool:
         """True for end-of-generation tokens (EOS, EOT, <|im_end|>, ...)."""

@@ -111,8 +111,9 @@ def create_app(engine: Engine, embedder: EmbeddingGenerator | None, model_id: st
             try:
                 if chat:
                     yield chunk({"role": "assistant", "content": ""}, None)
-                async for piece in req:
-                    yield chunk({"content": piece} if chat else {"text": piece}, None)
+                async for pieces in req.batches():  # what arrived since the last event, as one event
+                    text = "".join(pieces)
+                    yield chunk({"content": text} if chat else {"text": text}, None)
                 yield chunk({}, req.finish_reason)
                 if gen.include_usage:
                     tail = {**head, "object": f"{kind}.chunk" if chat else kind, "choices": [],

@@ -1,0 +1,156 @@
+"""The batched Engine on SmolLM2: the same answers as a lone Context, one llama_decode per step."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+
+import pytest
+
+from mullama import Context, ContextFullError, Model, SamplerParams
+from mullama.engine import Engine
+
+GREEDY = SamplerParams.greedy()
+PROMPTS = [f"Write one sentence about the number {i}." for i in range(12)] + \
+          ["Once upon a time", "def fibonacci(n):", "Les fleurs du jardin", "The ocean is"]
+
+
+@pytest.fixture(scope="module")
+def alone(model: Model) -> dict[str, str]:
+    ctx = Context(model, n_ctx=512)
+    out = {}
+    for p in PROMPTS:
+        ctx.clear_cache()
+        out[p] = ctx.generate(p, max_tokens=24, params=GREEDY)
+    return out
+
+
+@pytest.fixture()
+def engine(model: Model) -> Engine:
+    e = Engine(model, parallel=4, n_ctx=512)
+    yield e  # type: ignore[misc]
+    e.close()
+
+
+def test_a_request_alone_equals_a_lone_context(engine: Engine, alone: dict[str, str]) -> None:
+    for p in PROMPTS[:4]:
+        assert engine.generate(p, 24, GREEDY) == alone[p]
+
+
+def test_concurrent_requests_each_equal_a_lone_context(engine: Engine, alone: dict[str, str]) -> None:
+    # 16 requests over 4 slots: they queue, join and leave at different steps,
+    # and slots are reused with prefixes of earlier prompts.
+    reqs = [engine.submit(p, 24, GREEDY) for p in PROMPTS]
+    assert {p: r.text() for p, r in zip(PROMPTS, reqs)} == alone
+    assert all(r.finish_reason in ("stop", "length") for r in reqs)
+    assert engine.busy_slots == 0 and engine.queue_depth == 0
+    # decoding was batched: far fewer steps than tokens
+    assert engine.stats["steps"] < engine.stats["completion_tokens"]
+
+
+def test_requests_from_many_threads(engine: Engine, alone: dict[str, str]) -> None:
+    results: dict[str, str] = {}
+
+    def one(p: str) -> None:
+        results[p] = "".join(engine.submit(p, 24, GREEDY))
+    threads = [threading.Thread(target=one, args=(p,)) for p in PROMPTS[:8]]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert results == {p: alone[p] for p in PROMPTS[:8]}
+
+
+def test_async_consumers(engine: Engine, alone: dict[str, str]) -> None:
+    async def main() -> list[str]:
+        reqs = [engine.submit(p, 24, GREEDY) for p in PROMPTS[:6]]
+        return await asyncio.gather(*(r.atext() for r in reqs))
+    assert asyncio.run(main()) == [alone[p] for p in PROMPTS[:6]]
+
+
+def test_the_next_turn_reuses_the_cached_prefix(engine: Engine, model: Model) -> None:
+    msgs = [("system", "You are terse."), ("user", "Name a color.")]
+    first = engine.submit(model.apply_chat_template(msgs), 16, GREEDY)
+    answer = first.text()
+    assert first.prompt_evaluated == first.prompt_tokens
+    msgs += [("assistant", answer), ("user", "Another one.")]
+    second = engine.submit(model.apply_chat_template(msgs), 16, GREEDY)
+    second.text()
+    assert second.prompt_evaluated < second.prompt_tokens // 2
+    assert engine.stats["prompt_tokens_evaluated"] < engine.stats["prompt_tokens"]
+
+
+def test_stop_strings_max_tokens_and_usage(engine: Engine, alone: dict[str, str], model: Model) -> None:
+    p = "Once upon a time"
+    full = alone[p]
+    word = next(w for w in full.split()[2:] if len(w) >= 4)
+    r = engine.submit(p, 24, GREEDY, stop=[word])
+    assert r.text() == full[:full.index(word)] and r.finish_reason == "stop"
+    r = engine.submit(p, 5, GREEDY)
+    assert r.text() and r.finish_reason == "length" and r.completion_tokens == 5
+    assert r.prompt_tokens == len(model.tokenize(p, special=True))
+    r = engine.submit(p, 0, GREEDY)
+    assert r.text() == "" and r.finish_reason == "length"
+
+
+def test_seeded_sampling_is_reproducible(engine: Engine) -> None:
+    params = SamplerParams(seed=99, temperature=1.0)
+    texts = [r.text() for r in [engine.submit("My favourite animal is", 20, params) for _ in range(3)]]
+    assert texts[0] == texts[1] == texts[2]
+
+
+def test_cancel_frees_the_slot_at_the_next_step(engine: Engine, alone: dict[str, str]) -> None:
+    r = engine.submit("Tell me a long story.", 400, GREEDY, ignore_eos=True)
+    it = iter(r)
+    next(it)
+    r.cancel()
+    rest = list(it)
+    assert r.finish_reason == "cancelled" and len(rest) < 5
+    assert engine.generate(PROMPTS[0], 24, GREEDY) == alone[PROMPTS[0]]
+
+
+def test_async_consumer_leaving_early_cancels(engine: Engine) -> None:
+    r = engine.submit("Tell me a long story.", 400, GREEDY, ignore_eos=True)
+
+    async def main() -> None:
+        async for _ in r:
+            break
+    asyncio.run(main())
+    r.text()  # drains to the end the engine gives it
+    assert r.finish_reason == "cancelled"
+
+
+def test_limits_and_errors(model: Model) -> None:
+    with Engine(model, parallel=2, n_ctx=256) as e:
+        with pytest.raises(ContextFullError):
+            e.submit("word " * 400)
+        r = e.submit("Tell me a story.", 1000, GREEDY, ignore_eos=True)
+        assert r.text() and r.finish_reason == "length" and r.prompt_tokens + r.completion_tokens <= 257
+        for bad in ({"max_tokens": -1}, {"stop": [""]}):
+            with pytest.raises(ValueError):
+                e.submit("Hi", **bad)  # type: ignore[arg-type]
+        with pytest.raises(TypeError):
+            e.submit("Hi", params={"temperature": 0})  # type: ignore[arg-type]
+        with pytest.raises(ValueError, match="outside the vocabulary"):
+            e.submit([1, 10**9])
+    with pytest.raises(RuntimeError, match="closed"):
+        e.submit("Hi")
+    with pytest.raises(ValueError):
+        Engine(model, parallel=0)
+    with pytest.raises(ValueError, match="n_ctx_train"):
+        Engine(model, n_ctx=model.n_ctx_train + 1)
+    with pytest.raises(TypeError):
+        Engine("model.gguf")  # type: ignore[arg-type]
+
+
+def test_close_with_drain_finishes_what_was_submitted(model: Model, alone: dict[str, str]) -> None:
+    e = Engine(model, parallel=2, n_ctx=512)
+    reqs = [e.submit(p, 24, GREEDY) for p in PROMPTS[:5]]
+    e.close(drain=True)
+    assert [r.text() for r in reqs] == [alone[p] for p in PROMPTS[:5]]
+    e2 = Engine(model, parallel=2, n_ctx=512)
+    reqs = [e2.submit(p, 24, GREEDY) for p in PROMPTS[:5]]
+    e2.close()
+    assert all(r.finish_reason in ("cancelled", "stop", "length") for r in reqs)
+    for r in reqs:
+        r.text()
