@@ -9,7 +9,6 @@
 // running.  The token loop, stop strings, UTF-8 handling and cache
 // bookkeeping exist once, for both.
 
-const { TextDecoder } = require('node:util');
 const koffi = require('koffi');
 const _lib = require('./_lib');
 const { lib } = require('./_backend');
@@ -17,6 +16,7 @@ const { Batch } = require('./_batch');
 const { usableCpus } = require('./_cpus');
 const { NativeHandle } = require('./_handle');
 const { JsModel } = require('./model');
+const sequence = require('./_sequence');
 const { SamplerChain, paramsKey, resolveParams } = require('./sampling');
 const v = require('./_validate');
 
@@ -310,7 +310,7 @@ class JsContext extends NativeHandle {
   _start(prompt, maxTokens, params, options, isAsync) {
     v.integer('maxTokens', maxTokens, 0);
     const o = v.options('options', options, GENERATE_OPTIONS);
-    const stops = checkStops(o.stop);
+    const stops = sequence.checkStops(o.stop);
     const ignoreEos = v.boolean('ignoreEos', o.ignoreEos ?? false);
     if (o.signal !== undefined && !(o.signal instanceof AbortSignal)) throw new TypeError('signal must be an AbortSignal');
     if (o.signal !== undefined && !isAsync) {
@@ -370,75 +370,32 @@ class JsContext extends NativeHandle {
     // prompt a micro-batch at a time, so that a cancel waits for one at most.
     yield* this._decodeSteps(Int32Array.from(tokens.slice(kept)), isAsync ? this._nUbatch : this._nBatch);
     if (maxTokens === 0) return;
-    const L = lib();
-    const smpl = chain.ptr();
-    L.llama_sampler_reset(smpl);
-    if (chain.usesPenalties) {
-      const window = chain.penaltyLastN < 0 ? tokens : tokens.slice(-chain.penaltyLastN);
-      for (const t of window) L.llama_sampler_accept(smpl, t);
-    }
-    yield* this._tokenLoop(smpl, maxTokens, stops, ignoreEos, chain.argmaxOnly);
+    chain.start(tokens);
+    const sample = sequence.sampler(this.ptr(), chain, this._model._nVocab, this._logitViews);
+    yield* this._drive1(sequence.tokenLoop(this._model, sample, -1, maxTokens, stops, ignoreEos, new sequence.Finish()));
   }
 
-  * _tokenLoop(smpl, maxTokens, stops, ignoreEos, argmaxOnly) {
-    const L = lib();
-    const ctx = this.ptr();
-    const vocab = this._model._vocab;
-    const sample = argmaxOnly ? () => this._argmax(ctx) : () => L.llama_sampler_sample(smpl, ctx, -1);
-    const isEog = L.llama_vocab_is_eog;
-    const toPiece = L.llama_token_to_piece;
-    const buf = this._pieceBuf;
+  /** One sequence's token loop (lib/_sequence.js), each token it asks for decoded alone. */
+  * _drive1(loop) {
     const cached = this._tokens;
     const nCtx = this._nCtx;
-    const utf8 = new TextDecoder('utf-8');
-    let held = ''; // text withheld because it may be the start of a stop string
-    for (let i = 0; i < maxTokens; i++) {
-      const tok = sample();
-      if (!ignoreEos && isEog(vocab, tok)) break;
-      const n = toPiece(vocab, tok, buf, buf.length, 0, false);
-      const bytes = n >= 0 ? buf.subarray(0, n) : this._model._piece(tok, false);
-      let text = utf8.decode(bytes, { stream: true });
-      if (stops.length) {
-        let hit;
-        [text, hit] = applyStops(held + text, stops);
-        if (hit) held = '';
-        else [text, held] = holdBack(text, stops);
-        if (text) yield text;
-        if (hit) return;
-      } else if (text) {
-        yield text;
+    let r = loop.next();
+    while (!r.done) {
+      if (typeof r.value === 'string') {
+        yield r.value;
+        r = loop.next();
+        continue;
       }
-      if (i + 1 === maxTokens) break;
       if (cached.length >= nCtx) {
-        throw new ContextFullError(`the context is full (nCtx=${nCtx}) after ${i + 1} generated tokens; `
+        throw new ContextFullError(`the context is full (nCtx=${nCtx}) after ${cached.length} tokens; `
           + 'use a larger nCtx, fewer maxTokens or a shorter prompt');
       }
-      this._batch.setOne(tok, cached.length);
+      this._batch.setOne(r.value, cached.length);
       const rc = yield DECODE;
       if (rc !== 0) this._afterFailedDecode(rc, cached.length);
-      cached.push(tok);
+      cached.push(r.value);
+      r = loop.next(-1);
     }
-    const tail = held + utf8.decode();
-    if (tail) yield tail;
-  }
-
-  /** Greedy without penalties: the first largest logit, as llama.cpp's greedy sampler picks it, read in place. */
-  _argmax(ctx) {
-    const addr = lib().llama_get_logits_ith(ctx, -1);
-    let logits = this._logitViews.get(addr);
-    if (!logits) {
-      logits = new Float32Array(koffi.view(addr, this._model._nVocab * 4));
-      this._logitViews.set(addr, logits);
-    }
-    let best = 0;
-    let max = logits[0];
-    for (let i = 1; i < logits.length; i++) {
-      if (logits[i] > max) {
-        max = logits[i];
-        best = i;
-      }
-    }
-    return best;
   }
 
   _run() {
@@ -500,39 +457,6 @@ function kvBytes(L, model, nCtx) {
   const nHead = L.llama_model_n_head(model) || 1;
   const kvWidth = (L.llama_model_n_embd(model) / nHead) * L.llama_model_n_head_kv(model);
   return Math.round(nCtx * L.llama_model_n_layer(model) * 2 * kvWidth * 2);
-}
-
-function checkStops(stop) {
-  if (stop === undefined || stop === null) return [];
-  const list = typeof stop === 'string' ? [stop] : stop;
-  if (!Array.isArray(list) || !list.every((s) => typeof s === 'string')) {
-    throw new TypeError('stop must be a string or an array of strings');
-  }
-  if (list.some((s) => !s)) throw new RangeError('stop strings must not be empty');
-  return list.slice();
-}
-
-function applyStops(text, stops) {
-  let cut = -1;
-  for (const s of stops) {
-    const i = text.indexOf(s);
-    if (i >= 0 && (cut < 0 || i < cut)) cut = i;
-  }
-  return cut >= 0 ? [text.slice(0, cut), true] : [text, false];
-}
-
-/** Split off the longest tail of `text` that could begin a stop string. */
-function holdBack(text, stops) {
-  let keep = 0;
-  for (const s of stops) {
-    for (let k = Math.min(s.length - 1, text.length); k > keep; k--) {
-      if (s.startsWith(text.slice(-k))) {
-        keep = k;
-        break;
-      }
-    }
-  }
-  return keep ? [text.slice(0, -keep), text.slice(-keep)] : [text, ''];
 }
 
 module.exports = { JsContext, ContextFullError, GenerationCancelledError };

@@ -120,6 +120,7 @@ class JsModel extends NativeHandle {
     self._vocab = L.llama_model_get_vocab(ptr);
     self._nVocab = L.llama_vocab_n_tokens(self._vocab);
     self._pieceBuf = Buffer.alloc(64);
+    self._pieceTable = new Array(self._nVocab);
     return self;
   }
 
@@ -251,6 +252,16 @@ class JsModel extends NativeHandle {
       n = L.llama_token_to_piece(this._vocab, token, buf, buf.length, 0, special);
     }
     return buf.subarray(0, n);
+  }
+
+  /** The token loop's lookup: the bytes of `token`, or null for an end-of-generation token, cached. */
+  _pieceOrEog(token) {
+    let piece = this._pieceTable[token];
+    if (piece === undefined) {
+      piece = this._pieceTable[token] = lib().llama_vocab_is_eog(this._vocab, token) ? null
+        : Buffer.from(this._piece(token, false)); // a copy: _piece reuses one buffer
+    }
+    return piece;
   }
 
   /** True for end-of-generation tokens (EOS, EOT, <|im_end|>, ...). */

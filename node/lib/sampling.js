@@ -95,6 +95,17 @@ class SamplerChain extends NativeHandle {
     add(L.llama_sampler_init_dist(p.seed || LLAMA_DEFAULT_SEED), 'dist');
   }
 
+  /** Reset for a new generation; the penalties see the prompt's last tokens first. */
+  start(prompt) {
+    const L = lib();
+    const smpl = this.ptr();
+    L.llama_sampler_reset(smpl);
+    if (this.usesPenalties) {
+      const window = this.penaltyLastN < 0 ? prompt : prompt.slice(-this.penaltyLastN);
+      for (const t of window) L.llama_sampler_accept(smpl, t);
+    }
+  }
+
   /** The names of the samplers in the chain, in order. */
   describe() {
     const L = lib();

@@ -1,0 +1,127 @@
+'use strict';
+// The per-sequence token loop (mirrors mullama/_sequence.py).
+//
+// One sequence's generation is a generator: it samples a token from the
+// logits at the output index it is given, turns it into text (whole UTF-8
+// characters only, stop strings held back until they cannot match), and
+// yields a string (a piece of text for the caller), then, unless it has
+// finished, a number: the sampled token, which the driver must decode; the
+// driver passes back the output index of that token's logits (-1 for the
+// last output of a single-sequence batch).  Sampling, end-of-generation,
+// detokenizing, UTF-8 and stop strings exist only here.
+
+const { TextDecoder } = require('node:util');
+const koffi = require('koffi');
+const { lib } = require('./_backend');
+
+const FINISH_STOP = 'stop'; // an end-of-generation token or a stop string
+const FINISH_LENGTH = 'length'; // maxTokens
+
+/** Filled in by the loop when it ends: why, and how many tokens it sampled. */
+class Finish {
+  constructor() {
+    this.reason = null;
+    this.nSampled = 0;
+  }
+}
+
+/** sample(idx): the chain's token from the logits at output idx. */
+function sampler(ctx, chain, nVocab, views) {
+  const L = lib();
+  if (!chain.argmaxOnly) {
+    const smpl = chain.ptr();
+    return (idx) => L.llama_sampler_sample(smpl, ctx, idx);
+  }
+  // Greedy without penalties: the first largest logit, exactly what
+  // llama.cpp's greedy sampler picks, read in place (no candidate array).
+  return (idx) => {
+    const addr = L.llama_get_logits_ith(ctx, idx);
+    let logits = views.get(addr);
+    if (!logits) {
+      logits = new Float32Array(koffi.view(addr, nVocab * 4));
+      views.set(addr, logits);
+    }
+    let best = 0;
+    let max = logits[0];
+    for (let i = 1; i < logits.length; i++) {
+      if (logits[i] > max) {
+        max = logits[i];
+        best = i;
+      }
+    }
+    return best;
+  };
+}
+
+/** One sequence's generation, from the logits of its prompt at firstIdx; see the module comment. */
+function* tokenLoop(model, sample, firstIdx, maxTokens, stops, ignoreEos, finish) {
+  const utf8 = new TextDecoder('utf-8');
+  let held = ''; // text withheld because it may be the start of a stop string
+  let idx = firstIdx;
+  finish.reason = FINISH_LENGTH;
+  for (let i = 0; i < maxTokens; i++) {
+    const tok = sample(idx);
+    finish.nSampled = i + 1;
+    let piece = model._pieceOrEog(tok);
+    if (piece === null) {
+      if (!ignoreEos) {
+        finish.reason = FINISH_STOP;
+        break;
+      }
+      piece = model._piece(tok, false);
+    }
+    let text = utf8.decode(piece, { stream: true });
+    if (stops.length) {
+      let hit;
+      [text, hit] = applyStops(held + text, stops);
+      if (hit) held = '';
+      else [text, held] = holdBack(text, stops);
+      if (text) yield text;
+      if (hit) {
+        finish.reason = FINISH_STOP;
+        return;
+      }
+    } else if (text) {
+      yield text;
+    }
+    if (i + 1 === maxTokens) break;
+    idx = yield tok;
+  }
+  const tail = held + utf8.decode();
+  if (tail) yield tail;
+}
+
+function checkStops(stop) {
+  if (stop === undefined || stop === null) return [];
+  const list = typeof stop === 'string' ? [stop] : stop;
+  if (!Array.isArray(list) || !list.every((s) => typeof s === 'string')) {
+    throw new TypeError('stop must be a string or an array of strings');
+  }
+  if (list.some((s) => !s)) throw new RangeError('stop strings must not be empty');
+  return list.slice();
+}
+
+function applyStops(text, stops) {
+  let cut = -1;
+  for (const s of stops) {
+    const i = text.indexOf(s);
+    if (i >= 0 && (cut < 0 || i < cut)) cut = i;
+  }
+  return cut >= 0 ? [text.slice(0, cut), true] : [text, false];
+}
+
+/** Split off the longest tail of `text` that could begin a stop string. */
+function holdBack(text, stops) {
+  let keep = 0;
+  for (const s of stops) {
+    for (let k = Math.min(s.length - 1, text.length); k > keep; k--) {
+      if (s.startsWith(text.slice(-k))) {
+        keep = k;
+        break;
+      }
+    }
+  }
+  return keep ? [text.slice(0, -keep), text.slice(-keep)] : [text, ''];
+}
+
+module.exports = { FINISH_LENGTH, FINISH_STOP, Finish, checkStops, sampler, tokenLoop };
