@@ -274,3 +274,47 @@ def test_the_spec_fastapi_example_still_works(smollm_path: Path, minilm_path: Pa
     finally:
         srv.should_exit = True
         t.join(60)
+
+
+def test_sigterm_lets_the_streams_under_way_finish(smollm_path: Path) -> None:
+    import os
+    import signal
+    import subprocess
+    import sys
+    import urllib.request
+
+    from .conftest import ROOT
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen([sys.executable, "-m", "mullama", "serve", str(smollm_path), "--port", str(port),
+                             "--parallel", "2", "--n-ctx", "512"], env={**os.environ, "PYTHONPATH": str(ROOT)},
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=5).read()
+                break
+            except OSError:
+                assert proc.poll() is None and time.monotonic() < deadline, "the server did not start"
+                time.sleep(0.1)
+        body = json.dumps({"prompt": "Tell me a story.", "max_tokens": 60, "temperature": 0, "ignore_eos": True,
+                           "stream": True}).encode()
+        req = urllib.request.Request(f"http://127.0.0.1:{port}/v1/completions", data=body, method="POST",
+                                     headers={"Content-Type": "application/json"})
+        events: list[bytes] = []
+        with urllib.request.urlopen(req, timeout=120) as r:
+            for line in r:
+                if line.startswith(b"data: "):
+                    events.append(line.strip())
+                    if len(events) == 2:
+                        proc.send_signal(signal.SIGTERM)  # mid-stream
+        assert events[-1] == b"data: [DONE]"
+        last = json.loads(events[-2][len(b"data: "):])
+        assert last["choices"][0]["finish_reason"] == "length"
+        assert proc.wait(timeout=120) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()

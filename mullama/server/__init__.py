@@ -10,6 +10,7 @@ lets those under way finish, and exits.
 from __future__ import annotations
 
 import ipaddress
+import signal
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -64,10 +65,21 @@ def serve(opts: ServeOptions) -> int:
     server = uvicorn.Server(config)
     print(f"mullama serve: http://{opts.host}:{opts.port}/v1 ({opts.parallel} parallel sequences of "
           f"{engine.n_ctx} tokens)", file=sys.stderr, flush=True)
+    # uvicorn raises the signal that stopped it again once it has shut down;
+    # with these handlers that returns here instead of killing the process
+    # before the engine has drained.
+    stopped_by: list[int] = []
+    previous = {sig: signal.signal(sig, lambda signum, frame: stopped_by.append(signum))
+                for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         server.run()
     finally:
         engine.close(drain=True)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    if stopped_by:
+        print(f"mullama serve: stopped by {signal.Signals(stopped_by[0]).name}, every request answered",
+              file=sys.stderr)
     return 0
 
 
