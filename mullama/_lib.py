@@ -358,6 +358,8 @@ _FUNCTIONS: Final[dict[str, tuple[Any, tuple[Any, ...]]]] = {
     "llama_sampler_init_logit_bias": (_p, (c_int32, c_int32, POINTER(llama_logit_bias))),
     "llama_sampler_sample": (llama_token, (_p, _p, c_int32)),
     "llama_sampler_accept": (None, (_p, llama_token)),
+    "llama_sampler_apply": (None, (_p, POINTER(llama_token_data_array))),
+    "llama_sampler_init_grammar": (_p, (_p, c_char_p, c_char_p)),
     "llama_sampler_reset": (None, (_p,)),
     "llama_sampler_free": (None, (_p,)),
     "llama_sampler_get_seed": (c_uint32, (_p,)),

@@ -24,11 +24,11 @@ from typing import TYPE_CHECKING, Union
 
 import numpy as np
 
-from . import _backend
+from . import _backend, _lib
 
 if TYPE_CHECKING:
     from .model import Model
-    from .sampling import SamplerChain
+    from .sampling import GrammarState, SamplerChain
 
 Step = Union[str, int]
 
@@ -47,9 +47,11 @@ class Finish:
         self.n_sampled = 0
 
 
-def sampler(ctx: int, chain: SamplerChain, n_vocab: int) -> Callable[[int], int]:
-    """``sample(idx)``: the chain's token from the logits at output ``idx``."""
+def sampler(ctx: int, chain: SamplerChain, n_vocab: int, grammar: GrammarState | None = None) -> Callable[[int], int]:
+    """``sample(idx)``: the chain's token from the logits at output ``idx`` (within ``grammar``, if any)."""
     L = _backend.lib()
+    if grammar is not None:
+        return _grammar_sampler(ctx, chain, n_vocab, grammar)
     if not chain.argmax_only:
         smpl = chain.ptr()
         native = L.llama_sampler_sample
@@ -57,17 +59,85 @@ def sampler(ctx: int, chain: SamplerChain, n_vocab: int) -> Callable[[int], int]
     # Greedy without penalties: the first largest logit, exactly what
     # llama.cpp's greedy sampler returns, read in place (no copy, no
     # candidate array of the whole vocabulary).
-    get_logits = L.llama_get_logits_ith
+    logits = _logits_reader(ctx, n_vocab)
+    return lambda idx: int(logits(idx).argmax())
+
+
+def _logits_reader(ctx: int, n_vocab: int) -> Callable[[int], np.ndarray]:
+    """``logits(idx)``: a NumPy view (no copy) of the logits at output ``idx``."""
+    get_logits = _backend.lib().llama_get_logits_ith
     views: dict[int, np.ndarray] = {}
 
-    def argmax(idx: int) -> int:
+    def logits(idx: int) -> np.ndarray:
         addr = get_logits(ctx, idx)
         view = views.get(addr)
         if view is None:
             view = views[addr] = np.ctypeslib.as_array(ctypes.cast(addr, ctypes.POINTER(ctypes.c_float)),
                                                         shape=(n_vocab,))
-        return int(view.argmax())
-    return argmax
+        return view
+    return logits
+
+
+_TOKEN_DATA = np.dtype([("id", np.int32), ("logit", np.float32), ("p", np.float32)])
+
+
+def _grammar_sampler(ctx: int, chain: SamplerChain, n_vocab: int, grammar: GrammarState) -> Callable[[int], int]:
+    """Sampling within a grammar, as llama.cpp's own samplers do it.
+
+    The chain first picks from all tokens; when the grammar allows that
+    token it is kept (for greedy chains this is exactly the best allowed
+    token).  Only otherwise are the whole vocabulary's candidates masked by
+    the grammar and the chain applied again, so that the costly full check
+    runs only for the tokens where the model strays.
+    """
+    L = _backend.lib()
+    logits = _logits_reader(ctx, n_vocab)
+    cand = np.zeros(n_vocab, dtype=_TOKEN_DATA)
+    ids = np.arange(n_vocab, dtype=np.int32)
+    arr = _lib.llama_token_data_array(cand.ctypes.data_as(ctypes.POINTER(_lib.llama_token_data)), n_vocab, -1, False)
+    arr_ref = ctypes.byref(arr)
+    apply, accept = L.llama_sampler_apply, L.llama_sampler_accept
+    smpl = chain.ptr()
+    gsmpl = grammar.ptr()
+    greedy = chain.argmax_only
+
+    def fill(view: np.ndarray) -> None:
+        cand["id"] = ids
+        cand["logit"] = view
+        cand["p"] = 0.0
+        arr.data = cand.ctypes.data_as(ctypes.POINTER(_lib.llama_token_data))
+        arr.size, arr.selected, arr.sorted = n_vocab, -1, False
+
+    def chosen() -> int:
+        if not 0 <= arr.selected < arr.size:
+            raise RuntimeError("the sampler chain selected no token")
+        return int(arr.data[arr.selected].id)
+
+    def sample(idx: int) -> int:
+        view = logits(idx)
+        if greedy:
+            tok = int(view.argmax())
+        else:
+            fill(view)
+            apply(smpl, arr_ref)
+            tok = chosen()
+        if not grammar.allows(tok):
+            fill(view)
+            apply(gsmpl, arr_ref)
+            masked = cand["logit"][:arr.size]
+            best = int(masked.argmax())
+            if masked[best] == -np.inf:
+                raise RuntimeError("the grammar allows no token here (is it satisfiable with this vocabulary?)")
+            if greedy:
+                tok = int(cand["id"][best])
+            else:
+                apply(smpl, arr_ref)
+                tok = chosen()
+        if not greedy:
+            accept(smpl, tok)  # the penalties' history, as llama_sampler_sample does
+        grammar.accept(tok)
+        return tok
+    return sample
 
 
 def token_loop(model: Model, sample: Callable[[int], int], first_idx: int, max_tokens: int,

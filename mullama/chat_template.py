@@ -84,12 +84,12 @@ def normalize_messages(messages: Sequence[Message]) -> list[dict[str, Any]]:
 
 
 def render(source: str, messages: Sequence[Message], add_generation_prompt: bool,
-           special_tokens: Mapping[str, str]) -> str:
-    """Render ``source`` for ``messages``; template errors become ValueError."""
+           special_tokens: Mapping[str, str], tools: Sequence[Mapping[str, Any]] | None = None) -> str:
+    """Render ``source`` for ``messages`` (and ``tools``, OpenAI-style); template errors become ValueError."""
     msgs = normalize_messages(messages)
     try:
         template = compile_template(source)
-        return template.render(messages=msgs, tools=None, documents=None,
+        return template.render(messages=msgs, tools=list(tools) if tools else None, documents=None,
                                add_generation_prompt=add_generation_prompt, **special_tokens)
     except jinja2.exceptions.TemplateError as e:
         raise ValueError(f"chat template error: {e}") from None

@@ -15,6 +15,7 @@ from . import _backend, _lib, _sequence, _validate
 from ._batch import Batch
 from ._cpus import usable_cpus
 from ._handle import NativeHandle
+from .grammar import Grammar, GrammarIncompleteError, check_grammar
 from .model import Model
 from .sampling import SamplerChain, SamplerParams
 
@@ -347,6 +348,7 @@ class Context(NativeHandle):
         stop: Sequence[str] | None = None,
         cancel: threading.Event | None = None,
         ignore_eos: bool = False,
+        grammar: Grammar | None = None,
     ) -> str:
         """Generate up to ``max_tokens`` tokens after ``prompt`` (text or token ids).
 
@@ -355,8 +357,13 @@ class Context(NativeHandle):
         ``cancel`` is an Event another thread may set to stop the generation.  A string prompt is
         tokenized with the model's BOS and with special tokens parsed, so a
         prompt from :meth:`Model.apply_chat_template` works as is.
+
+        ``grammar`` (a :class:`~mullama.grammar.Grammar`) constrains the text to
+        its language; generation then ends when the grammar's text is complete,
+        and raises :class:`~mullama.grammar.GrammarIncompleteError` if
+        ``max_tokens`` runs out before (a stop string ends it as asked).
         """
-        return "".join(self._stream(prompt, max_tokens, params, stop, cancel, ignore_eos))
+        return "".join(self._stream(prompt, max_tokens, params, stop, cancel, ignore_eos, grammar))
 
     def generate_stream(
         self,
@@ -367,13 +374,14 @@ class Context(NativeHandle):
         stop: Sequence[str] | None = None,
         cancel: threading.Event | None = None,
         ignore_eos: bool = False,
+        grammar: Grammar | None = None,
     ) -> Generator[str, None, None]:
         """Like :meth:`generate`, but yields each piece of text as soon as its token is sampled.
 
         Pieces never split a UTF-8 character, and ``"".join(pieces)`` equals
         what :meth:`generate` returns.  Leaving the loop early is fine.
         """
-        gen = self._stream(prompt, max_tokens, params, stop, cancel, ignore_eos)
+        gen = self._stream(prompt, max_tokens, params, stop, cancel, ignore_eos, grammar)
         self._active_stream = weakref.ref(gen)
         return gen
 
@@ -385,12 +393,14 @@ class Context(NativeHandle):
         stop: Sequence[str] | None,
         cancel: threading.Event | None,
         ignore_eos: bool = False,
+        grammar: Grammar | None = None,
     ) -> Generator[str, None, None]:
         # Arguments are checked before the first piece is asked for, so that
         # generate_stream() raises at the call for bad input.
         max_tokens = _validate.integer("max_tokens", max_tokens, 0)
         ignore_eos = _validate.boolean("ignore_eos", ignore_eos)
         stops = _sequence.check_stops(stop)
+        grammar = check_grammar(grammar)
         if cancel is not None and not isinstance(cancel, threading.Event):
             raise TypeError("cancel must be a threading.Event or None")
         self.ptr()
@@ -399,22 +409,39 @@ class Context(NativeHandle):
         if len(tokens) > self._n_ctx:
             raise ContextFullError(f"the prompt has {len(tokens)} tokens but the context holds n_ctx={self._n_ctx}; "
                                    f"use a larger n_ctx or a shorter prompt")
-        return self._generate(tokens, max_tokens, chain, stops, cancel, ignore_eos)
+        return self._generate(tokens, max_tokens, chain, stops, cancel, ignore_eos, grammar)
 
     def _generate(self, tokens: list[int], max_tokens: int, chain: SamplerChain,
                   stops: tuple[str, ...], cancel: threading.Event | None,
-                  ignore_eos: bool) -> Generator[str, None, None]:
+                  ignore_eos: bool, grammar: Grammar | None) -> Generator[str, None, None]:
         ctx = self._acquire()
         self._cancel.event = cancel
+        state = None
         try:
             self._eval_prompt(ctx, tokens)
             if max_tokens == 0:
                 return
             chain.start(tokens)
-            sample = _sequence.sampler(ctx, chain, self._model._n_vocab)
-            loop = _sequence.token_loop(self._model, sample, -1, max_tokens, stops, ignore_eos, _sequence.Finish())
-            yield from self._drive(ctx, loop)
+            state = grammar.state(self._model) if grammar is not None else None
+            sample = _sequence.sampler(ctx, chain, self._model._n_vocab, state)
+            finish = _sequence.Finish()
+            # Under a grammar the end-of-generation token means "the text is complete": it always ends.
+            loop = _sequence.token_loop(self._model, sample, -1, max_tokens, stops,
+                                        ignore_eos and state is None, finish)
+            if state is None:
+                yield from self._drive(ctx, loop)
+                return
+            pieces: list[str] = []
+            for piece in self._drive(ctx, loop):
+                pieces.append(piece)
+                yield piece
+            if finish.reason == _sequence.FINISH_LENGTH and not state.complete():
+                raise GrammarIncompleteError(
+                    f"max_tokens={max_tokens} ran out before the grammar's text was complete "
+                    f"({finish.n_sampled} tokens generated); raise max_tokens", "".join(pieces))
         finally:
+            if state is not None:
+                state.close()
             self._release()
 
     def _eval_prompt(self, ctx: int, tokens: list[int]) -> None:

@@ -30,8 +30,9 @@ import numpy as np
 
 from . import _backend, _lib, _sequence, _validate
 from .context import Context, ContextFullError
+from .grammar import Grammar, GrammarIncompleteError, check_grammar
 from .model import Model
-from .sampling import SamplerChain, SamplerParams
+from .sampling import GrammarState, SamplerChain, SamplerParams
 
 FINISH_CANCELLED = "cancelled"
 _END = object()
@@ -44,16 +45,21 @@ class Request:
     awaits it without blocking the event loop.  ``text()`` waits for the
     whole answer.  Once it has ended, ``finish_reason`` says why ("stop",
     "length" or "cancelled"), and ``prompt_tokens`` / ``completion_tokens``
-    are the usage counts.
+    are the usage counts.  A request with a grammar that runs out of tokens
+    before the grammar's text is complete raises
+    :class:`~mullama.grammar.GrammarIncompleteError` after its last piece
+    (finish_reason "length").
     """
 
     def __init__(self, prompt: list[int], max_tokens: int, params: SamplerParams, stops: tuple[str, ...],
-                 ignore_eos: bool) -> None:
+                 ignore_eos: bool, grammar: Grammar | None = None) -> None:
         self.prompt = prompt
         self.max_tokens = max_tokens
         self.params = params
         self.stops = stops
         self.ignore_eos = ignore_eos
+        self.grammar = grammar
+        self._text: list[str] | None = [] if grammar is not None else None  # kept for GrammarIncompleteError
         self.finish_reason: str | None = None
         self.prompt_tokens = len(prompt)
         self.prompt_evaluated = 0  # prompt tokens decoded for it (the rest came from the slot's cache)
@@ -71,8 +77,11 @@ class Request:
     def _push(self, item: Any) -> None:
         """Queue an item; consumers are woken by ``_flush`` (once per engine step)."""
         with self._cond:
-            if self.first_piece_at is None and isinstance(item, str):
-                self.first_piece_at = time.monotonic()
+            if isinstance(item, str):
+                if self.first_piece_at is None:
+                    self.first_piece_at = time.monotonic()
+                if self._text is not None:
+                    self._text.append(item)
             self._items.append(item)
 
     def _flush(self) -> tuple[asyncio.AbstractEventLoop, asyncio.Event] | None:
@@ -161,6 +170,7 @@ class _Slot:
     loop: Any = None  # the running token loop (a generator)
     finish: _sequence.Finish | None = None
     chain: SamplerChain | None = None
+    grammar: GrammarState | None = None
     pending: int | None = None  # the sampled token waiting for the next step's decode
 
 
@@ -229,7 +239,8 @@ class Engine:
     # -- submitting -----------------------------------------------------------------------
 
     def submit(self, prompt: str | Sequence[int], max_tokens: int = 100, params: SamplerParams | None = None, *,
-               stop: Sequence[str] | None = None, ignore_eos: bool = False) -> Request:
+               stop: Sequence[str] | None = None, ignore_eos: bool = False,
+               grammar: Grammar | None = None) -> Request:
         """Queue a generation; returns its :class:`Request` at once (iterate it for the pieces).
 
         A prompt longer than ``n_ctx`` raises ContextFullError here; a
@@ -238,6 +249,7 @@ class Engine:
         max_tokens = _validate.integer("max_tokens", max_tokens, 0)
         ignore_eos = _validate.boolean("ignore_eos", ignore_eos)
         stops = _sequence.check_stops(stop)
+        grammar = check_grammar(grammar)
         if params is None:
             params = SamplerParams()
         elif not isinstance(params, SamplerParams):
@@ -246,7 +258,7 @@ class Engine:
         if len(tokens) >= self._n_ctx_seq:
             raise ContextFullError(f"the prompt has {len(tokens)} tokens but a sequence holds n_ctx="
                                    f"{self._n_ctx_seq}; use a larger n_ctx or a shorter prompt")
-        req = Request(tokens, max_tokens, params.copy(), stops, ignore_eos)
+        req = Request(tokens, max_tokens, params.copy(), stops, ignore_eos, grammar)
         with self._cond:
             if self._closed:
                 raise RuntimeError("this Engine is closed")
@@ -333,6 +345,7 @@ class Engine:
             self.stats["prompt_tokens_evaluated"] += len(best.todo)
             best.chain = SamplerChain(req.params, self._model._n_vocab)
             best.chain.start(req.prompt)
+            best.grammar = req.grammar.state(self._model) if req.grammar is not None else None
             best.finish, best.loop, best.pending = _sequence.Finish(), None, None
 
     def _step(self, ctx: int) -> None:
@@ -416,9 +429,10 @@ class Engine:
                 if req.max_tokens == 0:
                     self._finish(s, _sequence.FINISH_LENGTH)
                     return
-                sample = _sequence.sampler(ctx, s.chain, self._model._n_vocab)
-                s.loop = _sequence.token_loop(self._model, sample, idx, req.max_tokens, req.stops, req.ignore_eos,
-                                              s.finish)
+                sample = _sequence.sampler(ctx, s.chain, self._model._n_vocab, s.grammar)
+                # Under a grammar the end-of-generation token means "the text is complete": it always ends.
+                s.loop = _sequence.token_loop(self._model, sample, idx, req.max_tokens, req.stops,
+                                              req.ignore_eos and s.grammar is None, s.finish)
                 step = next(s.loop)
             else:
                 step = s.loop.send(idx)
@@ -438,7 +452,13 @@ class Engine:
             s.loop.close()
         if s.chain is not None:
             s.chain.close()
-        s.request, s.loop, s.chain, s.pending, s.todo = None, None, None, None, []
+        if s.grammar is not None:
+            if reason == _sequence.FINISH_LENGTH and not s.grammar.complete():
+                req._push(GrammarIncompleteError(
+                    f"max_tokens={req.max_tokens} (or the context) ran out before the grammar's text was complete "
+                    f"({req.completion_tokens} tokens generated)", "".join(req._text or [])))
+            s.grammar.close()
+        s.request, s.loop, s.chain, s.grammar, s.pending, s.todo = None, None, None, None, None, []
         # The cache keeps what was decoded (prefix reuse for the next request of this slot).
         self._end(req, reason)
 

@@ -361,16 +361,20 @@ class Model(NativeHandle):
         return out
 
     def apply_chat_template(self, messages: Sequence[Message], add_generation_prompt: bool = True,
-                            template: str | None = None) -> str:
+                            template: str | None = None, *, tools: Sequence[Any] | None = None) -> str:
         """Format a conversation with the model's own chat template.
 
         ``messages`` is a list of ``(role, content)`` tuples (or dicts with
         ``role`` and ``content``).  The model's Jinja template is rendered as
         Hugging Face transformers renders it.  ``template`` overrides it: the
         name of one of llama.cpp's built-in templates (see
-        :func:`mullama.builtin_chat_templates`) or Jinja source.
+        :func:`mullama.builtin_chat_templates`) or Jinja source.  ``tools``
+        (OpenAI-style tool definitions) reach a Jinja template as ``tools``,
+        as transformers passes them.
         """
         _validate.boolean("add_generation_prompt", add_generation_prompt)
+        if tools is not None and (isinstance(tools, (str, bytes)) or not isinstance(tools, Sequence)):
+            raise TypeError(f"tools must be a list of tool definitions, not {type(tools).__name__}")
         if template is not None:
             _validate.string("template", template)
         self.ptr()
@@ -383,7 +387,7 @@ class Model(NativeHandle):
             )
         if template is not None and "{" not in template:
             return self._apply_builtin_template(template, msgs, add_generation_prompt)
-        return render(source, msgs, add_generation_prompt, self._special_tokens())
+        return render(source, msgs, add_generation_prompt, self._special_tokens(), tools)
 
     def _apply_builtin_template(self, name: str, msgs: list[dict[str, Any]], add_ass: bool) -> str:
         if name not in builtin_chat_templates():

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import ctypes
+import math
 from typing import Any, Final
 
-from . import _backend, _validate
+from . import _backend, _lib, _validate
 from ._handle import NativeHandle
 
 LLAMA_DEFAULT_SEED: Final = 0xFFFFFFFF  # llama.cpp draws a fresh random seed on every reset
@@ -192,3 +194,43 @@ class SamplerChain(NativeHandle):
         chain = self.ptr()
         return [(L.llama_sampler_name(L.llama_sampler_chain_get(chain, i)) or b"").decode()
                 for i in range(L.llama_sampler_chain_n(chain))]
+
+
+class GrammarState(NativeHandle):
+    """llama.cpp's grammar sampler for one generation: which tokens may come next, advanced per token."""
+
+    def __init__(self, model: Any, text: bytes, root: bytes) -> None:
+        L = _backend.lib()
+        model.ptr()
+        _lib.take_errors()
+        ptr = L.llama_sampler_init_grammar(model._vocab, text, root)
+        if not ptr:
+            raise ValueError(f"invalid grammar: {_lib.take_errors() or 'llama.cpp could not build it'}")
+        self._attach(ptr, L.llama_sampler_free, parent=model)
+        self._one = (_lib.llama_token_data * 1)()
+        self._one_array = _lib.llama_token_data_array(self._one, 1, -1, False)
+        self._vocab = model._vocab
+        self._end_token = int(L.llama_vocab_eos(model._vocab))
+        if self._end_token < 0:
+            self._end_token = int(L.llama_vocab_eot(model._vocab))
+
+    def allows(self, token: int) -> bool:
+        """Whether ``token`` may come next."""
+        one, arr = self._one, self._one_array
+        one[0].id, one[0].logit, one[0].p = token, 0.0, 0.0
+        arr.size, arr.selected, arr.sorted = 1, -1, False
+        _backend.lib().llama_sampler_apply(self.ptr(), ctypes.byref(arr))
+        return bool(one[0].logit != -math.inf)
+
+    def accept(self, token: int) -> None:
+        """Advance past ``token``, which must be allowed (llama.cpp aborts the process otherwise).
+
+        End-of-generation tokens end the text rather than advance it.
+        """
+        L = _backend.lib()
+        if not L.llama_vocab_is_eog(self._vocab, token):
+            L.llama_sampler_accept(self.ptr(), token)
+
+    def complete(self) -> bool:
+        """Whether the text so far is a whole sentence of the grammar (it may end here)."""
+        return self._end_token >= 0 and self.allows(self._end_token)

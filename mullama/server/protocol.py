@@ -87,12 +87,9 @@ class Generation:
                                ("best_of", (None, 1)), ("logit_bias", (None, {})), ("suffix", (None, ""))):
             if body.get(name) not in harmless:
                 raise ApiError(400, f"'{name}' is not supported by this server", param=name)
-        for later in ("response_format", "tools", "tool_choice", "functions", "function_call"):
-            value = body.get(later)
-            if value is not None and not (later == "response_format" and isinstance(value, dict)
-                                          and value.get("type") == "text") \
-                    and not (later == "tool_choice" and value == "none"):
-                raise ApiError(400, f"'{later}' is not supported by this server yet", param=later)
+        for legacy in ("functions", "function_call"):
+            if body.get(legacy) is not None:
+                raise ApiError(400, f"'{legacy}' (deprecated by OpenAI) is not supported: use 'tools'", param=legacy)
         max_tokens = _integer(body, "max_completion_tokens", None, 0)
         self.max_tokens = _integer(body, "max_tokens", max_tokens, 0)
         self.stream = _boolean(body, "stream", False)
@@ -173,7 +170,25 @@ def chat_messages(body: dict[str, Any]) -> list[dict[str, Any]]:
         elif not isinstance(content, str):
             raise ApiError(400, f"'{where}.content' must be a string or an array of text parts",
                            param=f"{where}.content", code="invalid_type")
-        out.append({"role": role, "content": content})
+        msg: dict[str, Any] = {"role": role, "content": content}
+        # a tool round trip: the assistant's calls and the tools' answers reach the template as sent
+        for key in ("tool_calls", "tool_call_id", "name"):
+            if m.get(key) is not None:
+                msg[key] = m[key]
+        if isinstance(msg.get("tool_calls"), list):
+            for call in msg["tool_calls"]:
+                fn = call.get("function") if isinstance(call, dict) else None
+                if not isinstance(fn, dict) or not isinstance(fn.get("name"), str):
+                    raise ApiError(400, f"'{where}.tool_calls' entries need function.name", param=f"{where}.tool_calls")
+                args = fn.get("arguments")
+                if isinstance(args, str):  # templates expect the arguments as an object, as transformers does
+                    try:
+                        fn = {**fn, "arguments": json.loads(args)}
+                    except ValueError:
+                        raise ApiError(400, f"'{where}.tool_calls': arguments are not valid JSON",
+                                       param=f"{where}.tool_calls") from None
+                call["function"] = fn
+        out.append(msg)
     return out
 
 
