@@ -39,3 +39,7 @@ __all__ += ["EmbeddingGenerator", "cosine_similarity"]
 from .quantize import quantize  # noqa: E402
 
 __all__ += ["quantize"]
+
+from .rpc import RPCError  # noqa: E402
+
+__all__ += ["RPCError"]
