@@ -43,3 +43,7 @@ __all__ += ["quantize"]
 from .grammar import Grammar, GrammarIncompleteError  # noqa: E402
 
 __all__ += ["Grammar", "GrammarIncompleteError"]
+
+from .rpc import RPCError  # noqa: E402
+
+__all__ += ["RPCError"]

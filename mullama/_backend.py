@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import ctypes
 import threading
+from typing import Any
 
 from . import _lib
 
@@ -42,8 +44,13 @@ def backend_free() -> None:
 
 
 def supports_gpu_offload() -> bool:
-    """True when the loaded library has a GPU backend that can hold model layers."""
-    return bool(lib().llama_supports_gpu_offload())
+    """True when there is a device that can hold model layers: a GPU here, or a registered RPC server.
+
+    (llama.cpp's own ``llama_supports_gpu_offload`` is true whenever the RPC
+    backend is compiled in, even with no server and no GPU.)
+    """
+    from . import rpc
+    return bool(rpc.local_offload_devices() or rpc.registered())
 
 
 def max_devices() -> int:
@@ -59,17 +66,38 @@ def version() -> str:
     return f"{v} ({commit})"
 
 
-def devices() -> list[dict[str, str]]:
-    """The compute devices of the loaded library: name, description and type."""
+def devices() -> list[dict[str, Any]]:
+    """The compute devices: name, description, type, memory_free and memory_total (bytes), endpoint.
+
+    RPC servers registered by ``Model.load(..., rpc_servers=[...])`` appear
+    as ``RPC0``, ``RPC1``, ... with the server's memory and ``endpoint``
+    "host:port" (None for a local device).  The memory of a server that
+    cannot be reached is None.
+    """
+    from . import rpc
     L = lib()
     kinds = {0: "cpu", 1: "gpu", 2: "igpu", 3: "accel"}
-    out = []
+    out: list[dict[str, Any]] = []
     for i in range(L.ggml_backend_dev_count()):
         dev = L.ggml_backend_dev_get(i)
+        endpoint = rpc.endpoint_of(dev)
+        free: int | None = None
+        total: int | None = None
+        try:
+            if endpoint is not None:
+                rpc.check_server(endpoint)  # ggml would abort on a dead server
+            f, t = ctypes.c_size_t(0), ctypes.c_size_t(0)
+            L.ggml_backend_dev_memory(dev, ctypes.byref(f), ctypes.byref(t))
+            free, total = f.value, t.value
+        except rpc.RPCError:
+            pass
         out.append({
             "name": (L.ggml_backend_dev_name(dev) or b"").decode(),
             "description": (L.ggml_backend_dev_description(dev) or b"").decode(),
             "type": kinds.get(L.ggml_backend_dev_type(dev), "unknown"),
+            "memory_free": free,
+            "memory_total": total,
+            "endpoint": endpoint,
         })
     return out
 

@@ -378,6 +378,19 @@ _GGML_FUNCTIONS: Final[dict[str, tuple[Any, tuple[Any, ...]]]] = {
     "ggml_backend_dev_name": (c_char_p, (_p,)),
     "ggml_backend_dev_description": (c_char_p, (_p,)),
     "ggml_backend_dev_type": (c_enum, (_p,)),
+    "ggml_backend_dev_by_name": (_p, (c_char_p,)),
+    "ggml_backend_dev_memory": (None, (_p, POINTER(c_size_t), POINTER(c_size_t))),
+    "ggml_backend_dev_backend_reg": (_p, (_p,)),
+    "ggml_backend_reg_dev_count": (c_size_t, (_p,)),
+    "ggml_backend_reg_dev_get": (_p, (_p, c_size_t)),
+    "ggml_backend_register": (None, (_p,)),
+}
+
+# ggml-rpc (libggml-rpc, from ggml-rpc.h): remote devices and the RPC server.
+# Optional: a library built with --no-rpc has none of these.
+_RPC_FUNCTIONS: Final[dict[str, tuple[Any, tuple[Any, ...]]]] = {
+    "ggml_backend_rpc_add_server": (_p, (c_char_p,)),
+    "ggml_backend_rpc_start_server": (None, (c_char_p, c_char_p, c_size_t, c_size_t, POINTER(c_void_p))),
 }
 
 
@@ -388,10 +401,19 @@ class LibraryLoadError(RuntimeError):
 class _Lib:
     """The loaded libraries, with every declared function as an attribute."""
 
-    def __init__(self, llama: ctypes.CDLL, ggml: ctypes.CDLL, path: Path, build_info: dict[str, Any]) -> None:
+    def __init__(self, llama: ctypes.CDLL, ggml: ctypes.CDLL, path: Path, build_info: dict[str, Any],
+                 rpc: ctypes.CDLL | None = None) -> None:
         self.path = path
         self.build_info = build_info
         self.cdll = llama
+        # True when the RPC functions below are present (the library was built with GGML_RPC).
+        self.has_rpc = rpc is not None
+        if rpc is not None:
+            for name, (restype, argtypes) in _RPC_FUNCTIONS.items():
+                fn = getattr(rpc, name)
+                fn.restype = restype
+                fn.argtypes = list(argtypes)
+                setattr(self, name, fn)
         for name, (restype, argtypes) in _FUNCTIONS.items():
             fn = getattr(llama, name)
             fn.restype = restype
@@ -410,6 +432,16 @@ class _Lib:
 def declared_functions() -> dict[str, tuple[Any, tuple[Any, ...]]]:
     """Every llama_* function the binding declares (used by the tests)."""
     return dict(_FUNCTIONS)
+
+
+def declared_ggml_functions() -> dict[str, tuple[Any, tuple[Any, ...]]]:
+    """Every ggml_backend_* function the binding declares, from ggml-backend.h (used by the tests)."""
+    return dict(_GGML_FUNCTIONS)
+
+
+def declared_rpc_functions() -> dict[str, tuple[Any, tuple[Any, ...]]]:
+    """Every ggml-rpc.h function the binding declares (used by the tests)."""
+    return dict(_RPC_FUNCTIONS)
 
 
 def _candidates() -> list[Path]:
@@ -434,6 +466,24 @@ def _read_build_info(folder: Path) -> dict[str, Any]:
         return info if isinstance(info, dict) else {}
     except (OSError, ValueError):
         return {}
+
+
+def _open_rpc(folder: Path, mode: int, ggml: ctypes.CDLL) -> ctypes.CDLL | None:
+    """libggml-rpc beside libllama: its own file in every build made with GGML_RPC.
+
+    Without the file, a monolithic build may still export the functions
+    itself; otherwise the library has no RPC backend.
+    """
+    names = {"win32": ("ggml-rpc.dll",), "darwin": ("libggml-rpc.dylib", "libggml-rpc.so")}.get(
+        sys.platform, ("libggml-rpc.so",))
+    for n in names:
+        if (folder / n).exists():
+            try:
+                return ctypes.CDLL(str(folder / n), mode=mode)
+            except OSError as e:
+                logger.warning("%s cannot be loaded (%s); RPC servers are unavailable", folder / n, e)
+                return None
+    return ggml if hasattr(ggml, "ggml_backend_rpc_add_server") else None
 
 
 def _open(path: Path) -> tuple[ctypes.CDLL, ctypes.CDLL]:
@@ -565,7 +615,8 @@ def load() -> _Lib:
                 tried.append(f"{path}: {e}")
                 continue
             try:
-                lib = _Lib(llama, ggml, path, _read_build_info(path.parent))
+                rpc = _open_rpc(path.parent, getattr(os, "RTLD_NOW", 0) | getattr(os, "RTLD_LOCAL", 0), ggml)
+                lib = _Lib(llama, ggml, path, _read_build_info(path.parent), rpc)
             except AttributeError as e:
                 raise LibraryLoadError(
                     f"{path} is not the llama.cpp this mullama is written for ({e}); "

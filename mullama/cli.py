@@ -1,4 +1,4 @@
-"""The ``mullama`` command: run, chat, embed, info, tokenize, serve.
+"""The ``mullama`` command: run, chat, embed, info, tokenize, serve, rpc-server.
 
 MODEL may be omitted (or given as ``-``): the default model,
 SmolLM2-135M-Instruct (Q4_1), is then downloaded once into the user cache.
@@ -151,6 +151,18 @@ def cmd_serve(args: argparse.Namespace) -> int:
                               api_key=args.api_key, model_id=args.model_id))
 
 
+def cmd_rpc_server(args: argparse.Namespace) -> int:
+    from . import rpc
+    if not rpc.is_loopback(args.host):
+        print(f"mullama rpc-server: WARNING: listening on {args.host}, not on loopback. The RPC protocol has no "
+              f"authentication and no encryption: anyone who can reach port {args.port} can run code on this "
+              f"host's devices and read what they hold. Use it only on a private network, or over an SSH tunnel "
+              f"or WireGuard.", file=sys.stderr, flush=True)
+    devices = [d for part in args.device for d in part.replace("/", ",").split(",") if d] if args.device else []
+    rpc.serve(args.host, args.port, n_threads=args.threads, devices=devices, cache_dir=args.cache_dir)
+    return 1  # serve() returns only by raising
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="mullama", description="Local LLM inference over llama.cpp.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -219,6 +231,18 @@ def build_parser() -> argparse.ArgumentParser:
     srv.add_argument("--api-key", help="require 'Authorization: Bearer KEY' on every route but /health")
     srv.add_argument("--model-id", help="the model name /v1/models reports (default: the file's name)")
     srv.set_defaults(func=cmd_serve)
+
+    rs = sub.add_parser("rpc-server", help="serve this host's devices to other hosts' models (llama.cpp RPC)",
+                        description="Serve this host's devices (GPUs, else the CPU) to models loaded elsewhere with "
+                                    "rpc_servers=['host:port']. The protocol is unauthenticated and unencrypted.")
+    rs.add_argument("--host", default="127.0.0.1",
+                    help="IPv4 address to listen on (default: loopback only; anything else is reachable by others)")
+    rs.add_argument("--port", "-p", type=int, default=50052)
+    rs.add_argument("--threads", "-t", type=int, default=0, help="CPU threads for a CPU device (0 = all usable)")
+    rs.add_argument("--device", "-d", action="append",
+                    help="device(s) to serve, e.g. CUDA0 or CUDA0,CUDA1 (default: all GPUs, else the CPU)")
+    rs.add_argument("--cache-dir", help="keep large tensors sent by clients here, so a reload sends only hashes")
+    rs.set_defaults(func=cmd_rpc_server)
     return p
 
 

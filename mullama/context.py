@@ -112,12 +112,13 @@ class Context(NativeHandle):
             if pooling not in _POOLING:
                 raise ValueError(f"pooling must be one of {', '.join(_POOLING)}, not {pooling!r}")
             cp.pooling_type = _POOLING[pooling]
+        model._check_servers()
         _lib.take_errors()
         ptr = L.llama_init_from_model(model.ptr(), cp)
         if not ptr:
             why = _lib.take_errors() or "llama.cpp could not create it (out of memory?)"
             raise RuntimeError(f"Failed to create context (n_ctx={n_ctx or train}, n_batch={n_batch}): {why}")
-        self._attach(ptr, L.llama_free, parent=model)
+        self._attach(ptr, model._free_guard(L.llama_free), parent=model)
         self._mem = L.llama_get_memory(ptr)
         self._n_ctx = int(L.llama_n_ctx(ptr))
         self._n_batch = int(L.llama_n_batch(ptr))
@@ -178,6 +179,7 @@ class Context(NativeHandle):
     def _acquire(self) -> int:
         ptr = self.ptr()
         self._model.ptr()
+        self._model._check_servers()  # a dead RPC server: an error here, not an abort in ggml
         me = threading.get_ident()
         with self._owner_lock:
             if self._owner is not None and self._owner != me:

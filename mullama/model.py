@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any, Callable, Optional, Sequence, Union
 
 from . import _backend, _gguf, _lib, _validate
+from . import rpc as _rpc
 from ._handle import NativeHandle
 from .chat_template import Message, normalize_messages, render
 
@@ -27,6 +28,39 @@ def _load_mode(use_mmap: bool, use_mlock: bool) -> int:
 
 
 _UNSET = object()  # a token whose piece is not looked up yet
+
+# llama_split_mode by name ("tensor", llama.cpp's experimental fourth mode, is not offered)
+SPLIT_MODES = {"none": 0, "layer": 1, "row": 2}
+
+
+def _split_args(tensor_split: Any, split_mode: Any, main_gpu: Any) -> tuple[list[float] | None, int, int]:
+    if not isinstance(split_mode, str):
+        raise TypeError(f"split_mode must be a str, not {type(split_mode).__name__}")
+    if split_mode not in SPLIT_MODES:
+        raise ValueError(f"split_mode must be one of {', '.join(map(repr, SPLIT_MODES))}, not {split_mode!r}")
+    main_gpu = _validate.integer("main_gpu", main_gpu, lo=0)
+    if tensor_split is None:
+        return None, SPLIT_MODES[split_mode], main_gpu
+    if isinstance(tensor_split, (str, bytes)) or not isinstance(tensor_split, Sequence):
+        raise TypeError(f"tensor_split must be a list of numbers, not {type(tensor_split).__name__}")
+    ts = [_validate.number(f"tensor_split[{i}]", v, lo=0.0) for i, v in enumerate(tensor_split)]
+    if not ts or sum(ts) <= 0:
+        raise ValueError(f"tensor_split must have at least one positive entry, got {list(tensor_split)!r}")
+    return ts, SPLIT_MODES[split_mode], main_gpu
+
+
+def _placement(L: _lib._Lib, rpc_servers: list[str]) -> tuple[list[int] | None, list[int]]:
+    """The devices a model is placed on: the RPC servers' first (as llama.cpp orders them), then local GPUs.
+
+    Returns (what to pass as ``llama_model_params.devices`` (None: llama.cpp's
+    own choice), the devices the model will use).  Once any server is
+    registered in this process the list is always explicit, so that a model
+    loaded without ``rpc_servers`` stays local.
+    """
+    remote = _rpc.register(rpc_servers) if rpc_servers else []
+    devices = remote + _rpc.local_offload_devices()
+    explicit = bool(rpc_servers) or bool(L.has_rpc and _rpc.registered())
+    return (devices if explicit else None), devices
 
 
 def builtin_chat_templates() -> list[str]:
@@ -50,6 +84,7 @@ class Model(NativeHandle):
     _vocab: int
     _n_vocab: int
     _piece_table: list[object]
+    _rpc_servers: tuple[str, ...] = ()
 
     def __init__(self) -> None:  # use Model.load()
         raise TypeError("use Model.load(path, ...) to create a Model")
@@ -63,6 +98,11 @@ class Model(NativeHandle):
         use_mlock: bool = False,
         vocab_only: bool = False,
         progress_callback: ProgressCallback | None = None,
+        *,
+        rpc_servers: Sequence[str] | None = None,
+        tensor_split: Sequence[float] | None = None,
+        split_mode: str = "layer",
+        main_gpu: int = 0,
     ) -> Model:
         """Load a GGUF model.
 
@@ -70,6 +110,15 @@ class Model(NativeHandle):
         ``progress_callback(fraction)`` is called during loading; returning
         ``False`` cancels the load (RuntimeError).  Raises RuntimeError when
         the file is missing, unreadable or not a valid GGUF model.
+
+        ``rpc_servers``: ``["host:port", ...]`` of ``mullama rpc-server``
+        processes; their devices come first, then this host's GPUs, and the
+        offloaded layers are spread over all of them.  ``tensor_split``: the
+        share of each of those devices, in that order (default: by free
+        memory); ``split_mode``: ``"layer"`` (whole layers per device),
+        ``"row"`` (rows of each matrix, CUDA only) or ``"none"`` (everything
+        on device ``main_gpu``).  An unreachable server raises
+        :class:`mullama.rpc.RPCError` (a RuntimeError) naming it.
         """
         if not isinstance(path, (str, os.PathLike)):
             raise TypeError(f"path must be a str or os.PathLike, not {type(path).__name__}")
@@ -79,6 +128,8 @@ class Model(NativeHandle):
         vocab_only = _validate.boolean("vocab_only", vocab_only)
         if progress_callback is not None and not callable(progress_callback):
             raise TypeError("progress_callback must be callable")
+        rpc_eps = _rpc.parse_endpoints(rpc_servers) if rpc_servers is not None else []
+        ts, split, main_gpu = _split_args(tensor_split, split_mode, main_gpu)
         fspath = os.fspath(path)
         if not isinstance(fspath, str):
             raise TypeError("path must be a text path, not bytes")
@@ -95,14 +146,34 @@ class Model(NativeHandle):
             raise RuntimeError(f"Failed to load model: cannot read {fspath}: {e.strerror or e}") from None
 
         L = _backend.lib()
-        if n_gpu_layers != 0 and not L.llama_supports_gpu_offload():
+        explicit, devices = _placement(L, rpc_eps)
+        names = [(L.ggml_backend_dev_name(d) or b"?").decode() for d in devices]
+        if ts is not None and len(ts) > max(len(devices), 1):
+            raise ValueError(f"tensor_split has {len(ts)} entries but the model is placed on {len(devices)} "
+                             f"device(s){': ' + ', '.join(names) if names else ''}")
+        if devices and main_gpu >= len(devices):
+            raise ValueError(f"main_gpu={main_gpu} is out of range: the model is placed on {len(devices)} "
+                             f"device(s) ({', '.join(names)}), numbered from 0")
+        if not devices and main_gpu != 0:
+            raise ValueError(f"main_gpu={main_gpu} given, but there is no GPU or RPC device to choose from")
+        if n_gpu_layers != 0 and not devices:
             warnings.warn(
-                f"n_gpu_layers={n_gpu_layers} ignored: the loaded library ({L.path.name}, "
-                f"{L.build_info.get('backend', 'unknown')} build) has no GPU offload; running on the CPU",
+                f"n_gpu_layers={n_gpu_layers} ignored: no GPU offload (the loaded library, {L.path.name}, "
+                f"{L.build_info.get('backend', 'unknown')} build, sees no GPU, and no rpc_servers were given); "
+                f"running on the CPU",
                 RuntimeWarning, stacklevel=2,
             )
         params = L.llama_model_default_params()
         params.n_gpu_layers = n_gpu_layers
+        params.split_mode = split
+        params.main_gpu = main_gpu
+        c_devices = _rpc.device_array(explicit) if explicit is not None else None
+        if c_devices is not None:
+            params.devices = ctypes.cast(c_devices, ctypes.c_void_p)
+        c_split = None
+        if ts is not None:
+            c_split = (ctypes.c_float * max(int(L.llama_max_devices()), len(ts)))(*ts)
+            params.tensor_split = ctypes.cast(c_split, ctypes.POINTER(ctypes.c_float))
         params.load_mode = _load_mode(use_mmap, use_mlock)
         params.vocab_only = vocab_only
         callback_error: list[BaseException] = []
@@ -126,13 +197,35 @@ class Model(NativeHandle):
             if progress_callback is not None and "cancel" in why.lower():
                 why = "loading was cancelled by progress_callback"
             raise RuntimeError(f"Failed to load model: {fspath}: {why}")
+        del c_devices, c_split  # read during the load only
         self = object.__new__(cls)
-        self._attach(ptr, L.llama_model_free)
+        self._attach(ptr, _rpc.guarded_free(L.llama_model_free, rpc_eps))
+        self._rpc_servers = tuple(rpc_eps)
         self._path = p
         self._vocab = L.llama_model_get_vocab(ptr)
         self._n_vocab = L.llama_vocab_n_tokens(self._vocab)
         self._piece_table = [_UNSET] * self._n_vocab
         return self
+
+    # -- RPC servers ------------------------------------------------------------
+
+    @property
+    def rpc_servers(self) -> tuple[str, ...]:
+        """The RPC endpoints this model was placed on (empty for a local model)."""
+        return self._rpc_servers
+
+    def _check_servers(self) -> None:
+        """Raise RPCError when a server of this model is gone, before ggml would abort on it."""
+        for ep in self._rpc_servers:
+            try:
+                _rpc.check_server(ep)
+            except _rpc.RPCError as e:
+                raise _rpc.RPCError(f"{e}; this model has layers there and cannot run until it is back "
+                                    f"(a restarted server has lost them: load the model again)") from None
+
+    def _free_guard(self, free: Callable[[int], None]) -> Callable[[int], None]:
+        """``free`` for an object holding buffers on this model's servers (a context's KV cache)."""
+        return _rpc.guarded_free(free, self._rpc_servers)  # type: ignore[no-any-return]
 
     # -- properties -----------------------------------------------------------
 

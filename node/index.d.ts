@@ -12,6 +12,17 @@ export interface JsModelParams {
   vocabOnly?: boolean;
   /** Called with the fraction loaded (0..1); returning false cancels the load. */
   progressCallback?: (fraction: number) => boolean | void;
+  /**
+   * 'host:port' of `mullama rpc-server` processes: their devices come first, then this host's GPUs,
+   * and the offloaded layers are spread over all of them. An unreachable server throws RPCError.
+   */
+  rpcServers?: string[];
+  /** The share of each of those devices, in that order (default: by free memory). */
+  tensorSplit?: number[];
+  /** 'layer' (whole layers per device, the default), 'row' (rows of each matrix, CUDA only) or 'none' (all on mainGpu). */
+  splitMode?: 'none' | 'layer' | 'row';
+  /** The device (index into the placement) that holds everything with splitMode 'none'. Default 0. */
+  mainGpu?: number;
 }
 
 /** Options of the JsContext constructor. */
@@ -88,6 +99,12 @@ export interface JsDevice {
   name: string;
   description: string;
   type: 'cpu' | 'gpu' | 'igpu' | 'accel' | 'unknown';
+  /** Free memory in bytes (null for an RPC server that cannot be reached). */
+  memoryFree: number | null;
+  /** Total memory in bytes (null for an RPC server that cannot be reached). */
+  memoryTotal: number | null;
+  /** 'host:port' of the RPC server the device is on; null for a local device. */
+  endpoint: string | null;
 }
 
 /** A native object released by close() (or `using`), or by garbage collection otherwise. */
@@ -105,6 +122,8 @@ export class JsModel implements JsDisposable {
   private constructor();
   /** Load a model from a GGUF file; throws Error if it cannot be loaded or is invalid. */
   static load(path: string, params?: JsModelParams): JsModel;
+  /** The RPC endpoints this model was placed on (empty for a local model). */
+  readonly rpcServers: readonly string[];
   /** Text to token ids. addBos defaults to true, special to false. */
   tokenize(text: string, addBos?: boolean, special?: boolean): number[];
   /** Token ids to text. Ids outside the vocabulary throw RangeError. */
@@ -215,6 +234,9 @@ export class GenerationCancelledError extends Error {
 
 /** libllama could not be found or loaded, or was built from another llama.cpp. */
 export class LibraryLoadError extends Error {}
+
+/** An RPC server is unreachable, refused the connection, is busy, answered wrongly or went away; names the endpoint. */
+export class RPCError extends Error {}
 
 export function samplerParamsGreedy(): JsSamplerParams;
 export function samplerParamsCreative(): JsSamplerParams;

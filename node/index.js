@@ -12,6 +12,7 @@ const { JsModel, builtinChatTemplates } = require('./lib/model');
 const { JsContext, ContextFullError, GenerationCancelledError } = require('./lib/context');
 const { JsEmbeddingGenerator, cosineSimilarity } = require('./lib/embedding');
 const sampling = require('./lib/sampling');
+const { RPCError } = require('./lib/rpc');
 
 module.exports = {
   JsModel,
@@ -20,6 +21,7 @@ module.exports = {
   ContextFullError,
   GenerationCancelledError,
   LibraryLoadError,
+  RPCError,
   samplerParamsGreedy: sampling.samplerParamsGreedy,
   samplerParamsCreative: sampling.samplerParamsCreative,
   samplerParamsPrecise: sampling.samplerParamsPrecise,

@@ -4,6 +4,7 @@
     python scripts/build_lib.py                      # CPU, tuned for this machine
     python scripts/build_lib.py --portable           # CPU, every variant, picked at run time
     python scripts/build_lib.py --backend cuda --cuda-arch 90
+    python scripts/build_lib.py --no-rpc             # without the RPC backend (on by default)
 
 The pinned commit and the sdist it comes from are recorded in native/pin.json.
 When native/llama.cpp/ is empty the source is fetched from that sdist, its
@@ -81,6 +82,9 @@ def default_cache_dir(env: Mapping[str, str] = os.environ) -> Path:
 class BuildConfig:
     backend: str = "cpu"
     portable: bool = False
+    # The RPC backend (models split across hosts, `mullama rpc-server`) is
+    # small enough to ship in every build; --no-rpc leaves it out.
+    rpc: bool = True
     cuda_arch: str | None = None
     cmake_args: tuple[str, ...] = ()
     jobs: int = 1
@@ -98,6 +102,7 @@ class BuildConfig:
             "-DMULLAMA_INSTALL_LIBDIR=.",
             f"-DMULLAMA_BUILD_BENCH={'ON' if self.bench else 'OFF'}",
             f"-DMULLAMA_LLAMA_DIR={self.source_dir.as_posix()}",
+            f"-DGGML_RPC={'ON' if self.rpc else 'OFF'}",
         ]
         if self.portable:
             # No -march=native: every CPU variant is built as a loadable
@@ -133,7 +138,7 @@ class BuildConfig:
             sort_keys=True,
         )
         digest = hashlib.sha256(material.encode()).hexdigest()[:12]
-        flavour = self.backend + ("-portable" if self.portable else "")
+        flavour = self.backend + ("-portable" if self.portable else "") + ("-rpc" if self.rpc else "")
         return f"{commit[:10]}-{flavour}-{digest}"
 
 
@@ -173,6 +178,10 @@ def parse_args(argv: Sequence[str] | None = None, env: Mapping[str, str] = os.en
                    help="GPU backend (default: cpu, or the one named by LLAMA_CUDA/LLAMA_METAL/LLAMA_VULKAN/LLAMA_HIPBLAS)")
     p.add_argument("--portable", action="store_true",
                    help="no -march=native; build every CPU variant as a loadable backend (for distribution)")
+    rpc = p.add_mutually_exclusive_group()
+    rpc.add_argument("--rpc", dest="rpc", action="store_true", default=True,
+                     help="build and bundle llama.cpp's RPC backend (the default, with any backend)")
+    rpc.add_argument("--no-rpc", dest="rpc", action="store_false", help="leave the RPC backend out")
     p.add_argument("--cuda-arch", default=None,
                    help=f"CUDA architectures, e.g. 90 or '80;90' (default: the GPU present, else {DEFAULT_CUDA_ARCHS})")
     p.add_argument("--jobs", "-j", type=int, default=None, help="parallel compile jobs (default: usable CPUs)")
@@ -203,6 +212,7 @@ def parse_args(argv: Sequence[str] | None = None, env: Mapping[str, str] = os.en
     return BuildConfig(
         backend=backend,
         portable=a.portable,
+        rpc=a.rpc,
         cuda_arch=cuda_arch,
         cmake_args=cmake_args,
         jobs=a.jobs or available_cpus(),
@@ -397,6 +407,7 @@ def build(cfg: BuildConfig, pin: Mapping[str, object]) -> Path:
         "llama_cpp_commit": commit,
         "backend": cfg.backend,
         "portable": cfg.portable,
+        "rpc": cfg.rpc,
         "cuda_arch": cfg.cuda_arch,
         "cmake_defines": cfg.cmake_defines(),
         "build_key": cfg.key(commit),

@@ -43,12 +43,13 @@ def test_struct_layouts_match_the_header(tmp_path: Path, c_compiler: str, lib_di
     assert not mismatches, "\n".join(mismatches)
 
 
-def _prototypes() -> dict[str, tuple[str, list[str]]]:
-    header = (LLAMA_SRC / "include" / "llama.h").read_text()
+def _prototypes(header_path: Path = LLAMA_SRC / "include" / "llama.h", api: str = "LLAMA_API",
+                prefix: str = "llama_") -> dict[str, tuple[str, list[str]]]:
+    header = header_path.read_text()
     header = re.sub(r"//[^\n]*", "", header)
     header = re.sub(r"/\*.*?\*/", "", header, flags=re.S)
     protos: dict[str, tuple[str, list[str]]] = {}
-    for m in re.finditer(r"LLAMA_API\s+([^;{]*?)\b(llama_\w+)\s*\(([^;{]*?)\)\s*[;,]", header, flags=re.S):
+    for m in re.finditer(api + r"\s+([^;{]*?)\b(" + prefix + r"\w+)\s*\(([^;{]*?)\)\s*[;,]", header, flags=re.S):
         ret, name, args = m.group(1), m.group(2), " ".join(m.group(3).split())
         params = [] if args in ("", "void") else [a.strip() for a in args.split(",")]
         protos[name] = (" ".join(ret.split()), params)
@@ -82,12 +83,22 @@ def _kind_of_ctypes(t: object) -> str:
     return "int"
 
 
-def test_declared_functions_match_the_header() -> None:
-    protos = _prototypes()
+GGML_INCLUDE = LLAMA_SRC / "ggml" / "include"
+HEADERS = {  # the declaration table -> the header it mirrors
+    "llama": (L.declared_functions, LLAMA_SRC / "include" / "llama.h", "LLAMA_API", "llama_"),
+    "ggml-backend": (L.declared_ggml_functions, GGML_INCLUDE / "ggml-backend.h", "GGML_API", "ggml_"),
+    "ggml-rpc": (L.declared_rpc_functions, GGML_INCLUDE / "ggml-rpc.h", "GGML_BACKEND_API", "ggml_"),
+}
+
+
+@pytest.mark.parametrize("table", sorted(HEADERS))
+def test_declared_functions_match_the_header(table: str) -> None:
+    declared, header, api, prefix = HEADERS[table]
+    protos = _prototypes(header, api, prefix)
     problems = []
-    for name, (restype, argtypes) in L.declared_functions().items():
+    for name, (restype, argtypes) in declared().items():
         if name not in protos:
-            problems.append(f"{name}: not in llama.h")
+            problems.append(f"{name}: not in {header.name}")
             continue
         _, params = protos[name]
         if len(params) != len(argtypes):

@@ -83,6 +83,30 @@ def test_cmake_args_are_passed_and_change_the_build_key() -> None:
     assert plain.key(commit) == build_lib.parse_args([], env={}).key(commit)
 
 
+def test_rpc_is_on_by_default_with_any_backend_and_can_be_left_out(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(build_lib, "detect_cuda_arch", lambda: None)
+    commit = build_lib.load_pin()["llama_cpp_commit"]
+    default = build_lib.parse_args([], env={})
+    assert default.rpc and "-DGGML_RPC=ON" in default.cmake_defines()
+    assert build_lib.parse_args(["--rpc"], env={}).key(commit) == default.key(commit)
+    cuda = build_lib.parse_args(["--backend", "cuda", "--rpc"], env={}).cmake_defines()
+    assert "-DGGML_RPC=ON" in cuda and "-DGGML_CUDA=ON" in cuda
+    without = build_lib.parse_args(["--no-rpc"], env={})
+    assert "-DGGML_RPC=OFF" in without.cmake_defines() and without.key(commit) != default.key(commit)
+    with pytest.raises(SystemExit):
+        build_lib.parse_args(["--rpc", "--no-rpc"], env={})
+
+
+def test_rpc_library_is_bundled_and_exports_the_rpc_functions(lib_dir: Path) -> None:
+    import mullama._lib as L
+    assert json.loads((lib_dir / "build_info.json").read_text())["rpc"] is True
+    out = subprocess.run(["nm", "-D", "--defined-only", str(lib_dir / "libggml-rpc.so")],
+                         capture_output=True, text=True, check=True).stdout
+    exported = {line.split()[-1] for line in out.splitlines() if line.strip()}
+    assert set(L.declared_rpc_functions()) <= exported
+    assert L.load().has_rpc
+
+
 def test_missing_nvcc_is_explained(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(build_lib, "find_nvcc", lambda env=None: None)
     cfg = build_lib.parse_args(["--backend", "cuda", "--cuda-arch", "90"], env={})

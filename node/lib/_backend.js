@@ -32,8 +32,13 @@ function backendFree() {
   }
 }
 
+/**
+ * True when a device can hold model layers: a GPU here, or a registered RPC
+ * server (llama.cpp's own check is true whenever the RPC backend is built in).
+ */
 function supportsGpuOffload() {
-  return Boolean(lib().llama_supports_gpu_offload());
+  const rpc = require('./rpc');
+  return rpc.localOffloadDevices().length > 0 || rpc.registered.size > 0;
 }
 
 function maxDevices() {
@@ -48,17 +53,37 @@ function version() {
 
 const DEVICE_KINDS = { 0: 'cpu', 1: 'gpu', 2: 'igpu', 3: 'accel' };
 
-/** The compute devices of the loaded library: name, description and type. */
+/**
+ * The compute devices: name, description, type, memoryFree and memoryTotal
+ * (bytes; null for an RPC server that cannot be reached) and endpoint
+ * ('host:port' of an RPC server, null for a local device).
+ */
 function devices() {
+  const rpc = require('./rpc');
   const L = lib();
   const out = [];
   const n = Number(L.ggml_backend_dev_count());
   for (let i = 0; i < n; i++) {
     const dev = L.ggml_backend_dev_get(i);
+    const endpoint = rpc.endpointOf(dev);
+    let memoryFree = null;
+    let memoryTotal = null;
+    try {
+      if (endpoint !== null) rpc.checkServer(endpoint); // ggml would abort on a dead server
+      const f = [0];
+      const t = [0];
+      L.ggml_backend_dev_memory(dev, f, t);
+      [memoryFree, memoryTotal] = [Number(f[0]), Number(t[0])];
+    } catch (e) {
+      if (!(e instanceof rpc.RPCError)) throw e;
+    }
     out.push({
       name: L.ggml_backend_dev_name(dev) || '',
       description: L.ggml_backend_dev_description(dev) || '',
       type: DEVICE_KINDS[L.ggml_backend_dev_type(dev)] || 'unknown',
+      memoryFree,
+      memoryTotal,
+      endpoint,
     });
   }
   return out;

@@ -47,6 +47,10 @@ const C = Object.freeze({
   LLAMA_POOLING_TYPE_LAST: 3,
   LLAMA_POOLING_TYPE_RANK: 4,
   LLAMA_TOKEN_NULL: -1,
+  GGML_BACKEND_DEVICE_TYPE_CPU: 0,
+  GGML_BACKEND_DEVICE_TYPE_GPU: 1,
+  GGML_BACKEND_DEVICE_TYPE_IGPU: 2,
+  GGML_BACKEND_DEVICE_TYPE_ACCEL: 3,
 });
 
 // ---------------------------------------------------------------------------
@@ -289,7 +293,22 @@ const GGML_FUNCTIONS = {
   ggml_backend_dev_name: ['const char *', [P]],
   ggml_backend_dev_description: ['const char *', [P]],
   ggml_backend_dev_type: ['int', [P]],
+  ggml_backend_dev_by_name: [P, ['const char *']],
+  ggml_backend_dev_memory: ['void', [P, '_Out_ size_t *', '_Out_ size_t *']],
+  ggml_backend_dev_backend_reg: [P, [P]],
+  ggml_backend_reg_dev_count: ['size_t', [P]],
+  ggml_backend_reg_dev_get: [P, [P, 'size_t']],
+  ggml_backend_register: ['void', [P]],
 };
+
+// ggml-rpc (libggml-rpc, from ggml-rpc.h): remote devices and the RPC server.
+// Optional: a library built with --no-rpc has none of these.
+const RPC_FUNCTIONS = {
+  ggml_backend_rpc_add_server: [P, ['const char *']],
+  ggml_backend_rpc_start_server: ['void', ['const char *', 'const char *', 'size_t', 'size_t', 'void **']],
+};
+const RPC_NAMES = process.platform === 'win32' ? ['ggml-rpc.dll']
+  : process.platform === 'darwin' ? ['libggml-rpc.dylib', 'libggml-rpc.so'] : ['libggml-rpc.so'];
 
 class LibraryLoadError extends Error {
   constructor(message) {
@@ -340,7 +359,14 @@ function open(file) {
   const ggmlFile = GGML_NAMES.map((n) => path.join(folder, n)).find((f) => fs.existsSync(f));
   // a monolithic build exports the ggml symbols itself
   const ggml = ggmlFile ? koffi.load(ggmlFile) : llama;
-  return { llama, ggml };
+  const rpcFile = RPC_NAMES.map((n) => path.join(folder, n)).find((f) => fs.existsSync(f));
+  let rpc = null;
+  try {
+    rpc = rpcFile ? koffi.load(rpcFile) : null;
+  } catch {
+    // unloadable: RPC servers are unavailable, local models still work
+  }
+  return { llama, ggml, rpc };
 }
 
 function declare(handle, table, into) {
@@ -435,6 +461,8 @@ function load() {
     try {
       declare(handles.llama, FUNCTIONS, lib);
       declare(handles.ggml, GGML_FUNCTIONS, lib);
+      lib.hasRpc = handles.rpc !== null;
+      if (handles.rpc) declare(handles.rpc, RPC_FUNCTIONS, lib);
     } catch (e) {
       throw new LibraryLoadError(`${file} is not the llama.cpp this mullama is written for (${e.message}); `
         + 'rebuild it with scripts/build_lib.py');
@@ -457,6 +485,7 @@ module.exports = {
   C,
   FUNCTIONS,
   GGML_FUNCTIONS,
+  RPC_FUNCTIONS,
   STRUCTS,
   structTypes,
   PINNED_COMMIT,

@@ -16,6 +16,7 @@ const { Batch } = require('./_batch');
 const { usableCpus } = require('./_cpus');
 const { NativeHandle } = require('./_handle');
 const { JsModel } = require('./model');
+const rpc = require('./rpc');
 const sequence = require('./_sequence');
 const { SamplerChain, paramsKey, resolveParams } = require('./sampling');
 const v = require('./_validate');
@@ -73,6 +74,7 @@ class JsContext extends NativeHandle {
       throw new RangeError(`nCtx=${nCtx} exceeds the model's training context nCtxTrain=${train}; `
         + `reduce nCtx to at most ${train}`);
     }
+    model._checkServers();
     this._model = model;
     this._embeddings = embeddings;
     const mptr = model.ptr();
@@ -97,7 +99,7 @@ class JsContext extends NativeHandle {
       const why = _lib.takeErrors() || 'llama.cpp could not create it (out of memory?)';
       throw new Error(`Failed to create context (nCtx=${nCtx || train}, nBatch=${nBatch}): ${why}`);
     }
-    this._attach(ptr, L.llama_free, model, kvBytes(L, mptr, L.llama_n_ctx(ptr)));
+    this._attach(ptr, rpc.guardedFree(L.llama_free, model.rpcServers), model, kvBytes(L, mptr, L.llama_n_ctx(ptr)));
     this._mem = L.llama_get_memory(ptr);
     this._nCtx = L.llama_n_ctx(ptr);
     this._nBatch = L.llama_n_batch(ptr);
@@ -151,6 +153,7 @@ class JsContext extends NativeHandle {
   _acquire() {
     const ptr = this.ptr();
     this._model.ptr();
+    this._model._checkServers(); // a dead RPC server: an error here, not an abort in ggml
     if (this._busy()) {
       throw new Error('this JsContext is busy with an async generation; finish or cancel() it first, '
         + 'or use one JsContext per concurrent request');

@@ -9,9 +9,42 @@ const { NativeHandle } = require('./_handle');
 const { GGUFError, readHeader } = require('./_gguf');
 const { normalizeMessages, render } = require('./chat_template');
 const v = require('./_validate');
+const rpc = require('./rpc');
 
 const { C } = _lib;
-const MODEL_OPTIONS = ['nGpuLayers', 'useMmap', 'useMlock', 'vocabOnly', 'progressCallback'];
+const MODEL_OPTIONS = ['nGpuLayers', 'useMmap', 'useMlock', 'vocabOnly', 'progressCallback',
+  'rpcServers', 'tensorSplit', 'splitMode', 'mainGpu'];
+// llama_split_mode by name ("tensor", llama.cpp's experimental fourth mode, is not offered)
+const SPLIT_MODES = { none: 0, layer: 1, row: 2 };
+
+function splitArgs(o) {
+  const splitMode = o.splitMode ?? 'layer';
+  if (typeof splitMode !== 'string') throw new TypeError(`splitMode must be a string, not ${v.typeName(splitMode)}`);
+  if (!Object.hasOwn(SPLIT_MODES, splitMode)) {
+    throw new RangeError(`splitMode must be one of 'none', 'layer', 'row', not '${splitMode}'`);
+  }
+  const mainGpu = v.integer('mainGpu', o.mainGpu ?? 0, 0);
+  let tensorSplit = null;
+  if (o.tensorSplit !== undefined && o.tensorSplit !== null) {
+    if (!Array.isArray(o.tensorSplit)) throw new TypeError(`tensorSplit must be an array of numbers, not ${v.typeName(o.tensorSplit)}`);
+    tensorSplit = o.tensorSplit.map((x, i) => v.number(`tensorSplit[${i}]`, x, 0));
+    if (!tensorSplit.some((x) => x > 0)) throw new RangeError('tensorSplit must have at least one positive entry');
+  }
+  return { split: SPLIT_MODES[splitMode], mainGpu, tensorSplit };
+}
+
+/**
+ * The devices a model is placed on: the RPC servers' first (as llama.cpp
+ * orders them), then local GPUs.  Once any server is registered in this
+ * process the list is passed explicitly, so that a model loaded without
+ * rpcServers stays local.
+ */
+function placement(L, rpcServers) {
+  const remote = rpcServers.length ? rpc.register(rpcServers) : [];
+  const devices = remote.concat(rpc.localOffloadDevices());
+  const explicit = rpcServers.length > 0 || (L.hasRpc && rpc.registered.size > 0);
+  return { explicit, devices };
+}
 
 function loadMode(useMmap, useMlock) {
   if (useMmap && useMlock) return C.LLAMA_LOAD_MODE_MMAP_MLOCK;
@@ -73,16 +106,40 @@ class JsModel extends NativeHandle {
     const vocabOnly = v.boolean('vocabOnly', o.vocabOnly ?? false);
     const progress = o.progressCallback ?? null;
     if (progress !== null && typeof progress !== 'function') throw new TypeError('progressCallback must be a function');
+    const rpcServers = o.rpcServers === undefined || o.rpcServers === null ? [] : rpc.parseEndpoints(o.rpcServers);
+    const { split, mainGpu, tensorSplit } = splitArgs(o);
     if (!path) throw new Error('Failed to load model: the path is empty');
     checkFile(path);
 
     const L = lib();
-    if (nGpuLayers !== 0 && !L.llama_supports_gpu_offload()) {
-      process.emitWarning(`nGpuLayers=${nGpuLayers} ignored: the loaded library (${L.path}, `
-        + `${L.buildInfo.backend || 'unknown'} build) has no GPU offload; running on the CPU`, 'MullamaWarning');
+    const { explicit, devices } = placement(L, rpcServers);
+    const names = devices.map((d) => L.ggml_backend_dev_name(d));
+    if (tensorSplit && tensorSplit.length > Math.max(devices.length, 1)) {
+      throw new RangeError(`tensorSplit has ${tensorSplit.length} entries but the model is placed on ${devices.length} `
+        + `device(s)${names.length ? `: ${names.join(', ')}` : ''}`);
+    }
+    if (devices.length && mainGpu >= devices.length) {
+      throw new RangeError(`mainGpu=${mainGpu} is out of range: the model is placed on ${devices.length} device(s) `
+        + `(${names.join(', ')}), numbered from 0`);
+    }
+    if (!devices.length && mainGpu !== 0) throw new RangeError(`mainGpu=${mainGpu} given, but there is no GPU or RPC device`);
+    if (nGpuLayers !== 0 && !devices.length) {
+      process.emitWarning(`nGpuLayers=${nGpuLayers} ignored: no GPU offload (the loaded library, ${L.path}, `
+        + `${L.buildInfo.backend || 'unknown'} build, sees no GPU, and no rpcServers were given); running on the CPU`,
+      'MullamaWarning');
     }
     const mp = L.llama_model_default_params();
     mp.n_gpu_layers = nGpuLayers;
+    mp.split_mode = split;
+    mp.main_gpu = mainGpu;
+    // Kept referenced until the load returns: C reads them during the load only.
+    const cDevices = explicit ? BigUint64Array.from([...devices.map((d) => BigInt(koffi.address(d))), 0n]) : null;
+    if (cDevices) mp.devices = cDevices; // a NULL-terminated ggml_backend_dev_t[]
+    const cSplit = tensorSplit ? new Float32Array(Math.max(Number(L.llama_max_devices()), tensorSplit.length)) : null;
+    if (cSplit) {
+      cSplit.set(tensorSplit);
+      mp.tensor_split = cSplit;
+    }
     mp.load_mode = loadMode(useMmap, useMlock);
     mp.vocab_only = vocabOnly;
     let callbackError = null;
@@ -115,13 +172,31 @@ class JsModel extends NativeHandle {
       throw new Error(`Failed to load model: ${path}: ${why}`);
     }
     const self = new JsModel(CREATE);
-    self._attach(ptr, L.llama_model_free, null, Number(L.llama_model_size(ptr)));
+    self._attach(ptr, rpc.guardedFree(L.llama_model_free, rpcServers), null, Number(L.llama_model_size(ptr)));
+    self._rpcServers = Object.freeze(rpcServers);
     self._path = path;
     self._vocab = L.llama_model_get_vocab(ptr);
     self._nVocab = L.llama_vocab_n_tokens(self._vocab);
     self._pieceBuf = Buffer.alloc(64);
     self._pieceTable = new Array(self._nVocab);
     return self;
+  }
+
+  // -- RPC servers ----------------------------------------------------------------
+
+  /** The RPC endpoints this model was placed on (empty for a local model). */
+  get rpcServers() { return this._rpcServers; }
+
+  /** Throw RPCError when a server of this model is gone, before ggml would abort on it. */
+  _checkServers() {
+    for (const ep of this._rpcServers) {
+      try {
+        rpc.checkServer(ep);
+      } catch (e) {
+        throw new rpc.RPCError(`${e.message}; this model has layers there and cannot run until it is back `
+          + '(a restarted server has lost them: load the model again)');
+      }
+    }
   }
 
   // -- properties ---------------------------------------------------------------

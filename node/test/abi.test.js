@@ -15,11 +15,12 @@ const L = require('../lib/_lib');
 const { GGML_TYPE_COUNT } = require('../lib/_gguf');
 const { ROOT, LLAMA_SRC, python } = require('./helpers/models');
 
-function prototypes() {
-  let header = fs.readFileSync(path.join(LLAMA_SRC, 'include', 'llama.h'), 'utf8');
+function prototypes(file = path.join(LLAMA_SRC, 'include', 'llama.h'), api = 'LLAMA_API', prefix = 'llama_') {
+  let header = fs.readFileSync(file, 'utf8');
   header = header.replace(/\/\/[^\n]*/g, '').replace(/\/\*[\s\S]*?\*\//g, '');
   const protos = {};
-  for (const m of header.matchAll(/LLAMA_API\s+([^;{]*?)\b(llama_\w+)\s*\(([^;{]*?)\)\s*[;,]/g)) {
+  const re = new RegExp(`${api}\\s+([^;{]*?)\\b(${prefix}\\w+)\\s*\\(([^;{]*?)\\)\\s*[;,]`, 'g');
+  for (const m of header.matchAll(re)) {
     const args = m[3].split(/\s+/).join(' ').trim();
     protos[m[2]] = args === '' || args === 'void' ? [] : args.split(',').map((a) => a.trim());
   }
@@ -45,12 +46,19 @@ function kindOfKoffi(t) {
   return 'int';
 }
 
-test('declared functions match the header', () => {
-  const protos = prototypes();
+const GGML_INCLUDE = path.join(LLAMA_SRC, 'ggml', 'include');
+const HEADERS = [ // each declaration table and the header it mirrors
+  [L.FUNCTIONS, path.join(LLAMA_SRC, 'include', 'llama.h'), 'LLAMA_API', 'llama_'],
+  [L.GGML_FUNCTIONS, path.join(GGML_INCLUDE, 'ggml-backend.h'), 'GGML_API', 'ggml_'],
+  [L.RPC_FUNCTIONS, path.join(GGML_INCLUDE, 'ggml-rpc.h'), 'GGML_BACKEND_API', 'ggml_'],
+];
+
+for (const [table, file, api, prefix] of HEADERS) test(`declared functions match ${path.basename(file)}`, () => {
+  const protos = prototypes(file, api, prefix);
   const problems = [];
-  for (const [name, [, params]] of Object.entries(L.FUNCTIONS)) {
+  for (const [name, [, params]] of Object.entries(table)) {
     if (!protos[name]) {
-      problems.push(`${name}: not in llama.h`);
+      problems.push(`${name}: not in ${path.basename(file)}`);
       continue;
     }
     if (protos[name].length !== params.length) {
@@ -69,9 +77,11 @@ test('declared functions match the header', () => {
 test('Python and Node declare the same functions and structs', () => {
   const out = execFileSync(python(), ['-c', 'import json, mullama._lib as L; '
     + 'print(json.dumps([sorted(L.declared_functions()), {k.split()[-1]: [f for f, _ in v._fields_] '
-    + 'for k, v in L.MIRRORED_STRUCTS.items()}]))'], { encoding: 'utf8', env: { ...process.env, PYTHONPATH: ROOT } });
-  const [pyFunctions, pyStructs] = JSON.parse(out);
+    + 'for k, v in L.MIRRORED_STRUCTS.items()}, sorted(L.declared_ggml_functions()), sorted(L.declared_rpc_functions())]))'], { encoding: 'utf8', env: { ...process.env, PYTHONPATH: ROOT } });
+  const [pyFunctions, pyStructs, pyGgml, pyRpc] = JSON.parse(out);
   assert.deepEqual(Object.keys(L.FUNCTIONS).sort(), pyFunctions);
+  assert.deepEqual(Object.keys(L.GGML_FUNCTIONS).sort(), pyGgml);
+  assert.deepEqual(Object.keys(L.RPC_FUNCTIONS).sort(), pyRpc);
   assert.deepEqual(Object.fromEntries(Object.entries(L.STRUCTS).map(([k, v]) => [k, Object.keys(v)])), pyStructs);
 });
 
