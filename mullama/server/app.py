@@ -26,7 +26,9 @@ from ..context import ContextFullError
 from ..embedding import EmbeddingGenerator
 from ..engine import Engine
 from ..engine import Request as EngineRequest
+from ..grammar import Grammar, GrammarIncompleteError
 from . import protocol as P
+from . import structured as S
 from .metrics import Metrics
 
 
@@ -57,10 +59,11 @@ def create_app(engine: Engine, embedder: EmbeddingGenerator | None, model_id: st
         ids = [model_id] + ([emb.model_id] if emb is not None and emb.model_id != model_id else [])
         return [{"id": i, "object": "model", "created": P.now(), "owned_by": "mullama"} for i in ids]
 
-    async def submit(prompt: str | list[int], gen: P.Generation) -> EngineRequest:
+    async def submit(prompt: str | list[int], gen: P.Generation, grammar: Grammar | None) -> EngineRequest:
         max_tokens = engine.n_ctx if gen.max_tokens is None else gen.max_tokens
         try:
-            return engine.submit(prompt, max_tokens, gen.params, stop=gen.stop, ignore_eos=gen.ignore_eos)
+            return engine.submit(prompt, max_tokens, gen.params, stop=gen.stop, ignore_eos=gen.ignore_eos,
+                                 grammar=grammar)
         except ContextFullError as e:
             raise P.ApiError(400, str(e), param="messages", code="context_length_exceeded") from None
         except (ValueError, TypeError) as e:
@@ -70,29 +73,55 @@ def create_app(engine: Engine, embedder: EmbeddingGenerator | None, model_id: st
         body = P.parse_json(await request.body())
         prompt = P.prompt_text(body)
         gen = P.Generation(body)
-        req = await submit(prompt, gen)
-        return await respond(request, req, gen, "text_completion", lambda piece: {"text": piece})
+        if body.get("tools") is not None:
+            raise P.ApiError(400, "'tools' are for /v1/chat/completions", param="tools")
+        grammar = S.response_format(body)
+        req = await submit(prompt, gen, grammar)
+        return await respond(request, req, gen, "text_completion", lambda piece: {"text": piece}, None)
 
     async def chat_completions(request: Request) -> Response:
         body = P.parse_json(await request.body())
         messages = P.chat_messages(body)
         gen = P.Generation(body)
+        tools = S.Tools(body)
+        grammar = S.response_format(body)
+        if tools.active:
+            if grammar is not None:
+                raise P.ApiError(400, "'response_format' cannot be combined with tool calls", param="response_format")
+            grammar = tools.grammar()
+            if not S.template_uses_tools(engine.model.chat_template):
+                messages = _with_instructions(messages, tools.instructions())
         try:
-            prompt = engine.model.apply_chat_template(messages, True)
-        except (ValueError, RuntimeError) as e:
+            prompt = engine.model.apply_chat_template(messages, True, tools=tools.tools if tools.active else None)
+        except (ValueError, RuntimeError, TypeError) as e:
             raise P.ApiError(400, str(e), param="messages") from None
-        req = await submit(prompt, gen)
-        return await respond(request, req, gen, "chat.completion", lambda piece: {"role": "assistant", "content": piece})
+        req = await submit(prompt, gen, grammar)
+        return await respond(request, req, gen, "chat.completion", lambda piece: {"role": "assistant", "content": piece},
+                             tools if tools.active else None)
 
     async def respond(request: Request, req: EngineRequest, gen: P.Generation, kind: str,
-                      choice: Callable[[str], dict[str, Any]]) -> Response:
+                      choice: Callable[[str], dict[str, Any]], tools: S.Tools | None) -> Response:
         rid, created = P.new_id("chatcmpl" if kind == "chat.completion" else "cmpl"), P.now()
         head: dict[str, Any] = {"id": rid, "created": created, "model": model_id}
         chat = kind == "chat.completion"
+
+        def tool_call(text: str, complete: bool) -> tuple[dict[str, Any], str | None]:
+            # a finished tool call becomes tool_calls; plain text (tool_choice "auto") or a cut-off call stays text
+            call = tools.parse(text) if tools is not None and complete else None
+            if call is None:
+                return {"role": "assistant", "content": text}, req.finish_reason
+            return {"role": "assistant", "content": None, "tool_calls": [call]}, "tool_calls"
+
         if not gen.stream:
-            text = await _unless_gone(request, req)
+            try:
+                text, complete = await _unless_gone(request, req), True
+            except GrammarIncompleteError as e:  # OpenAI's convention: finish_reason "length", the text so far
+                text, complete = e.text, False
             c: dict[str, Any] = {"index": 0, "finish_reason": req.finish_reason}
-            c.update({"message": choice(text)} if chat else {"text": text, "logprobs": None})
+            if chat:
+                c["message"], c["finish_reason"] = tool_call(text, complete)
+            else:
+                c.update({"text": text, "logprobs": None})
             return JSONResponse({**head, "object": kind, "choices": [c],
                                  "usage": P.usage(req.prompt_tokens, req.completion_tokens)})
 
@@ -111,10 +140,26 @@ def create_app(engine: Engine, embedder: EmbeddingGenerator | None, model_id: st
             try:
                 if chat:
                     yield chunk({"role": "assistant", "content": ""}, None)
-                async for pieces in req.batches():  # what arrived since the last event, as one event
-                    text = "".join(pieces)
-                    yield chunk({"content": text} if chat else {"text": text}, None)
-                yield chunk({}, req.finish_reason)
+                held: list[str] = []  # with tools, the answer is sent once it is known to be a call or text
+                complete = True
+                try:
+                    async for pieces in req.batches():  # what arrived since the last event, as one event
+                        if tools is not None:
+                            held += pieces
+                            continue
+                        text = "".join(pieces)
+                        yield chunk({"content": text} if chat else {"text": text}, None)
+                except GrammarIncompleteError:
+                    complete = False
+                finish = req.finish_reason
+                if tools is not None:
+                    message, finish = tool_call("".join(held), complete)
+                    if "tool_calls" in message:
+                        calls = [{"index": 0, **call} for call in message["tool_calls"]]
+                        yield chunk({"tool_calls": calls}, None)
+                    elif message["content"]:
+                        yield chunk({"content": message["content"]}, None)
+                yield chunk({}, finish)
                 if gen.include_usage:
                     tail = {**head, "object": f"{kind}.chunk" if chat else kind, "choices": [],
                             "usage": P.usage(req.prompt_tokens, req.completion_tokens)}
@@ -190,6 +235,13 @@ class _EventStream(StreamingResponse):
             aclose = getattr(self.body_iterator, "aclose", None)
             if aclose is not None:
                 await aclose()
+
+
+def _with_instructions(messages: list[dict[str, Any]], text: str) -> list[dict[str, Any]]:
+    """The tool instructions as (or added to) the system message."""
+    if messages and messages[0]["role"] == "system":
+        return [{**messages[0], "content": f"{messages[0]['content']}\n\n{text}".strip()}] + messages[1:]
+    return [{"role": "system", "content": text}] + messages
 
 
 async def _unless_gone(request: Request, req: EngineRequest) -> str:
