@@ -44,13 +44,14 @@ def backend_free() -> None:
 
 
 def supports_gpu_offload() -> bool:
-    """True when there is a device that can hold model layers: a GPU here, or a registered RPC server.
+    """True when this machine has a GPU that can hold model layers.
 
     (llama.cpp's own ``llama_supports_gpu_offload`` is true whenever the RPC
-    backend is compiled in, even with no server and no GPU.)
+    backend is compiled in, even with no server and no GPU.  Remote devices
+    are listed by :func:`devices` and used through ``rpc_servers=``.)
     """
     from . import rpc
-    return bool(rpc.local_offload_devices() or rpc.registered())
+    return bool(rpc.local_offload_devices())
 
 
 def max_devices() -> int:

@@ -33,12 +33,13 @@ function backendFree() {
 }
 
 /**
- * True when a device can hold model layers: a GPU here, or a registered RPC
- * server (llama.cpp's own check is true whenever the RPC backend is built in).
+ * True when this machine has a GPU that can hold model layers (llama.cpp's
+ * own check is true whenever the RPC backend is built in; remote devices are
+ * listed by devices() and used through rpcServers).
  */
 function supportsGpuOffload() {
   const rpc = require('./rpc');
-  return rpc.localOffloadDevices().length > 0 || rpc.registered.size > 0;
+  return rpc.localOffloadDevices().length > 0;
 }
 
 function maxDevices() {

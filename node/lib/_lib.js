@@ -275,6 +275,8 @@ const FUNCTIONS = {
   llama_sampler_init_logit_bias: [P, ['int32_t', 'int32_t', 'llama_logit_bias *']],
   llama_sampler_sample: ['int32_t', [P, P, 'int32_t']],
   llama_sampler_accept: ['void', [P, 'int32_t']],
+  llama_sampler_apply: ['void', [P, 'llama_token_data_array *']],
+  llama_sampler_init_grammar: [P, [P, 'const char *', 'const char *']],
   llama_sampler_reset: ['void', [P]],
   llama_sampler_free: ['void', [P]],
   llama_sampler_get_seed: ['uint32_t', [P]],
