@@ -176,12 +176,7 @@ class _Converter:
         return self.rules.add(name, integer_range(lo, hi))
 
     def string(self, schema: dict[str, Any], name: str, where: str) -> str:
-        lo, hi = schema.get("minLength", 0), schema.get("maxLength")
-        for key, v in (("minLength", lo), ("maxLength", hi)):
-            if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 0):
-                raise ValueError(f"{where}: {key} must be a non-negative integer, not {v!r}")
-        if hi is not None and hi < lo:
-            raise ValueError(f"{where}: maxLength {hi} is below minLength {lo}")
+        lo, hi = _count_bounds(schema, "minLength", "maxLength", where)
         pattern, fmt = schema.get("pattern"), schema.get("format")
         lengths = "minLength" in schema or "maxLength" in schema
         if sum(x is not None for x in (pattern, fmt)) + lengths > 1:
@@ -204,12 +199,7 @@ class _Converter:
         return self.rules.add(name, f'"\\"" char{count} "\\""')
 
     def array(self, schema: dict[str, Any], name: str, where: str) -> str:
-        lo, hi = schema.get("minItems", 0), schema.get("maxItems")
-        for key, v in (("minItems", lo), ("maxItems", hi)):
-            if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 0):
-                raise ValueError(f"{where}: {key} must be a non-negative integer, not {v!r}")
-        if hi is not None and hi < lo:
-            raise ValueError(f"{where}: maxItems {hi} is below minItems {lo}")
+        lo, hi = _count_bounds(schema, "minItems", "maxItems", where)
         self.prim(WS)
         sep = 'ws "," ws'
         prefix = schema.get("prefixItems")
@@ -438,6 +428,17 @@ class _Converter:
         body = self.visit(target, f"{name}-body", ref)
         self.rules.set(name, body)
         return name
+
+
+def _count_bounds(schema: dict[str, Any], lo_key: str, hi_key: str, where: str) -> tuple[int, int | None]:
+    """A (min, max) pair of counts such as minItems/maxItems, checked."""
+    lo, hi = schema.get(lo_key, 0), schema.get(hi_key)
+    for key, v in ((lo_key, lo), (hi_key, hi)):
+        if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 0):
+            raise ValueError(f"{where}: {key} must be a non-negative integer, not {v!r}")
+    if hi is not None and hi < lo:
+        raise ValueError(f"{where}: {hi_key} {hi} is below {lo_key} {lo}")
+    return lo, hi
 
 
 def _has_type(v: Any, t: str) -> bool:
