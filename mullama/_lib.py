@@ -341,6 +341,15 @@ _FUNCTIONS: Final[dict[str, tuple[Any, tuple[Any, ...]]]] = {
     "llama_get_embeddings_ith": (POINTER(c_float), (_p, c_int32)),
     "llama_get_embeddings_seq": (POINTER(c_float), (_p, llama_seq_id)),
     "llama_perf_context": (llama_perf_context_data, (_p,)),
+    # backend (device) sampling: a sampler chain attached to a sequence runs inside the decode graph
+    "llama_set_sampler": (c_bool, (_p, llama_seq_id, _p)),
+    "llama_get_sampled_token_ith": (llama_token, (_p, c_int32)),
+    "llama_get_sampled_probs_ith": (POINTER(c_float), (_p, c_int32)),
+    "llama_get_sampled_probs_count_ith": (c_uint32, (_p, c_int32)),
+    "llama_get_sampled_logits_ith": (POINTER(c_float), (_p, c_int32)),
+    "llama_get_sampled_logits_count_ith": (c_uint32, (_p, c_int32)),
+    "llama_get_sampled_candidates_ith": (POINTER(llama_token), (_p, c_int32)),
+    "llama_get_sampled_candidates_count_ith": (c_uint32, (_p, c_int32)),
     "llama_perf_context_reset": (None, (_p,)),
     # samplers
     "llama_sampler_chain_init": (_p, (llama_sampler_chain_params,)),

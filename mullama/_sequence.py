@@ -52,15 +52,42 @@ def sampler(ctx: int, chain: SamplerChain, n_vocab: int, grammar: GrammarState |
     L = _backend.lib()
     if grammar is not None:
         return _grammar_sampler(ctx, chain, n_vocab, grammar)
-    if not chain.argmax_only:
-        smpl = chain.ptr()
-        native = L.llama_sampler_sample
-        return lambda idx: int(native(smpl, ctx, idx))
-    # Greedy without penalties: the first largest logit, exactly what
-    # llama.cpp's greedy sampler returns, read in place (no copy, no
-    # candidate array of the whole vocabulary).
+    if chain.argmax_only:
+        # Greedy without penalties: the first largest logit, exactly what
+        # llama.cpp's greedy sampler returns, read in place (no copy, no
+        # candidate array of the whole vocabulary).
+        logits = _logits_reader(ctx, n_vocab)
+        return lambda idx: int(logits(idx).argmax())
+    if chain.top_k and not chain.device:
+        return _top_k_sampler(ctx, chain, n_vocab)
+    # On the device path the chain ran inside the decode and this returns its
+    # token (finishing on the host whatever part could not run there).
+    smpl = chain.ptr()
+    native = L.llama_sampler_sample  # the whole vocabulary (top_k 0 or above it)
+    return lambda idx: int(native(smpl, ctx, idx))
+
+
+def _top_k_sampler(ctx: int, chain: SamplerChain, n_vocab: int) -> Callable[[int], int]:
+    """The host chain over the few candidates that can survive its top-k (:meth:`SamplerChain.candidates`)."""
+    L = _backend.lib()
     logits = _logits_reader(ctx, n_vocab)
-    return lambda idx: int(logits(idx).argmax())
+    cand = np.zeros(n_vocab, dtype=_TOKEN_DATA)
+    arr = _lib.llama_token_data_array(cand.ctypes.data_as(ctypes.POINTER(_lib.llama_token_data)), 0, -1, False)
+    arr_ref = ctypes.byref(arr)
+    apply = L.llama_sampler_apply
+    smpl = chain.ptr()
+    ids = cand["id"]
+
+    def sample(idx: int) -> int:
+        arr.size = chain.candidates(logits(idx), cand)
+        arr.selected, arr.sorted = -1, False
+        apply(smpl, arr_ref)
+        if not 0 <= arr.selected < arr.size:
+            raise RuntimeError("the sampler chain selected no token")
+        tok = int(ids[arr.selected])
+        chain.accept(tok)
+        return tok
+    return sample
 
 
 def _logits_reader(ctx: int, n_vocab: int) -> Callable[[int], np.ndarray]:
@@ -96,7 +123,7 @@ def _grammar_sampler(ctx: int, chain: SamplerChain, n_vocab: int, grammar: Gramm
     ids = np.arange(n_vocab, dtype=np.int32)
     arr = _lib.llama_token_data_array(cand.ctypes.data_as(ctypes.POINTER(_lib.llama_token_data)), n_vocab, -1, False)
     arr_ref = ctypes.byref(arr)
-    apply, accept = L.llama_sampler_apply, L.llama_sampler_accept
+    apply = L.llama_sampler_apply
     smpl = chain.ptr()
     gsmpl = grammar.ptr()
     greedy = chain.argmax_only
@@ -134,7 +161,7 @@ def _grammar_sampler(ctx: int, chain: SamplerChain, n_vocab: int, grammar: Gramm
                 apply(smpl, arr_ref)
                 tok = chosen()
         if not greedy:
-            accept(smpl, tok)  # the penalties' history, as llama_sampler_sample does
+            chain.accept(tok)  # the penalties' history, as llama_sampler_sample does
         grammar.accept(tok)
         return tok
     return sample

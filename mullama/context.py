@@ -17,7 +17,7 @@ from ._cpus import usable_cpus
 from ._handle import NativeHandle
 from .grammar import Grammar, GrammarIncompleteError, check_grammar
 from .model import Model
-from .sampling import SamplerChain, SamplerParams
+from .sampling import SamplerChain, SamplerParams, check_sampling
 
 MAX_N_CTX = 1 << 24
 _POOLING = {"none": _lib.LLAMA_POOLING_TYPE_NONE, "mean": _lib.LLAMA_POOLING_TYPE_MEAN,
@@ -73,6 +73,7 @@ class Context(NativeHandle):
         n_seq_max: int = 1,
         pooling: str | None = None,
         kv_unified: bool | None = None,
+        sampling: str = "auto",
     ) -> None:
         if not isinstance(model, Model):
             raise TypeError(f"model must be a mullama.Model, not {type(model).__name__}")
@@ -81,6 +82,7 @@ class Context(NativeHandle):
         n_batch = _validate.integer("n_batch", n_batch, 1, MAX_N_BATCH)
         n_threads = _validate.integer("n_threads", n_threads, 0, 4096)
         embeddings = _validate.boolean("embeddings", embeddings)
+        sampling = check_sampling(sampling)
         n_ubatch = _validate.integer("n_ubatch", n_ubatch, 0, MAX_N_BATCH)
         L = _backend.lib()
         n_seq_max = _validate.integer("n_seq_max", n_seq_max, 1, int(L.llama_max_parallel_sequences()))
@@ -108,6 +110,10 @@ class Context(NativeHandle):
         cp.embeddings = embeddings
         if embeddings:
             cp.n_outputs_max_per_seq = 0
+        else:
+            # One output per sequence per decode is all generation asks for, and
+            # what llama.cpp's device penalties sampler requires.
+            cp.n_outputs_max_per_seq = 1
         if pooling is not None:
             if pooling not in _POOLING:
                 raise ValueError(f"pooling must be one of {', '.join(_POOLING)}, not {pooling!r}")
@@ -118,7 +124,14 @@ class Context(NativeHandle):
         if not ptr:
             why = _lib.take_errors() or "llama.cpp could not create it (out of memory?)"
             raise RuntimeError(f"Failed to create context (n_ctx={n_ctx or train}, n_batch={n_batch}): {why}")
-        self._attach(ptr, model._free_guard(L.llama_free), parent=model)
+        # Sampler chains attached to sequences (device sampling) must outlive
+        # the context: its finalizer frees them after it (the list holds raw
+        # pointers, not this object).
+        self._device_chains: list[int] = []
+        self._attach(ptr, _free_context_then(model._free_guard(L.llama_free), self._device_chains, L.llama_sampler_free),
+                     parent=model)
+        self._sampling = sampling
+        self._attached: dict[int, SamplerChain] = {}  # sequence -> its device chain
         self._mem = L.llama_get_memory(ptr)
         self._n_ctx = int(L.llama_n_ctx(ptr))
         self._n_batch = int(L.llama_n_batch(ptr))
@@ -168,6 +181,11 @@ class Context(NativeHandle):
         """How many tokens the KV cache holds."""
         self.ptr()
         return len(self._tokens)
+
+    @property
+    def sampling(self) -> str:
+        """Where sampler chains run: "auto", "cpu" (host) or "device" (inside the decode graph)."""
+        return self._sampling
 
     @property
     def last_prompt_evaluated(self) -> int:
@@ -328,18 +346,84 @@ class Context(NativeHandle):
             raise RuntimeError("the prompt is empty: there is nothing to generate from")
         return ids
 
-    def _chain(self, params: SamplerParams | None) -> SamplerChain:
+    def _check_params(self, params: SamplerParams | None) -> SamplerParams:
         if params is None:
-            params = _DEFAULT_PARAMS
-        elif not isinstance(params, SamplerParams):
+            return _DEFAULT_PARAMS
+        if not isinstance(params, SamplerParams):
             raise TypeError(f"params must be a SamplerParams or None, not {type(params).__name__}")
+        return params
+
+    def _on_device(self, params: SamplerParams, grammar: Grammar | None) -> bool:
+        """Whether this generation's chain runs inside the decode graph (see ``sampling``)."""
+        if self._sampling == "cpu":
+            return False
+        if grammar is not None:
+            if self._sampling == "device":
+                raise ValueError("sampling='device' cannot apply a grammar: the grammar sampler runs on the host "
+                                 "(use sampling='auto', which samples grammars on the host)")
+            return False
+        if self._sampling == "device":
+            return True
+        # auto: where the output layer's logits are on a GPU, except plain greedy,
+        # whose host argmax reads the logits in place
+        penalties = params.penalty_last_n != 0 and (params.penalty_repeat != 1.0 or params.penalty_freq != 0.0
+                                                     or params.penalty_present != 0.0)
+        return self._model._output_on_device and not (params.is_greedy and not penalties)
+
+    def _chain(self, params: SamplerParams, seq: int = 0, device: bool = False) -> SamplerChain:
+        """The chain for ``params``: a host chain (cached), or one attached to sequence ``seq``."""
+        if device:
+            return self._attach_chain(seq, params)
+        self._detach_chain(seq)  # a device chain would keep the logits on the device
         key = params.key()
         chain = self._chains.get(key)
         if chain is None:
             if len(self._chains) >= 8:
                 self._chains.pop(next(iter(self._chains))).close()
-            chain = self._chains[key] = SamplerChain(params, self._model._n_vocab)
+            chain = self._chains[key] = SamplerChain(params, self._model._n_vocab, self._n_ctx)
         return chain
+
+    def _chain_for_slot(self, seq: int, params: SamplerParams, device: bool) -> SamplerChain:
+        """A chain of its own for sequence ``seq`` of a batched engine (host chains are not shared)."""
+        if device:
+            return self._attach_chain(seq, params)
+        self._detach_chain(seq)
+        return SamplerChain(params, self._model._n_vocab, self._n_ctx)
+
+    def _attach_chain(self, seq: int, params: SamplerParams) -> SamplerChain:
+        """Run ``params``' chain inside the decode graph for sequence ``seq`` (kept until replaced).
+
+        Attaching makes llama.cpp rebuild its graphs at the next decode, so a
+        chain stays attached while the same parameters keep coming.
+        """
+        current = self._attached.get(seq)
+        if current is not None and current.params_key == params.key():
+            return current
+        L = _backend.lib()
+        chain = SamplerChain(params, self._model._n_vocab, self._n_ctx, device=True)
+        native = chain.hand_over()
+        self._device_chains.append(native)
+        _lib.take_errors()
+        if not L.llama_set_sampler(self.ptr(), seq, native):
+            self._free_chain(chain)
+            why = _lib.take_errors() or "llama.cpp refused it"
+            raise RuntimeError(f"cannot sample on the device here ({why}); use sampling='cpu' or 'auto'")
+        if current is not None:  # replaced in llama.cpp's table: nothing refers to it any more
+            self._free_chain(current)
+        self._attached[seq] = chain
+        return chain
+
+    def _detach_chain(self, seq: int) -> None:
+        current = self._attached.pop(seq, None)
+        if current is not None:
+            _backend.lib().llama_set_sampler(self.ptr(), seq, None)
+            self._free_chain(current)
+
+    def _free_chain(self, chain: SamplerChain) -> None:
+        native = chain.owned_by_context
+        self._device_chains.remove(native)
+        chain.forget()
+        _backend.lib().llama_sampler_free(native)
 
     def generate(
         self,
@@ -407,23 +491,26 @@ class Context(NativeHandle):
             raise TypeError("cancel must be a threading.Event or None")
         self.ptr()
         tokens = self._prompt_tokens(prompt)
-        chain = self._chain(params)
+        params = self._check_params(params)
+        device = self._on_device(params, grammar)
         if len(tokens) > self._n_ctx:
             raise ContextFullError(f"the prompt has {len(tokens)} tokens but the context holds n_ctx={self._n_ctx}; "
                                    f"use a larger n_ctx or a shorter prompt")
-        return self._generate(tokens, max_tokens, chain, stops, cancel, ignore_eos, grammar)
+        return self._generate(tokens, max_tokens, params, device, stops, cancel, ignore_eos, grammar)
 
-    def _generate(self, tokens: list[int], max_tokens: int, chain: SamplerChain,
+    def _generate(self, tokens: list[int], max_tokens: int, params: SamplerParams, device: bool,
                   stops: tuple[str, ...], cancel: threading.Event | None,
                   ignore_eos: bool, grammar: Grammar | None) -> Generator[str, None, None]:
         ctx = self._acquire()
         self._cancel.event = cancel
         state = None
         try:
+            # before the prompt: with the chain in the graph, the prompt's decode samples the first token
+            chain = self._chain(params, 0, device)
+            chain.start(tokens)
             self._eval_prompt(ctx, tokens)
             if max_tokens == 0:
                 return
-            chain.start(tokens)
             state = grammar.state(self._model) if grammar is not None else None
             sample = _sequence.sampler(ctx, chain, self._model._n_vocab, state)
             finish = _sequence.Finish()
@@ -507,6 +594,16 @@ class Context(NativeHandle):
 
 
 _DEFAULT_PARAMS = SamplerParams()
+
+
+def _free_context_then(free_context: Any, chains: list[int], free_chain: Any) -> Any:
+    """The context's free function: the context first, then the chains attached to it."""
+    def free(pointer: int) -> None:
+        free_context(pointer)
+        for c in chains:
+            free_chain(c)
+        chains.clear()
+    return free
 
 
 class _SigintGuard:

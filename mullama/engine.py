@@ -179,13 +179,16 @@ class Engine:
 
     ``parallel``: sequences decoded together; ``n_ctx``: tokens each sequence
     may hold (prompt and answer; default the model's training context, at
-    most 4096); ``n_batch``: most tokens in one step.  ``kv_unified=True``
+    most 4096); ``n_batch``: most tokens in one step.  ``sampling``: where each
+    sequence's sampler chain runs, as for :class:`~mullama.Context` (on the
+    device, a slot keeps its chain in the graph while the next request has
+    the same parameters).  ``kv_unified=True``
     shares one KV cache among the sequences (llama.cpp's unified cache):
     greedy outputs may then differ from a lone Context's at near-ties.
     """
 
     def __init__(self, model: Model, parallel: int = 4, n_ctx: int = 0, n_batch: int = 2048,
-                 n_threads: int = 0, *, kv_unified: bool = False) -> None:
+                 n_threads: int = 0, *, kv_unified: bool = False, sampling: str = "auto") -> None:
         if not isinstance(model, Model):
             raise TypeError(f"model must be a mullama.Model, not {type(model).__name__}")
         L = _backend.lib()
@@ -202,7 +205,8 @@ class Engine:
         # sums in the same order whatever the other sequences do.  A shared
         # cache lets greedy outputs drift at near-ties (benchmarks/divergence.py).
         self._ctx = Context(model, n_ctx=self._n_ctx_seq * parallel, n_batch=n_batch, n_threads=n_threads,
-                            n_seq_max=parallel, kv_unified=_validate.boolean("kv_unified", kv_unified))
+                            n_seq_max=parallel, kv_unified=_validate.boolean("kv_unified", kv_unified),
+                            sampling=sampling)
         self._slots = [_Slot(i) for i in range(parallel)]
         self._waiting: collections.deque[Request] = collections.deque()
         self._cond = threading.Condition()
@@ -254,6 +258,7 @@ class Engine:
             params = SamplerParams()
         elif not isinstance(params, SamplerParams):
             raise TypeError(f"params must be a SamplerParams or None, not {type(params).__name__}")
+        self._ctx._on_device(params, grammar)  # sampling='device' with a grammar is refused here
         tokens = self._ctx._prompt_tokens(prompt)
         if len(tokens) >= self._n_ctx_seq:
             raise ContextFullError(f"the prompt has {len(tokens)} tokens but a sequence holds n_ctx="
@@ -343,7 +348,7 @@ class Engine:
             best.request, best.todo = req, req.prompt[common:]
             req.prompt_evaluated = len(best.todo)
             self.stats["prompt_tokens_evaluated"] += len(best.todo)
-            best.chain = SamplerChain(req.params, self._model._n_vocab)
+            best.chain = self._ctx._chain_for_slot(best.seq, req.params, self._ctx._on_device(req.params, req.grammar))
             best.chain.start(req.prompt)
             best.grammar = req.grammar.state(self._model) if req.grammar is not None else None
             best.finish, best.loop, best.pending = _sequence.Finish(), None, None
@@ -450,8 +455,8 @@ class Engine:
         assert req is not None
         if s.loop is not None:
             s.loop.close()
-        if s.chain is not None:
-            s.chain.close()
+        if s.chain is not None and not s.chain.device:
+            s.chain.close()  # a device chain stays in the graph for the slot's next request
         if s.grammar is not None:
             if reason == _sequence.FINISH_LENGTH and not s.grammar.complete():
                 req._push(GrammarIncompleteError(

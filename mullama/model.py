@@ -85,6 +85,7 @@ class Model(NativeHandle):
     _n_vocab: int
     _piece_table: list[object]
     _rpc_servers: tuple[str, ...] = ()
+    _output_on_device: bool = False  # the logits are made on a GPU or RPC device
 
     def __init__(self) -> None:  # use Model.load()
         raise TypeError("use Model.load(path, ...) to create a Model")
@@ -205,6 +206,11 @@ class Model(NativeHandle):
         self._vocab = L.llama_model_get_vocab(ptr)
         self._n_vocab = L.llama_vocab_n_tokens(self._vocab)
         self._piece_table = [_UNSET] * self._n_vocab
+        # llama.cpp puts the output layer on a device once every repeating layer
+        # is there too (n_gpu_layers > n_layer, or -1): then the logits are
+        # made on it, and sampling there saves copying them to the host.
+        n_layer = int(L.llama_model_n_layer(ptr))
+        self._output_on_device = bool(devices) and not vocab_only and (n_gpu_layers < 0 or n_gpu_layers > n_layer)
         return self
 
     # -- RPC servers ------------------------------------------------------------

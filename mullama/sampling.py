@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import collections
 import ctypes
 import math
 from typing import Any, Final
+
+import numpy as np
 
 from . import _backend, _lib, _validate
 from ._handle import NativeHandle
@@ -136,16 +139,51 @@ class SamplerParams:
         return self.temperature <= 0.0 or self.top_k == 1
 
 
-class SamplerChain(NativeHandle):
-    """A native sampler chain for one parameter set (built once, reset per generation)."""
+SAMPLING_MODES: Final = ("auto", "cpu", "device")
 
-    def __init__(self, params: SamplerParams, n_vocab: int) -> None:
+
+def check_sampling(sampling: object) -> str:
+    """Validate a ``sampling=`` argument: where sampler chains run."""
+    if not isinstance(sampling, str):
+        raise TypeError(f"sampling must be one of {', '.join(map(repr, SAMPLING_MODES))}, not {type(sampling).__name__}")
+    if sampling not in SAMPLING_MODES:
+        raise ValueError(f"sampling must be one of {', '.join(map(repr, SAMPLING_MODES))}, not {sampling!r}")
+    return sampling
+
+
+class SamplerChain(NativeHandle):
+    """A native sampler chain for one parameter set (built once, reset per generation).
+
+    The same chain runs on either path:
+
+    * host: llama.cpp applies it to the logits copied out of the decode.  When
+      ``top_k`` is set, only the ``top_k`` largest logits (and the tokens the
+      penalties look at) are handed to it, which gives the same token as the
+      whole vocabulary would (see :meth:`candidates`) at a cost that does not grow
+      with the vocabulary;
+    * device: attached to a sequence of the context (``llama_set_sampler``), its
+      samplers run inside the decode graph, on the device that holds the output
+      layer, and only the chosen token comes back.  Samplers llama.cpp cannot
+      run there (typical-p) and everything after them run on the host, on the
+      candidates the device part left.  A chain can be attached once in its
+      life (llama.cpp initialises its device state once), so the context that
+      attaches it owns it from then on (:meth:`hand_over`).
+    """
+
+    def __init__(self, params: SamplerParams, n_vocab: int, n_ctx: int = 0, *, device: bool = False) -> None:
         L = _backend.lib()
         self.params_key = params.key()
-        self.uses_penalties = params.penalty_last_n != 0 and (
+        self.device = device
+        # llama.cpp's penalties treat a negative window as "disabled"; -1 means the whole context here.
+        last_n = params.penalty_last_n if params.penalty_last_n >= 0 else max(n_ctx, 1)
+        self.uses_penalties = last_n != 0 and (
             params.penalty_repeat != 1.0 or params.penalty_freq != 0.0 or params.penalty_present != 0.0)
-        self.penalty_last_n = params.penalty_last_n
+        self.penalty_last_n = last_n
         self.argmax_only = False
+        self.owned_by_context = 0  # the native pointer, once a context owns it (hand_over)
+        # host path: how many of the largest logits the chain needs to see (0: all of them)
+        self.top_k = params.top_k if 0 < params.top_k < n_vocab and not params.is_greedy else 0
+        self.recent: collections.deque[int] = collections.deque(maxlen=last_n if self.uses_penalties else 0)
         chain = L.llama_sampler_chain_init(L.llama_sampler_chain_default_params())
         if not chain:
             raise RuntimeError("could not create a sampler chain")
@@ -158,14 +196,14 @@ class SamplerChain(NativeHandle):
             add(chain, sampler)  # the chain owns it from here on
 
         if self.uses_penalties:
-            _add(L.llama_sampler_init_penalties(n_vocab, params.penalty_last_n, params.penalty_repeat,
+            _add(L.llama_sampler_init_penalties(n_vocab, last_n, params.penalty_repeat,
                                                 params.penalty_freq, params.penalty_present), "penalties")
         if params.is_greedy:
             _add(L.llama_sampler_init_greedy(), "greedy")
             # Nothing in the chain reshapes or remembers: picking the largest
             # logit directly gives the same token without the native sampler
             # building a candidate list of the whole vocabulary per token.
-            self.argmax_only = not self.uses_penalties
+            self.argmax_only = not self.uses_penalties and not device
             return
         if params.top_k > 0:
             _add(L.llama_sampler_init_top_k(params.top_k), "top-k")
@@ -183,17 +221,83 @@ class SamplerChain(NativeHandle):
         L = _backend.lib()
         smpl = self.ptr()
         L.llama_sampler_reset(smpl)
+        self.recent.clear()
         if self.uses_penalties:
-            window = prompt if self.penalty_last_n < 0 else prompt[-self.penalty_last_n:]
+            window = prompt[-self.penalty_last_n:]
+            self.recent.extend(window)
             for t in window:
                 L.llama_sampler_accept(smpl, t)
 
+    def accept(self, token: int) -> None:
+        """Record a token the host path chose (the penalties' history, the random state)."""
+        _backend.lib().llama_sampler_accept(self.ptr(), token)
+        if self.uses_penalties:
+            self.recent.append(token)
+
+    def candidates(self, logits: np.ndarray, out: np.ndarray) -> int:
+        """Fill ``out`` with the candidates the host chain must see; returns how many.
+
+        With top-k set, the chain keeps only the ``top_k`` best tokens after the
+        penalties, and the penalties change only the logits of recent tokens:
+        every token the chain can choose is then among the ``top_k + len(recent)``
+        largest raw logits or among the recent tokens, so those alone give the
+        chain exactly what the whole vocabulary would.  (Ties at the cut are
+        all kept, so the chain's own top-k breaks them.)
+        """
+        recent = np.fromiter(set(self.recent), dtype=np.int32) if self.recent else None
+        m = self.top_k + (0 if recent is None else len(recent))
+        ids = _largest(logits, m)
+        if recent is not None:
+            ids = np.union1d(ids, recent)
+        n = len(ids)
+        out["id"][:n] = ids
+        out["logit"][:n] = logits[ids]
+        out["p"][:n] = 0.0
+        return n
+
     def describe(self) -> list[str]:
-        """The names of the samplers in the chain, in order."""
+        """The names of the samplers in the chain, in order.
+
+        Once the chain is attached to a context, llama.cpp marks each name
+        ``+`` (runs on the device) or ``-`` (its operations are missing there).
+        """
         L = _backend.lib()
         chain = self.ptr()
         return [(L.llama_sampler_name(L.llama_sampler_chain_get(chain, i)) or b"").decode()
                 for i in range(L.llama_sampler_chain_n(chain))]
+
+    def hand_over(self) -> int:
+        """Give the native chain to a context that attaches it; this object then only borrows it."""
+        ptr = self.ptr()
+        if self._finalizer is not None:
+            self._finalizer.detach()
+        self.owned_by_context = ptr
+        return ptr
+
+    def forget(self) -> None:
+        """Mark closed without freeing: the owner (the context) frees the native chain."""
+        self._pointer = None
+        self._close_requested = True
+
+
+def _largest(x: np.ndarray, m: int) -> np.ndarray:
+    """The indices of the ``m`` largest values of ``x`` (any order), plus any tied with the smallest of them."""
+    n = x.shape[0]
+    if m >= n:
+        return np.arange(n, dtype=np.int32)
+    # A cut near the top first (one pass over x), so that the partial sort
+    # runs over a few hundred values rather than the whole vocabulary.
+    top = float(x.max())
+    for gap in (8.0, 16.0, 32.0):
+        sel = np.flatnonzero(x >= top - gap)
+        if len(sel) >= m:
+            break
+    else:
+        sel = np.arange(n)
+    vals = x[sel]
+    kth = np.partition(vals, len(vals) - m)[len(vals) - m]
+    chosen: np.ndarray = sel[vals >= kth].astype(np.int32)
+    return chosen
 
 
 class GrammarState(NativeHandle):

@@ -259,6 +259,15 @@ const FUNCTIONS = {
   llama_get_embeddings_seq: [P, [P, 'int32_t']],
   llama_perf_context: ['llama_perf_context_data', [P]],
   llama_perf_context_reset: ['void', [P]],
+  // backend (device) sampling: a sampler chain attached to a sequence runs inside the decode graph
+  llama_set_sampler: ['bool', [P, 'int32_t', P]],
+  llama_get_sampled_token_ith: ['int32_t', [P, 'int32_t']],
+  llama_get_sampled_probs_ith: [P, [P, 'int32_t']],
+  llama_get_sampled_probs_count_ith: ['uint32_t', [P, 'int32_t']],
+  llama_get_sampled_logits_ith: [P, [P, 'int32_t']],
+  llama_get_sampled_logits_count_ith: ['uint32_t', [P, 'int32_t']],
+  llama_get_sampled_candidates_ith: [P, [P, 'int32_t']],
+  llama_get_sampled_candidates_count_ith: ['uint32_t', [P, 'int32_t']],
   // samplers
   llama_sampler_chain_init: [P, ['llama_sampler_chain_params']],
   llama_sampler_chain_add: ['void', [P, P]],
