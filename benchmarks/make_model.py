@@ -250,7 +250,8 @@ def write_f16(gguf: Any, out: Path, hp: dict[str, Any], vocab_kv: list[tuple[str
         count = int(np.prod(shape))
         n_params += count
         if dt is np.float32:  # norm weights: around 1
-            (1.0 + 0.1 * pool.rng.standard_normal(count)).astype(np.float32).tofile(fout)
+            scale = hp.get("logit_scale", 1.0) if tname == "output_norm.weight" else 1.0
+            (scale * (1.0 + 0.1 * pool.rng.standard_normal(count))).astype(np.float32).tofile(fout)
         else:
             for c in pool.chunks(count):
                 c.tofile(fout)
@@ -284,6 +285,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--n-vocab", type=int, default=32000, help="size of the synthetic vocab")
     ap.add_argument("--threads", type=int, default=0, help="quantization threads (default: all CPUs)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--logit-scale", type=float, default=1.0,
+                    help="scale the final norm (and so the logits): >1 gives peaked next-token distributions, "
+                         "as trained models have (the sampling tests)")
     ap.add_argument("--tmp-dir", type=Path, default=None, help="where the F16 intermediate goes (default: next to --out)")
     ap.add_argument("--keep-f16", action="store_true")
     ap.add_argument("--extract-vocab", type=Path, default=None, metavar="SRC",
@@ -323,6 +327,9 @@ def main(argv: list[str] | None = None) -> int:
         words.append(f"--vocab-from {src.name}")
     if a.seed:
         words.append(f"--seed {a.seed}")
+    if a.logit_scale != 1.0:
+        hp["logit_scale"] = a.logit_scale
+        words.append(f"--logit-scale {a.logit_scale}")
     hp["cmdline"] = " ".join(words)
     n_vocab = n_tokens(vocab_kv)
     name = f"random-llama-{a.preset}"
