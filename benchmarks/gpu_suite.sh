@@ -11,6 +11,9 @@
 #   bench:P    model:P, then benchmarks/run.py --ngl all on it
 #   batched:P  model:P, then benchmarks/batched.py (engine and server vs llama-batched-bench) on it
 #   divergence:P  model:P, then benchmarks/divergence.py (batched greedy vs a lone Context) on it
+#   sampling:P model:P, then benchmarks/sampling.py (sampled vs greedy, host and device paths) on it
+#   sampling-tests  tests/test_sampling.py with every layer on the GPU (MULLAMA_TEST_NGL=-1), the
+#              reference comparisons on the 1b model
 # Environment: OUT (results, default /tmp/mullama-bench), MODELS (default
 # /tmp/mullama-models), THREADS (8), REPS (5), CUDA_ARCH (90), LLAMA_SRC (llama.cpp
 # source; default native/llama.cpp, or .devsrc/llama.cpp when only that exists),
@@ -97,6 +100,26 @@ stage_divergence() {
     python3 benchmarks/divergence.py --model "$MODELS/llama-$1.Q4_K_M.gguf" --ngl 99 | tee -a "$OUT/divergence.txt"
 }
 
+stage_sampling() {
+    stage_model "$1" || return $?
+    echo "== sampling:$1 ($(elapsed)s)"
+    python3 benchmarks/sampling.py --model "$MODELS/llama-$1.Q4_K_M.gguf" --ngl -1 --threads "$THREADS" \
+        --reps "$REPS" --json "$OUT/sampling-$1.json" | tee -a "$OUT/sampling.txt"
+}
+
+stage_sampling_tests() {
+    # a small untied model with peaked logits: the 1b preset ties its output to token
+    # embeddings cut from one random pool, so some tokens tie exactly
+    local m=$MODELS/peaked-small.gguf
+    [ -f "$m" ] || python3 benchmarks/make_model.py --preset tiny --n-embd 1024 --n-layer 4 --n-head 8 --n-head-kv 4 \
+        --n-ff 2048 --ftype q8_0 --logit-scale 4 ${VOCAB:+--vocab-from "$VOCAB"} --out "$m" || return $?
+    echo "== sampling-tests ($(elapsed)s)"
+    MULLAMA_TEST_NGL=-1 MULLAMA_TEST_SAMPLING_MODEL="$m" \
+        python3 -m pytest -q -p no:cacheprovider tests/test_sampling.py > "$OUT/sampling-tests.txt" 2>&1
+    tail -n 30 "$OUT/sampling-tests.txt"
+    return 0
+}
+
 for st in "$@"; do
     if [ "$(elapsed)" -ge "$DEADLINE" ]; then
         echo "== $st: skipped, past DEADLINE=${DEADLINE}s"
@@ -108,6 +131,8 @@ for st in "$@"; do
         bench:*) stage_bench "${st#bench:}" || exit $? ;;
         batched:*) stage_batched "${st#batched:}" || exit $? ;;
         divergence:*) stage_divergence "${st#divergence:}" || exit $? ;;
+        sampling:*) stage_sampling "${st#sampling:}" || exit $? ;;
+        sampling-tests) stage_sampling_tests || exit $? ;;
         *) echo "unknown stage $st"; exit 2 ;;
     esac
 done

@@ -12,6 +12,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 LLAMA_SRC = ROOT / "native" / "llama.cpp"
+if not (LLAMA_SRC / "include").is_dir() and (ROOT / ".devsrc" / "llama.cpp" / "include").is_dir():
+    LLAMA_SRC = ROOT / ".devsrc" / "llama.cpp"  # the trimmed copy benchmarks/gpu_suite.sh carries
 sys.path.insert(0, str(ROOT / "scripts"))
 
 

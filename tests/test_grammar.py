@@ -281,6 +281,9 @@ def test_running_out_of_tokens_is_reported(model: Model) -> None:
     with pytest.raises(GrammarIncompleteError, match="max_tokens=6") as info:
         ctx.generate(_prompt(model, case), 6, SamplerParams.greedy(), grammar=g)
     assert info.value.text and not _matches(model, g, info.value.text)
+    # from an empty cache again: with the prompt reused, its last token is evaluated alone,
+    # and the kernels for one token may round a near-tie the other way
+    ctx.clear_cache()
     pieces: list[str] = []
     with pytest.raises(GrammarIncompleteError):
         for p in ctx.generate_stream(_prompt(model, case), 6, SamplerParams.greedy(), grammar=g):
