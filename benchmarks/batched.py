@@ -73,9 +73,10 @@ def prompts(n_vocab: int, b: int, seed: int) -> list[list[int]]:
 def run_engine(model: Any, a: argparse.Namespace, b: int, seed: int) -> float:
     from mullama import SamplerParams
     from mullama.engine import Engine
-    with Engine(model, parallel=b, n_ctx=N_PROMPT + N_GEN + 16, n_threads=a.threads) as eng:
-        eng.generate([1, 2, 3], 4, SamplerParams.greedy())  # warm-up
-        reqs = [eng.submit(p, N_GEN, SamplerParams.greedy(), ignore_eos=True) for p in prompts(model.n_vocab, b, seed)]
+    params = SamplerParams.greedy() if a.params == "greedy" else SamplerParams()
+    with Engine(model, parallel=b, n_ctx=N_PROMPT + N_GEN + 16, n_threads=a.threads, sampling=a.sampling) as eng:
+        eng.generate([1, 2, 3], 4, params)  # warm-up
+        reqs = [eng.submit(p, N_GEN, params, ignore_eos=True) for p in prompts(model.n_vocab, b, seed)]
         for r in reqs:
             r.text()
         start = max(r.first_piece_at or 0.0 for r in reqs)
@@ -185,6 +186,10 @@ def main() -> int:
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--batched-bench", help="path of llama-batched-bench (default: beside the library's build)")
     ap.add_argument("--no-server", action="store_true")
+    ap.add_argument("--sampling", default="auto", choices=["auto", "cpu", "device"],
+                    help="where the engine's sampler chains run (default auto)")
+    ap.add_argument("--params", default="greedy", choices=["greedy", "default"],
+                    help="greedy, or SamplerParams() (penalties, top-k/p, min-p, temperature)")
     ap.add_argument("--ttft-only", action="store_true", help="only the time-to-first-token measurement")
     ap.add_argument("--markdown", type=Path, help="append the result table to this file")
     a = ap.parse_args()
