@@ -41,6 +41,12 @@ export interface JsContextParams {
   nSeqMax?: number;
   /** Pooling of embeddings, overriding the model's. */
   pooling?: 'none' | 'mean' | 'cls' | 'last';
+  /**
+   * Where sampler chains run (beyond the spec): 'cpu' on the host (over the top-k candidates),
+   * 'device' inside the decode graph (llama_set_sampler), 'auto' (default) the device where the
+   * model's output layer is on a GPU, except plain greedy.
+   */
+  sampling?: 'auto' | 'cpu' | 'device';
 }
 
 /** Sampling parameters; every field is optional and validated. */
@@ -200,6 +206,8 @@ export class JsContext implements JsDisposable {
   readonly nPast: number;
   /** Prompt tokens evaluated by the last generation (the rest came from the cache). */
   readonly lastPromptEvaluated: number;
+  /** Where sampler chains run: 'auto', 'cpu' or 'device'. */
+  readonly sampling: 'auto' | 'cpu' | 'device';
   readonly model: JsModel;
   readonly closed: boolean;
   close(): void;

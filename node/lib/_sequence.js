@@ -28,19 +28,37 @@ class Finish {
 /** sample(idx): the chain's token from the logits at output idx. */
 function sampler(ctx, chain, nVocab, views) {
   const L = lib();
-  if (!chain.argmaxOnly) {
-    const smpl = chain.ptr();
-    return (idx) => L.llama_sampler_sample(smpl, ctx, idx);
-  }
-  // Greedy without penalties: the first largest logit, exactly what
-  // llama.cpp's greedy sampler picks, read in place (no candidate array).
-  return (idx) => {
+  const logitsAt = (idx) => {
     const addr = L.llama_get_logits_ith(ctx, idx);
     let logits = views.get(addr);
     if (!logits) {
       logits = new Float32Array(koffi.view(addr, nVocab * 4));
       views.set(addr, logits);
     }
+    return logits;
+  };
+  if (chain.topK && !chain.device) {
+    // The host chain over the few candidates that can survive its top-k (SamplerChain.candidates).
+    const cand = chain.candidateArray(nVocab);
+    const smpl = chain.ptr();
+    return (idx) => {
+      const n = chain.candidates(logitsAt(idx), cand.ids, cand.vals);
+      L.llama_sampler_apply(smpl, cand.reset(n));
+      const tok = cand.selected();
+      chain.accept(tok);
+      return tok;
+    };
+  }
+  if (!chain.argmaxOnly) {
+    // The whole vocabulary; on the device path the chain ran inside the decode
+    // and this returns its token (finishing on the host what could not run there).
+    const smpl = chain.ptr();
+    return (idx) => L.llama_sampler_sample(smpl, ctx, idx);
+  }
+  // Greedy without penalties: the first largest logit, exactly what
+  // llama.cpp's greedy sampler picks, read in place (no candidate array).
+  return (idx) => {
+    const logits = logitsAt(idx);
     let best = 0;
     let max = logits[0];
     for (let i = 1; i < logits.length; i++) {

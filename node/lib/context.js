@@ -18,7 +18,7 @@ const { NativeHandle } = require('./_handle');
 const { JsModel } = require('./model');
 const rpc = require('./rpc');
 const sequence = require('./_sequence');
-const { SamplerChain, paramsKey, resolveParams } = require('./sampling');
+const { SamplerChain, checkSampling, isGreedy, paramsKey, resolveParams, usesPenalties } = require('./sampling');
 const v = require('./_validate');
 
 const { C } = _lib;
@@ -27,7 +27,7 @@ const MAX_N_BATCH = 1 << 20;
 const MAX_CHAINS = 8;
 const POOLING = { none: C.LLAMA_POOLING_TYPE_NONE, mean: C.LLAMA_POOLING_TYPE_MEAN,
   cls: C.LLAMA_POOLING_TYPE_CLS, last: C.LLAMA_POOLING_TYPE_LAST };
-const CONTEXT_OPTIONS = ['nCtx', 'nBatch', 'nThreads', 'embeddings', 'nUbatch', 'nSeqMax', 'pooling'];
+const CONTEXT_OPTIONS = ['nCtx', 'nBatch', 'nThreads', 'embeddings', 'nUbatch', 'nSeqMax', 'pooling', 'sampling'];
 const GENERATE_OPTIONS = ['stop', 'ignoreEos', 'signal'];
 const DECODE = Symbol('decode'); // what _steps yields when the batch must be evaluated
 
@@ -63,6 +63,7 @@ class JsContext extends NativeHandle {
     const nBatch = v.integer('nBatch', o.nBatch ?? 2048, 1, MAX_N_BATCH);
     const nThreads = v.integer('nThreads', o.nThreads ?? 0, 0, 4096);
     const embeddings = v.boolean('embeddings', o.embeddings ?? false);
+    const sampling = checkSampling(o.sampling ?? 'auto');
     const nUbatch = v.integer('nUbatch', o.nUbatch ?? 0, 0, MAX_N_BATCH);
     const L = lib();
     const nSeqMax = v.integer('nSeqMax', o.nSeqMax ?? 1, 1, Number(L.llama_max_parallel_sequences()));
@@ -91,7 +92,9 @@ class JsContext extends NativeHandle {
     cp.n_threads = threads;
     cp.n_threads_batch = threads;
     cp.embeddings = embeddings;
-    if (embeddings) cp.n_outputs_max_per_seq = 0;
+    // One output per sequence per decode is all generation asks for, and what
+    // llama.cpp's device penalties sampler requires.
+    cp.n_outputs_max_per_seq = embeddings ? 0 : 1;
     if (o.pooling !== undefined) cp.pooling_type = POOLING[o.pooling];
     _lib.takeErrors();
     const ptr = L.llama_init_from_model(mptr, cp);
@@ -99,7 +102,20 @@ class JsContext extends NativeHandle {
       const why = _lib.takeErrors() || 'llama.cpp could not create it (out of memory?)';
       throw new Error(`Failed to create context (nCtx=${nCtx || train}, nBatch=${nBatch}): ${why}`);
     }
-    this._attach(ptr, rpc.guardedFree(L.llama_free, model.rpcServers), model, kvBytes(L, mptr, L.llama_n_ctx(ptr)));
+    // Sampler chains attached to sequences (device sampling) must outlive the
+    // context: its free function frees them after it (the array holds raw
+    // pointers, not this object).
+    const deviceChains = [];
+    const freeContext = rpc.guardedFree(L.llama_free, model.rpcServers);
+    const freeChain = L.llama_sampler_free;
+    this._attach(ptr, (p) => {
+      freeContext(p);
+      for (const c of deviceChains) freeChain(c);
+      deviceChains.length = 0;
+    }, model, kvBytes(L, mptr, L.llama_n_ctx(ptr)));
+    this._deviceChains = deviceChains;
+    this._sampling = sampling;
+    this._attached = new Map(); // sequence -> its device chain
     this._mem = L.llama_get_memory(ptr);
     this._nCtx = L.llama_n_ctx(ptr);
     this._nBatch = L.llama_n_batch(ptr);
@@ -129,6 +145,8 @@ class JsContext extends NativeHandle {
   get nPast() { this.ptr(); return this._tokens.length; }
   /** Prompt tokens actually evaluated by the last generation (the rest came from the cache). */
   get lastPromptEvaluated() { return this._lastPromptEvaluated; }
+  /** Where sampler chains run: 'auto', 'cpu' (host) or 'device' (inside the decode graph). */
+  get sampling() { return this._sampling; }
 
   close() {
     if (this._busy()) {
@@ -321,13 +339,14 @@ class JsContext extends NativeHandle {
     }
     this.ptr();
     const tokens = this._promptTokens(prompt);
-    const chain = this._chain(params);
+    const p = resolveParams(params);
+    const device = this._onDevice(p);
     if (tokens.length > this._nCtx) {
       throw new ContextFullError(`the prompt has ${tokens.length} tokens but the context holds nCtx=${this._nCtx}; `
         + 'use a larger nCtx or a shorter prompt');
     }
     this._acquire();
-    return this._steps(tokens, maxTokens, chain, stops, ignoreEos, isAsync);
+    return this._steps(tokens, maxTokens, p, device, stops, ignoreEos, isAsync);
   }
 
   _promptTokens(prompt) {
@@ -343,8 +362,18 @@ class JsContext extends NativeHandle {
     return ids;
   }
 
-  _chain(params) {
-    const p = resolveParams(params);
+  /** Whether this generation's chain runs inside the decode graph (see `sampling`). */
+  _onDevice(p) {
+    if (this._sampling !== 'auto') return this._sampling === 'device';
+    // auto: where the output layer's logits are on a GPU, except plain greedy,
+    // whose host argmax reads the logits in place
+    return this._model._outputOnDevice && !(isGreedy(p) && !usesPenalties(p));
+  }
+
+  /** The chain for resolved params: a host chain (cached), or one attached to sequence `seq`. */
+  _chain(p, seq = 0, device = false) {
+    if (device) return this._attachChain(seq, p);
+    this._detachChain(seq); // a device chain would keep the logits on the device
     const key = paramsKey(p);
     let chain = this._chains.get(key);
     if (!chain) {
@@ -353,14 +382,55 @@ class JsContext extends NativeHandle {
         this._chains.delete(oldKey);
         old.close();
       }
-      chain = new SamplerChain(p, this._model._nVocab);
+      chain = new SamplerChain(p, this._model._nVocab, this._nCtx);
       this._chains.set(key, chain);
     }
     return chain;
   }
 
+  /**
+   * Run p's chain inside the decode graph for sequence `seq` (kept until
+   * replaced: attaching makes llama.cpp rebuild its graphs at the next decode).
+   */
+  _attachChain(seq, p) {
+    const current = this._attached.get(seq);
+    if (current && current.key === paramsKey(p)) return current;
+    const L = lib();
+    const chain = new SamplerChain(p, this._model._nVocab, this._nCtx, true);
+    const native = chain.handOver();
+    this._deviceChains.push(native);
+    _lib.takeErrors();
+    if (!L.llama_set_sampler(this.ptr(), seq, native)) {
+      this._freeChain(chain);
+      const why = _lib.takeErrors() || 'llama.cpp refused it';
+      throw new Error(`cannot sample on the device here (${why}); use sampling 'cpu' or 'auto'`);
+    }
+    if (current) this._freeChain(current); // replaced in llama.cpp's table: nothing refers to it any more
+    this._attached.set(seq, chain);
+    return chain;
+  }
+
+  _detachChain(seq) {
+    const current = this._attached.get(seq);
+    if (current) {
+      this._attached.delete(seq);
+      lib().llama_set_sampler(this.ptr(), seq, null);
+      this._freeChain(current);
+    }
+  }
+
+  _freeChain(chain) {
+    const native = chain.ownedByContext;
+    this._deviceChains.splice(this._deviceChains.indexOf(native), 1);
+    chain.forget();
+    lib().llama_sampler_free(native);
+  }
+
   /** The whole generation: prompt evaluation, then one piece of text per sampled token. */
-  * _steps(tokens, maxTokens, chain, stops, ignoreEos, isAsync) {
+  * _steps(tokens, maxTokens, params, device, stops, ignoreEos, isAsync) {
+    // before the prompt: with the chain in the graph, the prompt's decode samples the first token
+    const chain = this._chain(params, 0, device);
+    chain.start(tokens);
     // Reuse the longest cached prefix; the last prompt token is always
     // evaluated again so that its logits are fresh.
     const cached = this._tokens;
@@ -373,7 +443,6 @@ class JsContext extends NativeHandle {
     // prompt a micro-batch at a time, so that a cancel waits for one at most.
     yield* this._decodeSteps(Int32Array.from(tokens.slice(kept)), isAsync ? this._nUbatch : this._nBatch);
     if (maxTokens === 0) return;
-    chain.start(tokens);
     const sample = sequence.sampler(this.ptr(), chain, this._model._nVocab, this._logitViews);
     yield* this._drive1(sequence.tokenLoop(this._model, sample, -1, maxTokens, stops, ignoreEos, new sequence.Finish()));
   }

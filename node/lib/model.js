@@ -177,6 +177,10 @@ class JsModel extends NativeHandle {
     self._path = path;
     self._vocab = L.llama_model_get_vocab(ptr);
     self._nVocab = L.llama_vocab_n_tokens(self._vocab);
+    // llama.cpp puts the output layer on a device once every repeating layer is
+    // there too (nGpuLayers > nLayer, or -1): the logits are then made on it.
+    const nLayer = L.llama_model_n_layer(ptr);
+    self._outputOnDevice = devices.length > 0 && !o.vocabOnly && (nGpuLayers < 0 || nGpuLayers > nLayer);
     self._pieceBuf = Buffer.alloc(64);
     self._pieceTable = new Array(self._nVocab);
     return self;

@@ -2,6 +2,7 @@
 // JsSamplerParams (plain objects, validated) and the native llama.cpp sampler
 // chain built from them (mirrors mullama/sampling.py).
 
+const koffi = require('koffi');
 const { lib } = require('./_backend');
 const { NativeHandle } = require('./_handle');
 const v = require('./_validate');
@@ -60,15 +61,47 @@ function paramsKey(p) {
   return FIELD_NAMES.map((n) => p[n]).join('|');
 }
 
-/** A native sampler chain for one parameter set (built once, reset per generation). */
+const SAMPLING_MODES = ['auto', 'cpu', 'device'];
+
+/** Validate a `sampling` option: where sampler chains run. */
+function checkSampling(sampling) {
+  const names = SAMPLING_MODES.map((m) => JSON.stringify(m)).join(', ');
+  if (typeof sampling !== 'string') throw new TypeError(`sampling must be one of ${names}, not ${typeof sampling}`);
+  if (!SAMPLING_MODES.includes(sampling)) throw new RangeError(`sampling must be one of ${names}, not ${JSON.stringify(sampling)}`);
+  return sampling;
+}
+
+function isGreedy(p) {
+  return p.temperature <= 0.0 || p.topK === 1;
+}
+
+function usesPenalties(p) {
+  return p.penaltyLastN !== 0 && (p.penaltyRepeat !== 1.0 || p.penaltyFreq !== 0.0 || p.penaltyPresent !== 0.0);
+}
+
+/**
+ * A native sampler chain for one parameter set (built once, reset per
+ * generation), run on either path (see mullama/sampling.py):
+ *   host: llama.cpp applies it to the logits; with topK set it sees only the
+ *     topK largest logits and the tokens the penalties look at, which gives
+ *     the token the whole vocabulary would (candidates());
+ *   device: attached to a sequence (llama_set_sampler) it runs inside the
+ *     decode graph; the context that attaches it owns it (handOver()).
+ */
 class SamplerChain extends NativeHandle {
-  constructor(p, nVocab) {
+  constructor(p, nVocab, nCtx = 0, device = false) {
     super();
     const L = lib();
-    this.usesPenalties = p.penaltyLastN !== 0
-      && (p.penaltyRepeat !== 1.0 || p.penaltyFreq !== 0.0 || p.penaltyPresent !== 0.0);
-    this.penaltyLastN = p.penaltyLastN;
+    // llama.cpp's penalties treat a negative window as "disabled"; -1 means the whole context here.
+    const lastN = p.penaltyLastN >= 0 ? p.penaltyLastN : Math.max(nCtx, 1);
+    this.key = paramsKey(p);
+    this.device = device;
+    this.usesPenalties = usesPenalties({ ...p, penaltyLastN: lastN });
+    this.penaltyLastN = lastN;
     this.argmaxOnly = false;
+    this.ownedByContext = null; // the native pointer, once a context owns it (handOver)
+    this.topK = p.topK > 0 && p.topK < nVocab && !isGreedy(p) ? p.topK : 0; // host path: candidates needed
+    this.recent = []; // the penalties' window, for the host path's candidates
     const chain = L.llama_sampler_chain_init(L.llama_sampler_chain_default_params());
     if (!chain) throw new Error('could not create a sampler chain');
     this._attach(chain, L.llama_sampler_free);
@@ -77,14 +110,14 @@ class SamplerChain extends NativeHandle {
       L.llama_sampler_chain_add(chain, sampler); // the chain owns it from here on
     };
     if (this.usesPenalties) {
-      add(L.llama_sampler_init_penalties(nVocab, p.penaltyLastN, p.penaltyRepeat, p.penaltyFreq, p.penaltyPresent),
+      add(L.llama_sampler_init_penalties(nVocab, lastN, p.penaltyRepeat, p.penaltyFreq, p.penaltyPresent),
         'penalties');
     }
-    if (p.temperature <= 0.0 || p.topK === 1) {
+    if (isGreedy(p)) {
       add(L.llama_sampler_init_greedy(), 'greedy');
       // Nothing in the chain reshapes or remembers: the first largest logit,
       // read in place, is the token llama.cpp's greedy sampler would pick.
-      this.argmaxOnly = !this.usesPenalties;
+      this.argmaxOnly = !this.usesPenalties && !device;
       return;
     }
     if (p.topK > 0) add(L.llama_sampler_init_top_k(p.topK), 'top-k');
@@ -100,13 +133,56 @@ class SamplerChain extends NativeHandle {
     const L = lib();
     const smpl = this.ptr();
     L.llama_sampler_reset(smpl);
+    this.recent = [];
     if (this.usesPenalties) {
-      const window = this.penaltyLastN < 0 ? prompt : prompt.slice(-this.penaltyLastN);
-      for (const t of window) L.llama_sampler_accept(smpl, t);
+      this.recent = prompt.slice(-this.penaltyLastN);
+      for (const t of this.recent) L.llama_sampler_accept(smpl, t);
     }
   }
 
-  /** The names of the samplers in the chain, in order. */
+  /** Record a token the host path chose (the penalties' history, the random state). */
+  accept(token) {
+    lib().llama_sampler_accept(this.ptr(), token);
+    if (this.usesPenalties) {
+      this.recent.push(token);
+      if (this.recent.length > this.penaltyLastN) this.recent.shift();
+    }
+  }
+
+  /**
+   * The host chain's candidates, written as llama_token_data into `ids`/`vals`
+   * (views of one block: id, logit, p per entry); returns how many.  Every
+   * token the chain's top-k can keep after the penalties is among the
+   * topK + window largest raw logits or in the window (ties at the cut kept).
+   */
+  candidates(logits, ids, vals) {
+    const window = new Set(this.recent);
+    const m = this.topK + window.size;
+    const chosen = largest(logits, m);
+    for (const t of window) if (!chosen.has(t)) chosen.add(t);
+    let n = 0;
+    for (const t of chosen) {
+      ids[3 * n] = t;
+      vals[3 * n + 1] = logits[t];
+      vals[3 * n + 2] = 0;
+      n++;
+    }
+    return n;
+  }
+
+  /** The native candidate array of the host path (made once per chain, freed with it). */
+  candidateArray(nVocab) {
+    if (!this._cand) this._cand = new CandidateArray(nVocab);
+    return this._cand;
+  }
+
+  close() {
+    if (this._cand) this._cand.close();
+    this._cand = null;
+    super.close();
+  }
+
+  /** The names of the samplers in the chain, in order ("+" marks those running in the graph). */
   describe() {
     const L = lib();
     const chain = this.ptr();
@@ -116,11 +192,89 @@ class SamplerChain extends NativeHandle {
     }
     return out;
   }
+
+  /** Give the native chain to a context that attaches it; this object then only borrows it. */
+  handOver() {
+    const p = this.ptr();
+    this._held.freed = true; // the context frees it
+    this.ownedByContext = p;
+    return p;
+  }
+
+  /** Mark closed without freeing (the owner frees the native chain). */
+  forget() {
+    this._pointer = null;
+    this._closeRequested = true;
+  }
+}
+
+/** The indices of the m largest values of x, plus any tied with the smallest of them (a Set). */
+function largest(x, m) {
+  const n = x.length;
+  const out = new Set();
+  if (m >= n) {
+    for (let i = 0; i < n; i++) out.add(i);
+    return out;
+  }
+  let top = -Infinity;
+  for (let i = 0; i < n; i++) if (x[i] > top) top = x[i];
+  // a cut near the top first, so that the sort runs over a few hundred values
+  let sel = null;
+  for (const gap of [8, 16, 32]) {
+    const lo = top - gap;
+    const s = [];
+    for (let i = 0; i < n; i++) if (x[i] >= lo) s.push(i);
+    if (s.length >= m) {
+      sel = s;
+      break;
+    }
+  }
+  if (sel === null) sel = Array.from({ length: n }, (_, i) => i);
+  const vals = Float32Array.from(sel, (i) => x[i]).sort();
+  const kth = vals[vals.length - m];
+  for (const i of sel) if (x[i] >= kth) out.add(i);
+  return out;
+}
+
+/** A native llama_token_data_array with room for the whole vocabulary, written through typed arrays. */
+class CandidateArray extends NativeHandle {
+  constructor(nVocab) {
+    super();
+    const bytes = 32 + nVocab * 12;
+    const base = koffi.alloc('uint8_t', bytes);
+    this._attach(base, koffi.free, null, bytes);
+    const ab = koffi.view(base, bytes);
+    this.header = new BigInt64Array(ab, 0, 3); // data, size, selected
+    this.sorted = new Uint8Array(ab, 24, 1);
+    this.ids = new Int32Array(ab, 32, nVocab * 3);
+    this.vals = new Float32Array(ab, 32, nVocab * 3);
+    this.header[0] = base + 32n;
+  }
+
+  /** Ready for llama_sampler_apply with the first n entries. */
+  reset(n) {
+    this.header[1] = BigInt(n);
+    this.header[2] = -1n;
+    this.sorted[0] = 0;
+    return this.ptr();
+  }
+
+  /** The token the sampler selected. */
+  selected() {
+    const i = Number(this.header[2]);
+    if (!(i >= 0 && i < Number(this.header[1]))) throw new Error('the sampler chain selected no token');
+    return this.ids[3 * i];
+  }
 }
 
 module.exports = {
+  CandidateArray,
   FIELDS,
+  SAMPLING_MODES,
   SamplerChain,
+  checkSampling,
+  isGreedy,
+  usesPenalties,
   paramsKey,
   resolveParams,
   samplerParamsCreative,
