@@ -81,6 +81,11 @@ export interface JsGenerateOptions {
   ignoreEos?: boolean;
   /** Cancels generateAsync / generateStreamAsync (not accepted by the synchronous methods). */
   signal?: AbortSignal;
+  /**
+   * Constrain the text to this grammar's language; generation then ends when the text is complete,
+   * and throws GrammarIncompleteError if maxTokens runs out first. Sampled on the host.
+   */
+  grammar?: Grammar;
 }
 
 /** Options of the embedding methods. */
@@ -245,6 +250,22 @@ export class LibraryLoadError extends Error {}
 
 /** An RPC server is unreachable, refused the connection, is busy, answered wrongly or went away; names the endpoint. */
 export class RPCError extends Error {}
+
+/** A GBNF grammar (llama.cpp's format), checked by llama.cpp's parser when it is created. */
+export class Grammar {
+  /** Throws an Error naming the line and column of a malformed grammar. */
+  constructor(gbnf: string, root?: string);
+  /** Any one JSON value. */
+  static json(): Grammar;
+  readonly text: string;
+  readonly root: string;
+}
+
+/** Generation ran out of maxTokens (or the context) before the grammar's text was complete. */
+export class GrammarIncompleteError extends Error {
+  /** What was generated (not a whole sentence of the grammar). */
+  readonly text: string;
+}
 
 export function samplerParamsGreedy(): JsSamplerParams;
 export function samplerParamsCreative(): JsSamplerParams;

@@ -13,6 +13,7 @@ const { JsContext, ContextFullError, GenerationCancelledError } = require('./lib
 const { JsEmbeddingGenerator, cosineSimilarity } = require('./lib/embedding');
 const sampling = require('./lib/sampling');
 const { RPCError } = require('./lib/rpc');
+const { Grammar, GrammarIncompleteError } = require('./lib/grammar');
 
 module.exports = {
   JsModel,
@@ -22,6 +23,8 @@ module.exports = {
   GenerationCancelledError,
   LibraryLoadError,
   RPCError,
+  Grammar,
+  GrammarIncompleteError,
   samplerParamsGreedy: sampling.samplerParamsGreedy,
   samplerParamsCreative: sampling.samplerParamsCreative,
   samplerParamsPrecise: sampling.samplerParamsPrecise,

@@ -25,8 +25,8 @@ class Finish {
   }
 }
 
-/** sample(idx): the chain's token from the logits at output idx. */
-function sampler(ctx, chain, nVocab, views) {
+/** sample(idx): the chain's token from the logits at output idx (within `grammar`, a GrammarState, if any). */
+function sampler(ctx, chain, nVocab, views, grammar = null) {
   const L = lib();
   const logitsAt = (idx) => {
     const addr = L.llama_get_logits_ith(ctx, idx);
@@ -37,6 +37,7 @@ function sampler(ctx, chain, nVocab, views) {
     }
     return logits;
   };
+  if (grammar) return grammarSampler(chain, nVocab, grammar, logitsAt);
   if (chain.topK && !chain.device) {
     // The host chain over the few candidates that can survive its top-k (SamplerChain.candidates).
     const cand = chain.candidateArray(nVocab);
@@ -57,17 +58,80 @@ function sampler(ctx, chain, nVocab, views) {
   }
   // Greedy without penalties: the first largest logit, exactly what
   // llama.cpp's greedy sampler picks, read in place (no candidate array).
+  return (idx) => argmax(logitsAt(idx));
+}
+
+function argmax(x) {
+  let best = 0;
+  let max = x[0];
+  for (let i = 1; i < x.length; i++) {
+    if (x[i] > max) {
+      max = x[i];
+      best = i;
+    }
+  }
+  return best;
+}
+
+/**
+ * Sampling within a grammar, as llama.cpp's own samplers do it (mirrors
+ * mullama/_sequence.py): the chain first picks from all tokens; when the
+ * grammar allows that token it is kept (for greedy chains exactly the best
+ * allowed token).  Only otherwise are the whole vocabulary's candidates masked
+ * by the grammar and the chain applied again.
+ */
+function grammarSampler(chain, nVocab, grammar, logitsAt) {
+  const L = lib();
+  const cand = chain.candidateArray(nVocab);
+  const smpl = chain.ptr();
+  const gsmpl = grammar.ptr();
+  const greedy = chain.argmaxOnly;
+  const fill = (logits) => {
+    const { ids, vals } = cand;
+    for (let i = 0; i < nVocab; i++) {
+      ids[3 * i] = i;
+      vals[3 * i + 1] = logits[i];
+      vals[3 * i + 2] = 0;
+    }
+    return cand.reset(nVocab);
+  };
   return (idx) => {
     const logits = logitsAt(idx);
-    let best = 0;
-    let max = logits[0];
-    for (let i = 1; i < logits.length; i++) {
-      if (logits[i] > max) {
-        max = logits[i];
-        best = i;
+    let tok;
+    if (greedy) {
+      tok = argmax(logits);
+    } else {
+      L.llama_sampler_apply(smpl, fill(logits));
+      tok = cand.selected();
+    }
+    if (!grammar.allows(tok)) {
+      const arr = fill(logits);
+      L.llama_sampler_apply(gsmpl, arr);
+      if (greedy) {
+        let best = -1;
+        let max = -Infinity;
+        const { ids, vals } = cand;
+        const n = cand.size();
+        for (let i = 0; i < n; i++) {
+          if (vals[3 * i + 1] > max) {
+            max = vals[3 * i + 1];
+            best = ids[3 * i];
+          }
+        }
+        if (best < 0) throw new Error('the grammar allows no token here (is it satisfiable with this vocabulary?)');
+        tok = best;
+      } else {
+        let any = false;
+        const n = cand.size();
+        for (let i = 0; i < n && !any; i++) any = cand.vals[3 * i + 1] !== -Infinity;
+        if (!any) throw new Error('the grammar allows no token here (is it satisfiable with this vocabulary?)');
+        L.llama_sampler_apply(smpl, arr);
+        tok = cand.selected();
       }
     }
-    return best;
+    if (!greedy) chain.accept(tok); // the penalties' history, as llama_sampler_sample does
+    grammar.accept(tok);
+    return tok;
   };
 }
 

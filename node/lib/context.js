@@ -18,6 +18,7 @@ const { NativeHandle } = require('./_handle');
 const { JsModel } = require('./model');
 const rpc = require('./rpc');
 const sequence = require('./_sequence');
+const { GrammarIncompleteError, checkGrammar } = require('./grammar');
 const { SamplerChain, checkSampling, isGreedy, paramsKey, resolveParams, usesPenalties } = require('./sampling');
 const v = require('./_validate');
 
@@ -28,7 +29,7 @@ const MAX_CHAINS = 8;
 const POOLING = { none: C.LLAMA_POOLING_TYPE_NONE, mean: C.LLAMA_POOLING_TYPE_MEAN,
   cls: C.LLAMA_POOLING_TYPE_CLS, last: C.LLAMA_POOLING_TYPE_LAST };
 const CONTEXT_OPTIONS = ['nCtx', 'nBatch', 'nThreads', 'embeddings', 'nUbatch', 'nSeqMax', 'pooling', 'sampling'];
-const GENERATE_OPTIONS = ['stop', 'ignoreEos', 'signal'];
+const GENERATE_OPTIONS = ['stop', 'ignoreEos', 'signal', 'grammar'];
 const DECODE = Symbol('decode'); // what _steps yields when the batch must be evaluated
 
 /** The tokens do not fit in the context window. */
@@ -333,6 +334,7 @@ class JsContext extends NativeHandle {
     const o = v.options('options', options, GENERATE_OPTIONS);
     const stops = sequence.checkStops(o.stop);
     const ignoreEos = v.boolean('ignoreEos', o.ignoreEos ?? false);
+    const grammar = checkGrammar(o.grammar);
     if (o.signal !== undefined && !(o.signal instanceof AbortSignal)) throw new TypeError('signal must be an AbortSignal');
     if (o.signal !== undefined && !isAsync) {
       throw new TypeError('signal applies to generateAsync/generateStreamAsync; the synchronous API cannot be interrupted');
@@ -340,13 +342,13 @@ class JsContext extends NativeHandle {
     this.ptr();
     const tokens = this._promptTokens(prompt);
     const p = resolveParams(params);
-    const device = this._onDevice(p);
+    const device = this._onDevice(p, grammar);
     if (tokens.length > this._nCtx) {
       throw new ContextFullError(`the prompt has ${tokens.length} tokens but the context holds nCtx=${this._nCtx}; `
         + 'use a larger nCtx or a shorter prompt');
     }
     this._acquire();
-    return this._steps(tokens, maxTokens, p, device, stops, ignoreEos, isAsync);
+    return this._steps(tokens, maxTokens, p, device, stops, ignoreEos, grammar, isAsync);
   }
 
   _promptTokens(prompt) {
@@ -363,8 +365,16 @@ class JsContext extends NativeHandle {
   }
 
   /** Whether this generation's chain runs inside the decode graph (see `sampling`). */
-  _onDevice(p) {
-    if (this._sampling !== 'auto') return this._sampling === 'device';
+  _onDevice(p, grammar = null) {
+    if (this._sampling === 'cpu') return false;
+    if (grammar) {
+      if (this._sampling === 'device') {
+        throw new Error("sampling 'device' cannot apply a grammar: the grammar sampler runs on the host "
+          + "(use sampling 'auto', which samples grammars on the host)");
+      }
+      return false;
+    }
+    if (this._sampling === 'device') return true;
     // auto: where the output layer's logits are on a GPU, except plain greedy,
     // whose host argmax reads the logits in place
     return this._model._outputOnDevice && !(isGreedy(p) && !usesPenalties(p));
@@ -427,7 +437,7 @@ class JsContext extends NativeHandle {
   }
 
   /** The whole generation: prompt evaluation, then one piece of text per sampled token. */
-  * _steps(tokens, maxTokens, params, device, stops, ignoreEos, isAsync) {
+  * _steps(tokens, maxTokens, params, device, stops, ignoreEos, grammar, isAsync) {
     // before the prompt: with the chain in the graph, the prompt's decode samples the first token
     const chain = this._chain(params, 0, device);
     chain.start(tokens);
@@ -443,8 +453,36 @@ class JsContext extends NativeHandle {
     // prompt a micro-batch at a time, so that a cancel waits for one at most.
     yield* this._decodeSteps(Int32Array.from(tokens.slice(kept)), isAsync ? this._nUbatch : this._nBatch);
     if (maxTokens === 0) return;
-    const sample = sequence.sampler(this.ptr(), chain, this._model._nVocab, this._logitViews);
-    yield* this._drive1(sequence.tokenLoop(this._model, sample, -1, maxTokens, stops, ignoreEos, new sequence.Finish()));
+    const state = grammar ? grammar.state(this._model) : null;
+    try {
+      const sample = sequence.sampler(this.ptr(), chain, this._model._nVocab, this._logitViews, state);
+      const finish = new sequence.Finish();
+      // Under a grammar the end-of-generation token means "the text is complete": it always ends.
+      const loop = sequence.tokenLoop(this._model, sample, -1, maxTokens, stops, ignoreEos && !state, finish);
+      if (!state) {
+        yield* this._drive1(loop);
+        return;
+      }
+      // as yield* would, keeping the pieces for GrammarIncompleteError
+      const pieces = [];
+      const inner = this._drive1(loop);
+      let r = inner.next();
+      while (!r.done) {
+        if (r.value === DECODE) {
+          r = inner.next(yield DECODE);
+        } else {
+          pieces.push(r.value);
+          yield r.value;
+          r = inner.next();
+        }
+      }
+      if (finish.reason === sequence.FINISH_LENGTH && !state.complete()) {
+        throw new GrammarIncompleteError(`maxTokens=${maxTokens} ran out before the grammar's text was complete `
+          + `(${finish.nSampled} tokens generated); raise maxTokens`, pieces.join(''));
+      }
+    } finally {
+      if (state) state.close();
+    }
   }
 
   /** One sequence's token loop (lib/_sequence.js), each token it asks for decoded alone. */

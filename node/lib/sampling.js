@@ -259,6 +259,11 @@ class CandidateArray extends NativeHandle {
     return this.ptr();
   }
 
+  /** How many entries the last sampler left. */
+  size() {
+    return Number(this.header[1]);
+  }
+
   /** The token the sampler selected. */
   selected() {
     const i = Number(this.header[2]);
