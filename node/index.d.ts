@@ -255,6 +255,11 @@ export class RPCError extends Error {}
 export class Grammar {
   /** Throws an Error naming the line and column of a malformed grammar. */
   constructor(gbnf: string, root?: string);
+  /**
+   * JSON text valid under a JSON Schema (the keywords mullama's Python converter supports; any other
+   * constraining keyword throws an Error naming it).
+   */
+  static fromJsonSchema(schema: object | boolean): Grammar;
   /** Any one JSON value. */
   static json(): Grammar;
   readonly text: string;

@@ -3,8 +3,8 @@
 // mullama/grammar/__init__.py).  A Grammar is only text, checked by llama.cpp's
 // own parser when it is made (a malformed grammar throws an Error saying
 // where); every generation that uses it gets a fresh native GrammarState.
-// JSON Schema conversion lives in the Python package only; Grammar.json()
-// carries its "any JSON value" grammar as text (a test keeps them equal).
+// JSON Schema conversion: lib/json_schema.js, a port of the Python converter
+// (a test checks that both give the same grammar text).
 
 const fs = require('node:fs');
 const os = require('node:os');
@@ -14,9 +14,8 @@ const _lib = require('./_lib');
 const { lib } = require('./_backend');
 const { NativeHandle } = require('./_handle');
 const v = require('./_validate');
+const { anyJsonGbnf, jsonSchemaToGbnf } = require('./json_schema');
 
-/** What mullama.grammar.json_schema.any_json_gbnf() returns: any one JSON value. */
-const ANY_JSON_GBNF = "root ::= value\nvalue ::= object | array | string | number | boolean | null\nobject ::= \"{\" ws ( string ws \":\" ws value ( ws \",\" ws string ws \":\" ws value )* ws )? \"}\"\nws ::= | \" \" | \"\\n\" [ \\t]{0,20}\nstring ::= \"\\\"\" char* \"\\\"\"\nchar ::= ([ -!#-\\[\\]-\ud7ff\ue000-\udbff\udfff] | \"\\\\\\\"\" | \"\\\\\\\\\" | \"\\\\b\" | \"\\\\f\" | \"\\\\n\" | \"\\\\r\" | \"\\\\t\")\narray ::= \"[\" ws ( value ( ws \",\" ws value )* ws )? \"]\"\nnumber ::= \"-\"? integral (\".\" [0-9]{1,15})? ([eE] [-+]? [0-9]{1,3})?\nintegral ::= \"0\" | [1-9] [0-9]{0,15}\nboolean ::= \"true\" | \"false\"\nnull ::= \"null\"\n";
 
 /** Generation stopped (maxTokens or the context's end) before the grammar's text was complete. */
 class GrammarIncompleteError extends Error {
@@ -125,9 +124,14 @@ class Grammar {
     Object.freeze(this);
   }
 
+  /** JSON text valid under `schema` (what is supported: mullama/grammar/json_schema.py). */
+  static fromJsonSchema(schema) {
+    return new Grammar(jsonSchemaToGbnf(schema));
+  }
+
   /** Any one JSON value. */
   static json() {
-    return new Grammar(ANY_JSON_GBNF);
+    return new Grammar(anyJsonGbnf());
   }
 
   get text() { return this._text; }
@@ -197,4 +201,4 @@ function checkGrammar(grammar) {
   throw new TypeError(`grammar must be a Grammar, not ${v.typeName(grammar)}`);
 }
 
-module.exports = { ANY_JSON_GBNF, Grammar, GrammarIncompleteError, GrammarState, checkGrammar };
+module.exports = { Grammar, GrammarIncompleteError, GrammarState, checkGrammar };
