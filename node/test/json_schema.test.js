@@ -10,7 +10,7 @@ const fs = require('node:fs');
 const path = require('node:path');
 const { execFileSync } = require('node:child_process');
 const { JsModel, JsContext, Grammar, samplerParamsGreedy } = require('..');
-const { jsonSchemaToGbnf } = require('../lib/json_schema');
+const { jsonSchemaToGbnf } = require('../lib/grammar/json_schema');
 const { ROOT, python, smollmPath } = require('./helpers/models');
 
 const SUITE = JSON.parse(fs.readFileSync(path.join(ROOT, 'tests', 'data', 'json_schemas.json'), 'utf8'));

@@ -4,7 +4,7 @@
 // subset is described; the tests compare the grammars both make).  Patterns
 // are read by code point, as Python reads them.
 
-const { classChar, literal } = require('./grammar_rules');
+const { classChar, literal } = require('./_rules');
 
 const MAX_CODE = 0x10FFFF;
 // Characters never written raw inside a JSON string.

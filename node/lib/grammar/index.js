@@ -10,10 +10,10 @@ const fs = require('node:fs');
 const os = require('node:os');
 const path = require('node:path');
 const koffi = require('koffi');
-const _lib = require('./_lib');
-const { lib } = require('./_backend');
-const { NativeHandle } = require('./_handle');
-const v = require('./_validate');
+const _lib = require('../_lib');
+const { lib } = require('../_backend');
+const { NativeHandle } = require('../_handle');
+const v = require('../_validate');
 const { anyJsonGbnf, jsonSchemaToGbnf } = require('./json_schema');
 
 

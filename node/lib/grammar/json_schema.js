@@ -5,8 +5,8 @@
 // every schema of tests/data/json_schemas.json).  An unsupported keyword
 // throws an Error naming it rather than being ignored.
 
-const { Rules, integerRange, literal } = require('./grammar_rules');
-const { anyJsonChar, patternToGbnf } = require('./grammar_regex');
+const { Rules, integerRange, literal } = require('./_rules');
+const { anyJsonChar, patternToGbnf } = require('./regex');
 
 const ANNOTATIONS = new Set(['title', 'description', 'default', 'examples', '$schema', '$id', '$comment', 'readOnly',
   'writeOnly', 'deprecated', '$defs', 'definitions', 'contentMediaType', 'contentEncoding']);
