@@ -166,8 +166,9 @@ def main(argv: list[str] | None = None) -> int:
             if g and k.startswith(tool) and "sampled" in k:
                 print(f"  sampling cost, {k}: {1e3 / v - 1e3 / g:+.3f} ms/token ({v / g:.3f}x greedy)")
     if a.json:
-        a.json.write_text(json.dumps({"args": vars(a) | {"json": str(a.json)}, "runs": results, "median": med},
-                                     indent=1, default=str))
+        # file names only: the results say which model, not where it lay
+        args = vars(a) | {"json": a.json.name, "model": Path(a.model).name}
+        a.json.write_text(json.dumps({"args": args, "runs": results, "median": med}, indent=1, default=str))
     return 0
 
 
