@@ -9,6 +9,7 @@ const { JsModel, JsContext, ContextFullError, samplerParamsGreedy, samplerParams
   = require('..');
 const { ROOT, python, smollmPath } = require('./helpers/models');
 const { greedyReference } = require('./helpers/native');
+const { resolveParams } = require('../lib/sampling');
 
 const CHAT = '<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n'
   + '<|im_start|>user\nWhat is the capital of France?<|im_end|>\n<|im_start|>assistant\n';
@@ -176,8 +177,8 @@ test('sampler chains are built once per parameter set, in llama.cpp order', () =
   ctx.generate('Hi', 2, { seed: 7 });
   assert.equal([...ctx._chains.values()].pop(), chain);
   assert.deepEqual(chain.describe(), ['penalties', 'top-k', 'top-p', 'min-p', 'temp', 'dist']);
-  assert.deepEqual(ctx._chain(greedy).describe(), ['greedy']);
-  assert.deepEqual(ctx._chain({ typicalP: 0.5, penaltyRepeat: 1.0 }).describe(),
+  assert.deepEqual(ctx._chain(resolveParams(greedy)).describe(), ['greedy']);
+  assert.deepEqual(ctx._chain(resolveParams({ typicalP: 0.5, penaltyRepeat: 1.0 })).describe(),
     ['top-k', 'typical', 'top-p', 'min-p', 'temp', 'dist']);
 });
 
