@@ -366,15 +366,19 @@ class Context(NativeHandle):
             return True
         # auto: where the output layer's logits are on a GPU, except plain greedy,
         # whose host argmax reads the logits in place
-        penalties = params.penalty_last_n != 0 and (params.penalty_repeat != 1.0 or params.penalty_freq != 0.0
-                                                     or params.penalty_present != 0.0)
-        return self._model._output_on_device and not (params.is_greedy and not penalties)
+        return self._model._output_on_device and not (params.is_greedy and not params.uses_penalties)
 
-    def _chain(self, params: SamplerParams, seq: int = 0, device: bool = False) -> SamplerChain:
-        """The chain for ``params``: a host chain (cached), or one attached to sequence ``seq``."""
+    def _chain(self, params: SamplerParams, seq: int = 0, device: bool = False, shared: bool = True) -> SamplerChain:
+        """The chain for ``params``: a host chain, or one attached to sequence ``seq``.
+
+        Host chains are cached per parameter set (``shared``), except for the
+        slots of a batched engine, which each need one of their own.
+        """
         if device:
             return self._attach_chain(seq, params)
         self._detach_chain(seq)  # a device chain would keep the logits on the device
+        if not shared:
+            return SamplerChain(params, self._model._n_vocab, self._n_ctx)
         key = params.key()
         chain = self._chains.get(key)
         if chain is None:
@@ -382,13 +386,6 @@ class Context(NativeHandle):
                 self._chains.pop(next(iter(self._chains))).close()
             chain = self._chains[key] = SamplerChain(params, self._model._n_vocab, self._n_ctx)
         return chain
-
-    def _chain_for_slot(self, seq: int, params: SamplerParams, device: bool) -> SamplerChain:
-        """A chain of its own for sequence ``seq`` of a batched engine (host chains are not shared)."""
-        if device:
-            return self._attach_chain(seq, params)
-        self._detach_chain(seq)
-        return SamplerChain(params, self._model._n_vocab, self._n_ctx)
 
     def _attach_chain(self, seq: int, params: SamplerParams) -> SamplerChain:
         """Run ``params``' chain inside the decode graph for sequence ``seq`` (kept until replaced).

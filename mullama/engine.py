@@ -348,7 +348,8 @@ class Engine:
             best.request, best.todo = req, req.prompt[common:]
             req.prompt_evaluated = len(best.todo)
             self.stats["prompt_tokens_evaluated"] += len(best.todo)
-            best.chain = self._ctx._chain_for_slot(best.seq, req.params, self._ctx._on_device(req.params, req.grammar))
+            best.chain = self._ctx._chain(req.params, best.seq, self._ctx._on_device(req.params, req.grammar),
+                                          shared=False)
             best.chain.start(req.prompt)
             best.grammar = req.grammar.state(self._model) if req.grammar is not None else None
             best.finish, best.loop, best.pending = _sequence.Finish(), None, None

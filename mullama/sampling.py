@@ -138,6 +138,12 @@ class SamplerParams:
     def is_greedy(self) -> bool:
         return self.temperature <= 0.0 or self.top_k == 1
 
+    @property
+    def uses_penalties(self) -> bool:
+        """Whether the repetition penalties change anything (a window and a non-neutral penalty)."""
+        return self.penalty_last_n != 0 and (
+            self.penalty_repeat != 1.0 or self.penalty_freq != 0.0 or self.penalty_present != 0.0)
+
 
 SAMPLING_MODES: Final = ("auto", "cpu", "device")
 
@@ -176,8 +182,7 @@ class SamplerChain(NativeHandle):
         self.device = device
         # llama.cpp's penalties treat a negative window as "disabled"; -1 means the whole context here.
         last_n = params.penalty_last_n if params.penalty_last_n >= 0 else max(n_ctx, 1)
-        self.uses_penalties = last_n != 0 and (
-            params.penalty_repeat != 1.0 or params.penalty_freq != 0.0 or params.penalty_present != 0.0)
+        self.uses_penalties = params.uses_penalties
         self.penalty_last_n = last_n
         self.argmax_only = False
         self.owned_by_context = 0  # the native pointer, once a context owns it (hand_over)
