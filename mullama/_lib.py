@@ -362,6 +362,7 @@ _FUNCTIONS: Final[dict[str, tuple[Any, tuple[Any, ...]]]] = {
     "llama_sampler_init_top_p": (_p, (c_float, c_size_t)),
     "llama_sampler_init_min_p": (_p, (c_float, c_size_t)),
     "llama_sampler_init_typical": (_p, (c_float, c_size_t)),
+    "llama_sampler_init_top_n_sigma": (_p, (c_float,)),
     "llama_sampler_init_temp": (_p, (c_float,)),
     "llama_sampler_init_penalties": (_p, (c_int32, c_int32, c_float, c_float, c_float)),
     "llama_sampler_init_logit_bias": (_p, (c_int32, c_int32, POINTER(llama_logit_bias))),

@@ -167,13 +167,20 @@ class SamplerChain(NativeHandle):
       penalties look at) are handed to it, which gives the same token as the
       whole vocabulary would (see :meth:`candidates`) at a cost that does not grow
       with the vocabulary;
-    * device: attached to a sequence of the context (``llama_set_sampler``), its
-      samplers run inside the decode graph, on the device that holds the output
-      layer, and only the chosen token comes back.  Samplers llama.cpp cannot
-      run there (typical-p) and everything after them run on the host, on the
-      candidates the device part left.  A chain can be attached once in its
-      life (llama.cpp initialises its device state once), so the context that
-      attaches it owns it from then on (:meth:`hand_over`).
+    * device: attached to a sequence of the context (``llama_set_sampler``),
+      its leading samplers run inside the decode graph, on the device that
+      holds the output layer; the rest run on the host over the candidates the
+      device part left (llama.cpp's split of an attached chain).  With
+      ``top_k`` set and penalties that only lower logits (the usual case), the
+      device part is one cut, the ``top_k`` largest logits plus one per token
+      of the penalty window (:attr:`device_cut`), and the host finishes the
+      whole chain on those few: exactly the host path's tokens, for one
+      top-k kernel and a copy of a hundred values instead of the vocabulary.
+      Otherwise the whole chain runs in the graph (llama.cpp's device samplers,
+      drawing their own random numbers) up to the first sampler it lacks
+      (typical-p), and only the chosen token comes back.  A chain can be
+      attached once in its life (llama.cpp initialises its device state once),
+      so the context that attaches it owns it from then on (:meth:`hand_over`).
     """
 
     def __init__(self, params: SamplerParams, n_vocab: int, n_ctx: int = 0, *, device: bool = False) -> None:
@@ -200,16 +207,33 @@ class SamplerChain(NativeHandle):
                 raise RuntimeError(f"llama.cpp could not create the {what} sampler")
             add(chain, sampler)  # the chain owns it from here on
 
-        if self.uses_penalties:
-            _add(L.llama_sampler_init_penalties(n_vocab, last_n, params.penalty_repeat,
-                                                params.penalty_freq, params.penalty_present), "penalties")
+        def _add_penalties() -> None:
+            if self.uses_penalties:
+                _add(L.llama_sampler_init_penalties(n_vocab, last_n, params.penalty_repeat,
+                                                    params.penalty_freq, params.penalty_present), "penalties")
+
+        self.device_cut = 0
         if params.is_greedy:
+            _add_penalties()
             _add(L.llama_sampler_init_greedy(), "greedy")
             # Nothing in the chain reshapes or remembers: picking the largest
             # logit directly gives the same token without the native sampler
             # building a candidate list of the whole vocabulary per token.
             self.argmax_only = not self.uses_penalties and not device
             return
+        # Penalties only lower logits unless one of them is negative (or the
+        # repeat penalty below 1): then a token outside the raw top
+        # (top_k + window) cannot reach the top_k after them.
+        lowers_only = params.penalty_repeat >= 1.0 and params.penalty_freq >= 0.0 and params.penalty_present >= 0.0
+        cut = params.top_k + (min(last_n, n_ctx or last_n) if self.uses_penalties else 0)
+        self.device_cut = cut if device and params.top_k > 0 and lowers_only and cut < n_vocab else 0
+        if self.device_cut:
+            _add(L.llama_sampler_init_top_k(self.device_cut), "top-k cut")
+            # top-n-sigma with n = inf masks nothing (max - inf * std is -inf,
+            # or NaN) and has no device version: the device part of the chain
+            # ends here, the rest runs on the host
+            _add(L.llama_sampler_init_top_n_sigma(math.inf), "host boundary")
+        _add_penalties()
         if params.top_k > 0:
             _add(L.llama_sampler_init_top_k(params.top_k), "top-k")
         if params.typical_p < 1.0:
@@ -250,10 +274,13 @@ class SamplerChain(NativeHandle):
         all kept, so the chain's own top-k breaks them.)
         """
         recent = np.fromiter(set(self.recent), dtype=np.int32) if self.recent else None
-        m = self.top_k + (0 if recent is None else len(recent))
-        ids = _largest(logits, m)
+        ids, kth = _largest(logits, self.top_k + (0 if recent is None else len(recent)))
         if recent is not None:
-            ids = np.union1d(ids, recent)
+            # the recent tokens not already chosen are exactly those below the cut
+            extra = recent[logits[recent] < kth]
+            if len(extra):
+                ids = np.concatenate((ids, extra))
+                ids.sort()  # ascending ids, as in the whole vocabulary: ties break alike
         n = len(ids)
         out["id"][:n] = ids
         out["logit"][:n] = logits[ids]
@@ -285,24 +312,28 @@ class SamplerChain(NativeHandle):
         self._close_requested = True
 
 
-def _largest(x: np.ndarray, m: int) -> np.ndarray:
-    """The indices of the ``m`` largest values of ``x`` (any order), plus any tied with the smallest of them."""
+def _largest(x: np.ndarray, m: int) -> tuple[np.ndarray, float]:
+    """The ascending indices of the ``m`` largest values of ``x``, plus any tied with the smallest of them; and that value.
+
+    Every ``s``-th value is a sample; its ``m``-th largest value ``t`` has at
+    least ``m`` values of ``x`` at or above it (those of the sample), so the
+    ``m`` largest are all among ``x >= t``: one pass over ``x``, then partial
+    sorts of about ``sqrt(n m)`` values each, whatever the logits look like.
+    """
     n = x.shape[0]
     if m >= n:
-        return np.arange(n, dtype=np.int32)
-    # A cut near the top first (one pass over x), so that the partial sort
-    # runs over a few hundred values rather than the whole vocabulary.
-    top = float(x.max())
-    for gap in (8.0, 16.0, 32.0):
-        sel = np.flatnonzero(x >= top - gap)
-        if len(sel) >= m:
-            break
+        return np.arange(n, dtype=np.int32), -np.inf
+    stride = max(1, int((n / max(m, 1)) ** 0.5))
+    sample = x[::stride]
+    if len(sample) > m:
+        t = np.partition(sample, len(sample) - m)[len(sample) - m]
+        sel = np.flatnonzero(x >= t)
     else:
         sel = np.arange(n)
     vals = x[sel]
-    kth = np.partition(vals, len(vals) - m)[len(vals) - m]
+    kth = float(np.partition(vals, len(vals) - m)[len(vals) - m])
     chosen: np.ndarray = sel[vals >= kth].astype(np.int32)
-    return chosen
+    return chosen, kth
 
 
 class GrammarState(NativeHandle):

@@ -87,19 +87,31 @@ PARAM_SETS = {
     "freq-presence": SamplerParams(temperature=0.9, top_k=30, penalty_repeat=1.3, penalty_freq=0.4,
                                    penalty_present=0.6, penalty_last_n=16, seed=5),
     "no-top-k": SamplerParams(temperature=0.7, top_k=0, top_p=0.9, min_p=0.02, seed=9),
+    "negative-freq": SamplerParams(temperature=0.9, top_k=30, penalty_repeat=1.0, penalty_freq=-0.3,
+                                   penalty_last_n=16, seed=4),
 }
+# Parameter sets whose device path cuts the vocabulary to top_k + window on the
+# device and runs the chain on the host over those: the host path's tokens.
+# The others (no top-k; a penalty that raises logits) run llama.cpp's device
+# samplers in the graph, with their own random draws.
+DEVICE_CUT = {"default", "creative", "precise", "freq-presence"}
 
 
 @pytest.mark.parametrize("name", list(PARAM_SETS))
 @pytest.mark.parametrize("path", ["cpu", "device"])
 def test_same_tokens_as_llama_cpp_chain(ref_model: Model, ref_model_path: Path, sampled_ref: Path,
                                         name: str, path: str) -> None:
-    """Seeded, each path gives exactly the ids llama.cpp's own chain gives on that path."""
+    """Seeded, each path gives exactly the ids llama.cpp's own chain gives, on the host or in the graph."""
     p = PARAM_SETS[name]
     n = 40
-    ref = _reference(sampled_ref, ref_model_path, "host" if path == "cpu" else "device", p, n)
+    cut = path == "device" and name in DEVICE_CUT
+    ref = _reference(sampled_ref, ref_model_path, "host" if path == "cpu" or cut else "device", p, n)
     with Context(ref_model, n_ctx=512, sampling=path) as ctx:
         got = _generated(ctx, ref_model, p, n)
+        if path == "device":
+            names = ctx._attached[0].describe()
+            assert (names[:2] == ["+top-k", "top-n-sigma"]) == cut, names
+            assert cut or names[0].startswith("+")
     assert got == ref[:n - 1]
 
 
@@ -143,10 +155,10 @@ def test_seeded_runs_reproduce(ref_model: Model, path: str) -> None:
 
 def test_typical_runs_its_part_on_the_host(ref_model: Model) -> None:
     """typical-p has no device implementation: the device part stops before it, and the result is the host's."""
-    p = SamplerParams(typical_p=0.9, seed=13)
+    p = SamplerParams(typical_p=0.9, top_k=0, seed=13)
     with Context(ref_model, n_ctx=512, sampling="device") as dev, Context(ref_model, n_ctx=512, sampling="cpu") as host:
         a = _generated(dev, ref_model, p, 30)
-        assert dev._attached[0].describe() == ["+penalties", "+top-k", "typical", "top-p", "min-p", "temp", "dist"]
+        assert dev._attached[0].describe() == ["+penalties", "typical", "top-p", "min-p", "temp", "dist"]
         assert a == _generated(host, ref_model, p, 30)
 
 

@@ -279,6 +279,7 @@ const FUNCTIONS = {
   llama_sampler_init_top_p: [P, ['float', 'size_t']],
   llama_sampler_init_min_p: [P, ['float', 'size_t']],
   llama_sampler_init_typical: [P, ['float', 'size_t']],
+  llama_sampler_init_top_n_sigma: [P, ['float']],
   llama_sampler_init_temp: [P, ['float']],
   llama_sampler_init_penalties: [P, ['int32_t', 'int32_t', 'float', 'float', 'float']],
   llama_sampler_init_logit_bias: [P, ['int32_t', 'int32_t', 'llama_logit_bias *']],

@@ -85,8 +85,14 @@ function usesPenalties(p) {
  *   host: llama.cpp applies it to the logits; with topK set it sees only the
  *     topK largest logits and the tokens the penalties look at, which gives
  *     the token the whole vocabulary would (candidates());
- *   device: attached to a sequence (llama_set_sampler) it runs inside the
- *     decode graph; the context that attaches it owns it (handOver()).
+ *   device: attached to a sequence (llama_set_sampler), its leading samplers
+ *     run inside the decode graph and the rest on the host over what they
+ *     left.  With topK set and penalties that only lower logits, the device
+ *     part is one cut (deviceCut: the topK largest logits plus one per token
+ *     of the penalty window) and the host finishes the chain on those: the
+ *     host path's tokens exactly.  Otherwise the whole chain runs in the
+ *     graph up to the first sampler llama.cpp lacks there (typical-p).  The
+ *     context that attaches it owns it (handOver()).
  */
 class SamplerChain extends NativeHandle {
   constructor(p, nVocab, nCtx = 0, device = false) {
@@ -109,17 +115,35 @@ class SamplerChain extends NativeHandle {
       if (!sampler) throw new Error(`llama.cpp could not create the ${what} sampler`);
       L.llama_sampler_chain_add(chain, sampler); // the chain owns it from here on
     };
-    if (this.usesPenalties) {
-      add(L.llama_sampler_init_penalties(nVocab, lastN, p.penaltyRepeat, p.penaltyFreq, p.penaltyPresent),
-        'penalties');
-    }
+    const addPenalties = () => {
+      if (this.usesPenalties) {
+        add(L.llama_sampler_init_penalties(nVocab, lastN, p.penaltyRepeat, p.penaltyFreq, p.penaltyPresent),
+          'penalties');
+      }
+    };
+    this.deviceCut = 0;
     if (isGreedy(p)) {
+      addPenalties();
       add(L.llama_sampler_init_greedy(), 'greedy');
       // Nothing in the chain reshapes or remembers: the first largest logit,
       // read in place, is the token llama.cpp's greedy sampler would pick.
       this.argmaxOnly = !this.usesPenalties && !device;
       return;
     }
+    // Penalties only lower logits unless one is negative (or the repeat
+    // penalty below 1): then a token outside the raw top (topK + window)
+    // cannot reach the topK after them.
+    const lowersOnly = p.penaltyRepeat >= 1.0 && p.penaltyFreq >= 0.0 && p.penaltyPresent >= 0.0;
+    const cut = p.topK + (this.usesPenalties ? Math.min(lastN, nCtx || lastN) : 0);
+    this.deviceCut = device && p.topK > 0 && lowersOnly && cut < nVocab ? cut : 0;
+    if (this.deviceCut) {
+      add(L.llama_sampler_init_top_k(this.deviceCut), 'top-k cut');
+      // top-n-sigma with n = Infinity masks nothing (max - Infinity * std is
+      // -Infinity, or NaN) and has no device version: the device part of the
+      // chain ends here, the rest runs on the host
+      add(L.llama_sampler_init_top_n_sigma(Infinity), 'host boundary');
+    }
+    addPenalties();
     if (p.topK > 0) add(L.llama_sampler_init_top_k(p.topK), 'top-k');
     if (p.typicalP < 1.0) add(L.llama_sampler_init_typical(p.typicalP, 1), 'typical');
     if (p.topP < 1.0) add(L.llama_sampler_init_top_p(p.topP, 1), 'top-p');
@@ -157,9 +181,16 @@ class SamplerChain extends NativeHandle {
    */
   candidates(logits, ids, vals) {
     const window = new Set(this.recent);
-    const m = this.topK + window.size;
-    const chosen = largest(logits, m);
-    for (const t of window) if (!chosen.has(t)) chosen.add(t);
+    const { chosen, kth } = largest(logits, this.topK + window.size);
+    let extra = false;
+    // the window's tokens not already chosen are exactly those below the cut
+    for (const t of window) {
+      if (logits[t] < kth) {
+        chosen.push(t);
+        extra = true;
+      }
+    }
+    if (extra) chosen.sort((a, b) => a - b); // ascending ids, as in the whole vocabulary: ties break alike
     let n = 0;
     for (const t of chosen) {
       ids[3 * n] = t;
@@ -208,32 +239,32 @@ class SamplerChain extends NativeHandle {
   }
 }
 
-/** The indices of the m largest values of x, plus any tied with the smallest of them (a Set). */
+/**
+ * The ascending indices of the m largest values of x, plus any tied with the
+ * smallest of them ({chosen, kth}: kth is that smallest value).  Every s-th
+ * value is a sample whose m-th largest value t has at least m values of x at
+ * or above it, so the m largest are all among x >= t: one pass over x, then
+ * sorts of about sqrt(n m) values, whatever the logits look like.
+ */
 function largest(x, m) {
   const n = x.length;
-  const out = new Set();
-  if (m >= n) {
-    for (let i = 0; i < n; i++) out.add(i);
-    return out;
+  if (m >= n) return { chosen: Array.from({ length: n }, (_, i) => i), kth: -Infinity };
+  const stride = Math.max(1, Math.floor(Math.sqrt(n / Math.max(m, 1))));
+  let sel;
+  const nSample = Math.ceil(n / stride);
+  if (nSample > m) {
+    const sample = new Float32Array(nSample);
+    for (let i = 0, j = 0; i < n; i += stride, j++) sample[j] = x[i];
+    sample.sort();
+    const t = sample[nSample - m];
+    sel = [];
+    for (let i = 0; i < n; i++) if (x[i] >= t) sel.push(i);
+  } else {
+    sel = Array.from({ length: n }, (_, i) => i);
   }
-  let top = -Infinity;
-  for (let i = 0; i < n; i++) if (x[i] > top) top = x[i];
-  // a cut near the top first, so that the sort runs over a few hundred values
-  let sel = null;
-  for (const gap of [8, 16, 32]) {
-    const lo = top - gap;
-    const s = [];
-    for (let i = 0; i < n; i++) if (x[i] >= lo) s.push(i);
-    if (s.length >= m) {
-      sel = s;
-      break;
-    }
-  }
-  if (sel === null) sel = Array.from({ length: n }, (_, i) => i);
   const vals = Float32Array.from(sel, (i) => x[i]).sort();
   const kth = vals[vals.length - m];
-  for (const i of sel) if (x[i] >= kth) out.add(i);
-  return out;
+  return { chosen: sel.filter((i) => x[i] >= kth), kth };
 }
 
 /** A native llama_token_data_array with room for the whole vocabulary, written through typed arrays. */

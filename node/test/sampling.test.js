@@ -18,7 +18,11 @@ const PARAM_SETS = {
   'freq-presence': { temperature: 0.9, topK: 30, penaltyRepeat: 1.3, penaltyFreq: 0.4, penaltyPresent: 0.6,
     penaltyLastN: 16, seed: 5 },
   'no-top-k': { temperature: 0.7, topK: 0, topP: 0.9, minP: 0.02, seed: 9 },
+  'negative-freq': { temperature: 0.9, topK: 30, penaltyRepeat: 1.0, penaltyFreq: -0.3, penaltyLastN: 16, seed: 4 },
 };
+// Sets whose device path cuts to topK + window on the device and finishes on
+// the host (the host path's tokens); the others run llama.cpp's device samplers.
+const DEVICE_CUT = new Set(['default', 'creative', 'freq-presence']);
 let model;
 test.before(() => { model = JsModel.load(smollmPath()); });
 test.after(() => model.close());
@@ -33,10 +37,17 @@ function generated(ctx, params, n) {
 for (const [name, params] of Object.entries(PARAM_SETS)) {
   for (const sampling of ['cpu', 'device']) {
     test(`${sampling} path samples what llama.cpp's chain samples: ${name}`, () => {
-      const ref = sampledReference(smollmPath(), sampling === 'cpu' ? 'host' : 'device', resolveParams(params), PROMPT, 40);
+      const cut = sampling === 'device' && DEVICE_CUT.has(name);
+      const ref = sampledReference(smollmPath(), sampling === 'cpu' || cut ? 'host' : 'device', resolveParams(params),
+        PROMPT, 40);
       const ctx = new JsContext(model, { nCtx: 512, sampling });
       try {
         assert.deepEqual(generated(ctx, params, 40), ref.slice(0, 39));
+        if (sampling === 'device') {
+          const names = ctx._attached.get(0).describe();
+          assert.equal(names[0] === '+top-k' && names[1] === 'top-n-sigma', cut, names.join(','));
+          assert.ok(cut || names[0].startsWith('+'));
+        }
       } finally {
         ctx.close();
       }
@@ -67,9 +78,9 @@ test('typical-p runs its part on the host; switching paths in one context', () =
   const dev = new JsContext(model, { nCtx: 512, sampling: 'device' });
   const host = new JsContext(model, { nCtx: 512, sampling: 'cpu' });
   try {
-    const p = { typicalP: 0.9, seed: 13 };
+    const p = { typicalP: 0.9, topK: 0, seed: 13 };
     const a = generated(dev, p, 30);
-    assert.deepEqual(dev._attached.get(0).describe(), ['+penalties', '+top-k', 'typical', 'top-p', 'min-p', 'temp', 'dist']);
+    assert.deepEqual(dev._attached.get(0).describe(), ['+penalties', 'typical', 'top-p', 'min-p', 'temp', 'dist']);
     assert.deepEqual(a, generated(host, p, 30));
     const want = generated(dev, { seed: 21 }, 20);
     for (let i = 0; i < 3; i++) {
