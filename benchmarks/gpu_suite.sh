@@ -26,6 +26,8 @@
 #   .devsrc/pylib       llama-cpp-python's Python package (site-packages/llama_cpp without lib/ and
 #                       server/) and diskcache, to run llama-cpp-python on mullama's CUDA libllama
 #   .devsrc/smollm2-vocab.gguf   make_model.py --extract-vocab SmolLM2.gguf (for VOCAB=)
+#   .devsrc/cccl/*.whl  the pinned nvidia-cuda-cccl wheel (native/pin.json), which build_lib.py
+#                       otherwise downloads when the toolkit's CCCL predates CUB's DeviceTopK
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-/tmp/mullama-bench}
@@ -57,6 +59,9 @@ stage_build() {
     else
         echo "== build: CUDA (arch $CUDA_ARCH) + llama-bench from $LLAMA_SRC, $(nproc) CPUs"
         local s=$(date +%s)
+        if ls .devsrc/cccl/*.whl >/dev/null 2>&1; then
+            mkdir -p "${MULLAMA_CACHE:-$HOME/.cache/mullama}/sdist" && cp .devsrc/cccl/*.whl "${MULLAMA_CACHE:-$HOME/.cache/mullama}/sdist/"
+        fi
         python3 scripts/build_lib.py --backend cuda --cuda-arch "$CUDA_ARCH" --bench --source-dir "$LLAMA_SRC" \
             > "$OUT/build.log" 2>&1
         local rc=$?

@@ -29,7 +29,8 @@ import sys
 import tarfile
 import tempfile
 import time
-from dataclasses import dataclass, field
+import zipfile
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Mapping, Sequence
 
@@ -94,6 +95,9 @@ class BuildConfig:
     cache_dir: Path = field(default_factory=default_cache_dir)
     generator: str | None = None
     build_type: str = "Release"
+    # CUDA only: CCCL headers that take precedence over the toolkit's (ensure_cccl)
+    cuda_include: Path | None = None
+    use_pinned_cccl: bool = True
 
     def cmake_defines(self) -> list[str]:
         """The -D flags that select the backend and CPU tuning."""
@@ -114,6 +118,8 @@ class BuildConfig:
             d.append("-DGGML_NATIVE=ON")
         if self.backend == "cuda":
             d += ["-DGGML_CUDA=ON", f"-DCMAKE_CUDA_ARCHITECTURES={self.cuda_arch}"]
+            if self.cuda_include is not None:
+                d.append(f"-DCMAKE_CUDA_FLAGS=-I{self.cuda_include.as_posix()}")
         elif self.backend == "vulkan":
             d.append("-DGGML_VULKAN=ON")
         elif self.backend == "metal":
@@ -184,6 +190,8 @@ def parse_args(argv: Sequence[str] | None = None, env: Mapping[str, str] = os.en
     rpc.add_argument("--no-rpc", dest="rpc", action="store_false", help="leave the RPC backend out")
     p.add_argument("--cuda-arch", default=None,
                    help=f"CUDA architectures, e.g. 90 or '80;90' (default: the GPU present, else {DEFAULT_CUDA_ARCHS})")
+    p.add_argument("--toolkit-cccl", action="store_true",
+                   help="CUDA: use the toolkit's own CCCL even when it predates CUB's DeviceTopK (CCCL 3.2)")
     p.add_argument("--jobs", "-j", type=int, default=None, help="parallel compile jobs (default: usable CPUs)")
     p.add_argument("--bench", action="store_true", help="also build llama-bench for benchmarks/")
     p.add_argument("--source-dir", type=Path, default=DEFAULT_SOURCE_DIR)
@@ -222,6 +230,7 @@ def parse_args(argv: Sequence[str] | None = None, env: Mapping[str, str] = os.en
         cache_dir=(a.cache_dir or default_cache_dir(env)).resolve(),
         generator="Ninja" if shutil.which("ninja") else None,
         build_type="RelWithDebInfo" if a.debug else "Release",
+        use_pinned_cccl=not a.toolkit_cccl,
     )
 
 
@@ -370,6 +379,90 @@ def ensure_source(source_dir: Path, cache_dir: Path, pin: Mapping[str, object]) 
 
 
 # --------------------------------------------------------------------------
+# CUDA: CCCL headers new enough for CUB's DeviceTopK
+# --------------------------------------------------------------------------
+
+
+def toolkit_cccl_version(nvcc: str | None) -> int:
+    """CCCL_VERSION of the toolkit that holds nvcc (e.g. 3000001 for 3.0.1); 0 when none is found."""
+    if not nvcc:
+        return 0
+    root = Path(nvcc).resolve().parent.parent
+    for header in (root / "include/cccl/cuda/std/__cccl/version.h", root / "include/cuda/std/__cccl/version.h"):
+        if header.is_file():
+            for line in header.read_text(errors="replace").splitlines():
+                parts = line.split()
+                if parts[:2] == ["#define", "CCCL_VERSION"] and len(parts) > 2 and parts[2].isdigit():
+                    return int(parts[2])
+    return 0
+
+
+def ensure_cccl(cfg: BuildConfig, pin: Mapping[str, object], nvcc: str | None) -> BuildConfig:
+    """Point a CUDA build at the pinned CCCL headers when the toolkit's predate CUB's DeviceTopK.
+
+    ggml's top-k (the device sampler's cut of the vocabulary) uses DeviceTopK
+    from CCCL 3.2; with older headers it sorts the whole row instead, several
+    times slower per token.  The headers come from NVIDIA's own wheel on the
+    package index (pinned and hash-checked like the llama.cpp sdist).
+    """
+    spec = pin.get("cuda_cccl")
+    if cfg.backend != "cuda" or not cfg.use_pinned_cccl or not isinstance(spec, dict):
+        return cfg
+    have = toolkit_cccl_version(nvcc)
+    if have >= int(spec["min_toolkit_cccl"]):
+        return cfg
+    if platform.system() != "Linux" or platform.machine().lower() not in ("x86_64", "amd64"):
+        log(f"the CUDA toolkit's CCCL ({have or 'unknown'}) predates CUB's DeviceTopK and the pinned headers are "
+            "pinned for Linux x86-64 only: top-k on the GPU sorts the whole row")
+        return cfg
+    dest = cfg.cache_dir / "cccl" / str(spec["version"])
+    include = dest / str(spec["include"])
+    if not include.is_dir():
+        wheel = download_wheel(spec, cfg.cache_dir / "sdist")
+        verify_download(wheel, str(spec["sha256"]))
+        prefix = str(spec["include"]).rstrip("/") + "/"
+        staging = Path(tempfile.mkdtemp(dir=cfg.cache_dir, prefix=".cccl-"))
+        try:
+            with zipfile.ZipFile(wheel) as zf:
+                names = [n for n in zf.namelist() if n.startswith(prefix) or n.startswith("nvidia/cu13/cccl/")]
+                for n in names:
+                    if n.startswith("/") or ".." in Path(n).parts:
+                        raise BuildError(f"unsafe path in {wheel.name}: {n}")
+                zf.extractall(staging, members=names)
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            shutil.rmtree(dest, ignore_errors=True)
+            os.replace(staging, dest)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+    log(f"the CUDA toolkit's CCCL ({have or 'unknown'}) predates CUB's DeviceTopK: using {spec['name']} "
+        f"{spec['version']}'s headers ({include})")
+    return replace(cfg, cuda_include=include)
+
+
+def download_wheel(spec: Mapping[str, object], dest_dir: Path) -> Path:
+    dest_dir.mkdir(parents=True, exist_ok=True)
+    target = dest_dir / str(spec["filename"])
+    if target.exists():
+        return target
+    req = f"{spec['name']}=={spec['version']}"
+    log(f"downloading {req} (headers only) from the package index")
+    with tempfile.TemporaryDirectory(dir=dest_dir) as tmp:
+        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary", ":all:",
+               "--platform", "manylinux2014_x86_64", "-d", tmp, req]
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        got = Path(tmp) / str(spec["filename"])
+        if proc.returncode != 0 or not got.exists():
+            tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
+            raise BuildError(
+                f"could not download {req} from the package registry ({' / '.join(tail) or 'no output'}). "
+                f"Check the network, put {spec['filename']} at {target} yourself, or pass --toolkit-cccl"
+            )
+        os.replace(got, target)
+    return target
+
+
+# --------------------------------------------------------------------------
 # Configure, build, install
 # --------------------------------------------------------------------------
 
@@ -426,6 +519,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         check_tools(cfg)
         pin = load_pin()
         ensure_source(cfg.source_dir, cfg.cache_dir, pin)
+        cfg = ensure_cccl(cfg, pin, find_nvcc())
         build_dir = build(cfg, pin)
     except BuildError as e:
         print(f"build_lib: error: {e}", file=sys.stderr)

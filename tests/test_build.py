@@ -73,6 +73,43 @@ def test_bad_arguments_are_refused(argv: list[str], env: dict[str, str], msg: st
         build_lib.parse_args(argv, env=env)
 
 
+def _fake_toolkit(tmp: Path, version: int | None) -> str:
+    nvcc = tmp / "cuda" / "bin" / "nvcc"
+    nvcc.parent.mkdir(parents=True)
+    nvcc.write_text("")
+    if version is not None:
+        h = tmp / "cuda" / "include" / "cccl" / "cuda" / "std" / "__cccl" / "version.h"
+        h.parent.mkdir(parents=True)
+        h.write_text(f"#pragma once\n#define CCCL_VERSION {version}\n#define CCCL_MAJOR_VERSION (CCCL_VERSION / 1000000)\n")
+    return str(nvcc)
+
+
+def test_cuda_builds_take_cccl_headers_with_device_topk(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A toolkit whose CCCL predates DeviceTopK (3.2) gets the pinned headers; newer ones and CPU builds do not."""
+    monkeypatch.setattr(build_lib, "detect_cuda_arch", lambda: "90")
+    monkeypatch.setattr(build_lib.platform, "system", lambda: "Linux")
+    monkeypatch.setattr(build_lib.platform, "machine", lambda: "x86_64")
+    pin = build_lib.load_pin()
+    spec = pin["cuda_cccl"]
+    assert build_lib.toolkit_cccl_version(_fake_toolkit(tmp_path / "a", 3000001)) == 3000001
+    assert build_lib.toolkit_cccl_version(_fake_toolkit(tmp_path / "b", None)) == 0
+    cache = tmp_path / "cache"
+    # the headers as ensure_cccl leaves them once fetched (no download here)
+    (cache / "cccl" / spec["version"] / spec["include"]).mkdir(parents=True)
+    cuda = build_lib.parse_args(["--backend", "cuda", "--cache-dir", str(cache)], env={})
+    old = build_lib.ensure_cccl(cuda, pin, _fake_toolkit(tmp_path / "c", 3000001))
+    flag = f"-DCMAKE_CUDA_FLAGS=-I{(cache / 'cccl' / spec['version'] / spec['include']).resolve().as_posix()}"
+    assert flag in old.cmake_defines()
+    commit = pin["llama_cpp_commit"]
+    assert old.key(commit) != cuda.key(commit)
+    new = build_lib.ensure_cccl(cuda, pin, _fake_toolkit(tmp_path / "d", spec["min_toolkit_cccl"]))
+    assert new == cuda and not any(d.startswith("-DCMAKE_CUDA_FLAGS") for d in new.cmake_defines())
+    opt_out = build_lib.parse_args(["--backend", "cuda", "--toolkit-cccl", "--cache-dir", str(cache)], env={})
+    assert build_lib.ensure_cccl(opt_out, pin, _fake_toolkit(tmp_path / "e", 3000001)).cuda_include is None
+    cpu = build_lib.parse_args(["--cache-dir", str(cache)], env={})
+    assert build_lib.ensure_cccl(cpu, pin, None) == cpu
+
+
 def test_cmake_args_are_passed_and_change_the_build_key() -> None:
     plain = build_lib.parse_args([], env={})
     extra = build_lib.parse_args([], env={"CMAKE_ARGS": "-DGGML_OPENMP=OFF -DFOO='a b'"})
