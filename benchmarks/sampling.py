@@ -45,7 +45,12 @@ def mullama_runs(a: argparse.Namespace) -> dict[str, Any]:
 
     model = Model.load(a.model, n_gpu_layers=a.ngl)
     bos = model.token_bos if model.token_bos >= 0 else 0
-    ctxs = {mode: Context(model, n_ctx=a.n_ctx, n_threads=a.threads, sampling=mode) for mode in ("cpu", "device")}
+    # One context per tool, as a user keeps one per parameter set: a context
+    # that switches parameters rebuilds its graph (and on CUDA re-captures it)
+    # whenever the chain attached to it changes.
+    names = ("greedy", "greedy (device)", "sampled (host)", "sampled (device)")
+    ctxs = {n: Context(model, n_ctx=a.n_ctx, n_threads=a.threads, sampling="device" if "device" in n else "cpu")
+            for n in names}
     greedy = SamplerParams.greedy()
     sampled = SamplerParams(seed=1234)
 
@@ -57,10 +62,10 @@ def mullama_runs(a: argparse.Namespace) -> dict[str, Any]:
         return a.n_gen / (time.perf_counter() - t)
 
     return {
-        "mullama greedy": lambda: tg(ctxs["cpu"], greedy),
-        "mullama greedy (device)": lambda: tg(ctxs["device"], greedy),
-        "mullama sampled (host)": lambda: tg(ctxs["cpu"], sampled),
-        "mullama sampled (device)": lambda: tg(ctxs["device"], sampled),
+        "mullama greedy": lambda: tg(ctxs["greedy"], greedy),
+        "mullama greedy (device)": lambda: tg(ctxs["greedy (device)"], greedy),
+        "mullama sampled (host)": lambda: tg(ctxs["sampled (host)"], sampled),
+        "mullama sampled (device)": lambda: tg(ctxs["sampled (device)"], sampled),
     }
 
 

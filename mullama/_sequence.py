@@ -1,14 +1,23 @@
 """The per-sequence token loop shared by :class:`Context` and the batched :class:`Engine`.
 
 One sequence's generation is a generator: it samples a token from the logits
-at the output index it is given, turns it into text (whole UTF-8 characters
-only, stop strings held back until they cannot match), and yields
+at the output index it is given, hands the token to the driver to decode, and
+turns it into text (whole UTF-8 characters only, stop strings held back until
+they cannot match) while that decode runs.  It yields
 
-* ``str``: a piece of text for the caller, then, unless it has finished,
 * ``int``: the sampled token, which the driver must decode.  The driver
-  ``send``s back the output index of that token's logits once it is decoded
-  (``-1`` for the last output of a single-sequence batch).
+  ``send``s back the output index of that token's logits (``-1`` for the last
+  output of a single-sequence batch) as soon as the decode is under way: the
+  logits are read only at the next sample, so on a GPU the text work below
+  overlaps the decode;
+* ``str``: a piece of text for the caller;
+* ``None``: the text of the last token is done and the loop is ready to
+  sample the next one; the driver resumes it when it wants that token (the
+  Engine first lets every sequence of the step finish its text).
 
+A stop string found in the text of a token that was already sent to the
+decoder ends the loop with ``finish.overran`` set: the driver removes that
+token from the cache, which then holds exactly what the generation kept.
 Context drives one sequence with one ``llama_decode`` per token; the Engine
 packs the tokens of every running sequence into one ``llama_decode`` per
 step.  Sampling, end-of-generation, detokenizing, UTF-8 and stop strings
@@ -30,7 +39,7 @@ if TYPE_CHECKING:
     from .model import Model
     from .sampling import GrammarState, SamplerChain
 
-Step = Union[str, int]
+Step = Union[str, int, None]
 
 # Why a sequence ended (OpenAI's finish_reason where one exists).
 FINISH_STOP = "stop"  # an end-of-generation token or a stop string
@@ -40,11 +49,12 @@ FINISH_LENGTH = "length"  # max_tokens
 class Finish:
     """Filled in by the loop when it ends: why, and how many tokens it sampled."""
 
-    __slots__ = ("reason", "n_sampled")
+    __slots__ = ("reason", "n_sampled", "overran")
 
     def __init__(self) -> None:
         self.reason: str | None = None
         self.n_sampled = 0
+        self.overran = False  # the last token went to the decoder, then a stop string ended the text
 
 
 def sampler(ctx: int, chain: SamplerChain, n_vocab: int, grammar: GrammarState | None = None) -> Callable[[int], int]:
@@ -184,6 +194,9 @@ def token_loop(model: Model, sample: Callable[[int], int], first_idx: int, max_t
                 finish.reason = FINISH_STOP
                 break
             piece = model._piece(tok, False)
+        last = i + 1 == max_tokens
+        if not last:
+            idx = yield tok  # decoding from here on; its text is made meanwhile
         text = utf8.decode(piece)
         if stops:
             text, hit = apply_stops(held + text, stops)
@@ -192,12 +205,13 @@ def token_loop(model: Model, sample: Callable[[int], int], first_idx: int, max_t
                 yield text
             if hit:
                 finish.reason = FINISH_STOP
+                finish.overran = not last
                 return
         elif text:
             yield text
-        if i + 1 == max_tokens:
+        if last:
             break
-        idx = yield tok
+        yield None  # ready to sample
     tail = held + utf8.decode(b"", final=True)
     if tail:
         yield tail

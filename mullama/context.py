@@ -515,10 +515,10 @@ class Context(NativeHandle):
             loop = _sequence.token_loop(self._model, sample, -1, max_tokens, stops,
                                         ignore_eos and state is None, finish)
             if state is None:
-                yield from self._drive(ctx, loop)
+                yield from self._drive(ctx, loop, finish)
                 return
             pieces: list[str] = []
-            for piece in self._drive(ctx, loop):
+            for piece in self._drive(ctx, loop, finish):
                 pieces.append(piece)
                 yield piece
             if finish.reason == _sequence.FINISH_LENGTH and not state.complete():
@@ -542,35 +542,44 @@ class Context(NativeHandle):
         self._last_prompt_evaluated = len(tokens) - kept
         self._decode_chunks(ctx, tokens[kept:])
 
-    def _drive(self, ctx: int, loop: Generator[_sequence.Step, int, None]) -> Generator[str, None, None]:
+    def _drive(self, ctx: int, loop: Generator[_sequence.Step, int, None],
+               finish: _sequence.Finish) -> Generator[str, None, None]:
         """Run one sequence's token loop, decoding each token it asks for alone."""
-        run = _backend.lib().llama_decode
+        L = _backend.lib()
+        run = L.llama_decode
         batch = self._batch
         cached = self._tokens
         n_ctx = self._n_ctx
         cancel = self._cancel
         with _SigintGuard(cancel):
-            step = next(loop, None)
-            while step is not None:
-                if isinstance(step, str):
-                    yield step
-                    step = next(loop, None)
-                    continue
-                if cancel.requested or cancel.interrupted or (cancel.event is not None and cancel.event.is_set()):
-                    self._raise_if_cancelled()
-                if len(cached) >= n_ctx:
-                    raise ContextFullError(
-                        f"the context is full (n_ctx={n_ctx}) after {len(cached)} tokens; "
-                        f"use a larger n_ctx, fewer max_tokens or a shorter prompt")
-                batch.set_one(step, len(cached))
-                rc = run(ctx, batch.struct)
-                if rc != 0:
-                    self._after_failed_decode(rc, len(cached))
-                cached.append(step)
-                try:
+            try:
+                step = next(loop)
+                while True:
+                    if isinstance(step, str):
+                        yield step
+                        step = next(loop)
+                        continue
+                    if step is None:  # ready to sample: at once, with one sequence
+                        step = next(loop)
+                        continue
+                    if cancel.requested or cancel.interrupted or (cancel.event is not None and cancel.event.is_set()):
+                        self._raise_if_cancelled()
+                    if len(cached) >= n_ctx:
+                        raise ContextFullError(
+                            f"the context is full (n_ctx={n_ctx}) after {len(cached)} tokens; "
+                            f"use a larger n_ctx, fewer max_tokens or a shorter prompt")
+                    batch.set_one(step, len(cached))
+                    rc = run(ctx, batch.struct)
+                    if rc != 0:
+                        self._after_failed_decode(rc, len(cached))
+                    cached.append(step)
                     step = loop.send(-1)
-                except StopIteration:
-                    step = None
+            except StopIteration:
+                pass
+            if finish.overran:
+                # a stop string ended the text of a token already decoded: the cache drops it
+                L.llama_memory_seq_rm(self._mem, 0, len(cached) - 1, -1)
+                cached.pop()
 
     async def agenerate(self, prompt: str | Sequence[int], max_tokens: int = 100,
                         params: SamplerParams | None = None, **kwargs: Any) -> str:

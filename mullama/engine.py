@@ -22,7 +22,7 @@ import asyncio
 import collections
 import threading
 import time
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Generator, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -172,6 +172,7 @@ class _Slot:
     chain: SamplerChain | None = None
     grammar: GrammarState | None = None
     pending: int | None = None  # the sampled token waiting for the next step's decode
+    first_idx: int = -1  # output index of the prompt's last token, for the loop's first sample
 
 
 class Engine:
@@ -409,8 +410,14 @@ class Engine:
             s.tokens.extend(s.todo[:k])
             del s.todo[:k]
         touched = [s.request for s, _ in outputs if s.request is not None]
+        # While the device decodes, every sequence makes the text of the token it
+        # just sent; then each samples its next token (the first to read the
+        # logits waits for the decode).
         for s, idx in outputs:
-            self._advance(s, ctx, idx)
+            self._text(s, idx)
+        for s, _ in outputs:
+            if s.request is not None:
+                self._sample(s, ctx)
         self._wake(touched)
 
     def _wake(self, requests: list[Request]) -> None:
@@ -426,30 +433,49 @@ class Engine:
             except RuntimeError:
                 pass  # that loop has closed: its consumers are gone
 
-    def _advance(self, s: _Slot, ctx: int, idx: int) -> None:
-        """Let the slot's token loop sample from output ``idx`` and run until it wants a decode."""
+    def _text(self, s: _Slot, idx: int) -> None:
+        """Give the slot's loop the output index of the token it sent; it makes that token's text."""
+        if s.loop is None:
+            s.first_idx = idx  # a prompt just ended: its loop starts at the sampling pass
+            return
+        self._pump(s, lambda loop: loop.send(idx))
+
+    def _sample(self, s: _Slot, ctx: int) -> None:
+        """Let the slot's loop sample its next token, which waits for the next step's decode."""
         req = s.request
         assert req is not None and s.finish is not None and s.chain is not None
+        if s.loop is None:
+            if req.max_tokens == 0:
+                self._finish(s, _sequence.FINISH_LENGTH)
+                return
+            sample = _sequence.sampler(ctx, s.chain, self._model._n_vocab, s.grammar)
+            # Under a grammar the end-of-generation token means "the text is complete": it always ends.
+            s.loop = _sequence.token_loop(self._model, sample, s.first_idx, req.max_tokens, req.stops,
+                                          req.ignore_eos and s.grammar is None, s.finish)
+        s.pending = self._pump(s, next)
+
+    def _pump(self, s: _Slot, resume: Callable[[Generator[_sequence.Step, int, None]], _sequence.Step]) -> int | None:
+        """Resume the slot's loop, pass on its text, and return where it stopped: a token, or None (ready).
+
+        A finished loop ends the slot's request (and drops from the cache a
+        token it decoded for nothing: see ``Finish.overran``).
+        """
+        req, loop, finish = s.request, s.loop, s.finish
+        assert req is not None and loop is not None and finish is not None
         try:
-            if s.loop is None:
-                if req.max_tokens == 0:
-                    self._finish(s, _sequence.FINISH_LENGTH)
-                    return
-                sample = _sequence.sampler(ctx, s.chain, self._model._n_vocab, s.grammar)
-                # Under a grammar the end-of-generation token means "the text is complete": it always ends.
-                s.loop = _sequence.token_loop(self._model, sample, idx, req.max_tokens, req.stops,
-                                              req.ignore_eos and s.grammar is None, s.finish)
-                step = next(s.loop)
-            else:
-                step = s.loop.send(idx)
+            step = resume(loop)
             while isinstance(step, str):
                 req._push(step)
-                step = next(s.loop)
-            s.pending = step
-            req.completion_tokens = s.finish.n_sampled
+                step = next(loop)
+            req.completion_tokens = finish.n_sampled
+            return step
         except StopIteration:
-            req.completion_tokens = s.finish.n_sampled
-            self._finish(s, s.finish.reason or _sequence.FINISH_LENGTH)
+            req.completion_tokens = finish.n_sampled
+            if finish.overran:
+                _backend.lib().llama_memory_seq_rm(self._ctx._mem, s.seq, len(s.tokens) - 1, -1)
+                s.tokens.pop()
+            self._finish(s, finish.reason or _sequence.FINISH_LENGTH)
+            return None
 
     def _finish(self, s: _Slot, reason: str) -> None:
         req = s.request
