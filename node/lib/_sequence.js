@@ -2,13 +2,18 @@
 // The per-sequence token loop (mirrors mullama/_sequence.py).
 //
 // One sequence's generation is a generator: it samples a token from the
-// logits at the output index it is given, turns it into text (whole UTF-8
-// characters only, stop strings held back until they cannot match), and
-// yields a string (a piece of text for the caller), then, unless it has
-// finished, a number: the sampled token, which the driver must decode; the
-// driver passes back the output index of that token's logits (-1 for the
-// last output of a single-sequence batch).  Sampling, end-of-generation,
-// detokenizing, UTF-8 and stop strings exist only here.
+// logits at the output index it is given, hands the token to the driver to
+// decode, and turns it into text (whole UTF-8 characters only, stop strings
+// held back until they cannot match) while that decode runs.  It yields
+//   a number: the sampled token, which the driver must decode; the driver
+//     passes back the output index of that token's logits (-1 for the last
+//     output of a single-sequence batch) once the decode is under way;
+//   a string: a piece of text for the caller;
+//   null: the last token's text is done and the loop is ready to sample.
+// A stop string found in the text of a token already sent to the decoder
+// ends the loop with finish.overran set: the driver drops that token from
+// the cache.  Sampling, end-of-generation, detokenizing, UTF-8 and stop
+// strings exist only here.
 
 const { TextDecoder } = require('node:util');
 const koffi = require('koffi');
@@ -22,6 +27,7 @@ class Finish {
   constructor() {
     this.reason = null;
     this.nSampled = 0;
+    this.overran = false; // the last token went to the decoder, then a stop string ended the text
   }
 }
 
@@ -152,6 +158,8 @@ function* tokenLoop(model, sample, firstIdx, maxTokens, stops, ignoreEos, finish
       }
       piece = model._piece(tok, false);
     }
+    const last = i + 1 === maxTokens;
+    if (!last) idx = yield tok; // decoding from here on; its text is made meanwhile
     let text = utf8.decode(piece, { stream: true });
     if (stops.length) {
       let hit;
@@ -161,13 +169,14 @@ function* tokenLoop(model, sample, firstIdx, maxTokens, stops, ignoreEos, finish
       if (text) yield text;
       if (hit) {
         finish.reason = FINISH_STOP;
+        finish.overran = !last;
         return;
       }
     } else if (text) {
       yield text;
     }
-    if (i + 1 === maxTokens) break;
-    idx = yield tok;
+    if (last) break;
+    yield null; // ready to sample
   }
   const tail = held + utf8.decode();
   if (tail) yield tail;

@@ -460,12 +460,12 @@ class JsContext extends NativeHandle {
       // Under a grammar the end-of-generation token means "the text is complete": it always ends.
       const loop = sequence.tokenLoop(this._model, sample, -1, maxTokens, stops, ignoreEos && !state, finish);
       if (!state) {
-        yield* this._drive1(loop);
+        yield* this._drive1(loop, finish);
         return;
       }
       // as yield* would, keeping the pieces for GrammarIncompleteError
       const pieces = [];
-      const inner = this._drive1(loop);
+      const inner = this._drive1(loop, finish);
       let r = inner.next();
       while (!r.done) {
         if (r.value === DECODE) {
@@ -486,13 +486,17 @@ class JsContext extends NativeHandle {
   }
 
   /** One sequence's token loop (lib/_sequence.js), each token it asks for decoded alone. */
-  * _drive1(loop) {
+  * _drive1(loop, finish) {
     const cached = this._tokens;
     const nCtx = this._nCtx;
     let r = loop.next();
     while (!r.done) {
       if (typeof r.value === 'string') {
         yield r.value;
+        r = loop.next();
+        continue;
+      }
+      if (r.value === null) { // ready to sample: at once, with one sequence
         r = loop.next();
         continue;
       }
@@ -505,6 +509,11 @@ class JsContext extends NativeHandle {
       if (rc !== 0) this._afterFailedDecode(rc, cached.length);
       cached.push(r.value);
       r = loop.next(-1);
+    }
+    if (finish.overran) {
+      // a stop string ended the text of a token already decoded: the cache drops it
+      lib().llama_memory_seq_rm(this._mem, 0, cached.length - 1, -1);
+      cached.pop();
     }
   }
 
