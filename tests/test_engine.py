@@ -154,3 +154,24 @@ def test_close_with_drain_finishes_what_was_submitted(model: Model, alone: dict[
     assert all(r.finish_reason in ("cancelled", "stop", "length") for r in reqs)
     for r in reqs:
         r.text()
+
+
+def test_a_stop_string_leaves_its_token_out_of_the_slot_cache(model: Model) -> None:
+    """The engine sends each token to the decoder before making its text; when that text completes a
+    stop string, the token leaves the slot's cache again, which the next request then reuses."""
+    prompt = "Write a story about a dragon."
+    prompt_ids = model.tokenize(prompt, special=True)
+    with Engine(model, parallel=1, n_ctx=256) as eng:
+        full = eng.generate(prompt, 40, SamplerParams.greedy(), ignore_eos=True)
+        gen = eng._slots[0].tokens[len(prompt_ids):]
+        j, stop = -1, ""
+        for k in range(5, len(gen)):
+            piece = model.token_to_piece(gen[k]).decode("utf-8", "replace")
+            if len(piece.strip()) >= 3 and full.find(piece) == len(model.detokenize(gen[:k])):
+                j, stop = k, piece
+                break
+        assert j > 0, "no token with a unique piece of 3+ characters in the answer"
+        req = eng.submit(prompt, 40, SamplerParams.greedy(), ignore_eos=True, stop=[stop])
+        assert req.text() == full[:full.find(stop)]
+        assert eng._slots[0].tokens == prompt_ids + gen[:j]
+        assert eng.generate(prompt, 40, SamplerParams.greedy(), ignore_eos=True) == full

@@ -339,3 +339,27 @@ class TestSamplerParams:
         assert SamplerParams(seed=3) == SamplerParams(seed=3) != SamplerParams(seed=4)
         assert repr(SamplerParams.greedy()).startswith("SamplerParams(temperature=0.0, top_k=1, top_p=1.0")
         assert eval(repr(SamplerParams(seed=9)), {"SamplerParams": SamplerParams}) == SamplerParams(seed=9)
+
+
+def test_a_stop_string_leaves_its_token_out_of_the_cache(ctx: Context, model: Model) -> None:
+    """The token whose text completes a stop string was sent to the decoder before its text was made;
+    the cache then drops it, and holds exactly the prompt and the tokens before it."""
+    prompt = "Write a story about a dragon."
+    prompt_ids = model.tokenize(prompt, special=True)
+    full = ctx.generate(prompt, max_tokens=40, params=SamplerParams.greedy(), ignore_eos=True)
+    gen = ctx.tokens[len(prompt_ids):]
+    j, stop = -1, ""
+    for k in range(5, len(gen)):
+        piece = model.token_to_piece(gen[k]).decode("utf-8", "replace")
+        start = len(model.detokenize(gen[:k]))
+        if len(piece.strip()) >= 3 and full.find(piece) == start == len(full[:start]):
+            j, stop = k, piece
+            break
+    assert j > 0, "no token with a unique piece of 3+ characters in the answer"
+    ctx.clear_cache()
+    out = ctx.generate(prompt, max_tokens=40, params=SamplerParams.greedy(), ignore_eos=True, stop=[stop])
+    assert out == full[:full.find(stop)]
+    assert ctx.tokens == prompt_ids + gen[:j]
+    assert ctx.n_past == len(prompt_ids) + j
+    # and the next generation reuses that cache as it stands
+    assert ctx.generate(prompt, max_tokens=40, params=SamplerParams.greedy(), ignore_eos=True) == full
