@@ -218,3 +218,27 @@ test('context properties and validation', () => {
   }
   assert.throws(() => new JsContext('model.gguf'), TypeError);
 });
+
+test("a stop string's token leaves the cache again", () => {
+  // each token goes to the decoder before its text is made; the one whose text completes a stop string is dropped
+  const prompt = 'Write a story about a dragon.';
+  const promptIds = Array.from(model.tokenize(prompt, true, true));
+  ctx.clearCache();
+  const full = ctx.generate(prompt, 40, greedy, { ignoreEos: true });
+  const gen = ctx.tokens.slice(promptIds.length);
+  let j = -1;
+  let stop = '';
+  for (let k = 5; k < gen.length; k++) {
+    const piece = model.tokenToPiece(gen[k]).toString('utf8');
+    if (piece.trim().length >= 3 && full.indexOf(piece) === model.detokenize(gen.slice(0, k)).length) {
+      j = k;
+      stop = piece;
+      break;
+    }
+  }
+  assert.ok(j > 0, 'no token with a unique piece of 3+ characters in the answer');
+  ctx.clearCache();
+  assert.equal(ctx.generate(prompt, 40, greedy, { ignoreEos: true, stop: [stop] }), full.slice(0, full.indexOf(stop)));
+  assert.deepEqual(Array.from(ctx.tokens), promptIds.concat(gen.slice(0, j)));
+  assert.equal(ctx.generate(prompt, 40, greedy, { ignoreEos: true }), full);
+});
