@@ -22,7 +22,7 @@ import asyncio
 import collections
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Generator, Iterator, Sequence
+from collections.abc import AsyncIterator, Generator, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -167,7 +167,7 @@ class _Slot:
     tokens: list[int] = field(default_factory=list)  # what the KV cache holds for this sequence
     request: Request | None = None
     todo: list[int] = field(default_factory=list)  # prompt tokens not yet decoded
-    loop: Any = None  # the running token loop (a generator)
+    loop: Generator[_sequence.Step, Any, None] | None = None  # the running token loop
     finish: _sequence.Finish | None = None
     chain: SamplerChain | None = None
     grammar: GrammarState | None = None
@@ -438,7 +438,7 @@ class Engine:
         if s.loop is None:
             s.first_idx = idx  # a prompt just ended: its loop starts at the sampling pass
             return
-        self._pump(s, lambda loop: loop.send(idx))
+        self._pump(s, idx)
 
     def _sample(self, s: _Slot, ctx: int) -> None:
         """Let the slot's loop sample its next token, which waits for the next step's decode."""
@@ -452,10 +452,10 @@ class Engine:
             # Under a grammar the end-of-generation token means "the text is complete": it always ends.
             s.loop = _sequence.token_loop(self._model, sample, s.first_idx, req.max_tokens, req.stops,
                                           req.ignore_eos and s.grammar is None, s.finish)
-        s.pending = self._pump(s, next)
+        s.pending = self._pump(s, None)  # send(None) is next()
 
-    def _pump(self, s: _Slot, resume: Callable[[Generator[_sequence.Step, int, None]], _sequence.Step]) -> int | None:
-        """Resume the slot's loop, pass on its text, and return where it stopped: a token, or None (ready).
+    def _pump(self, s: _Slot, value: int | None) -> int | None:
+        """Resume the slot's loop with ``value``, pass on its text, and return where it stopped: a token, or None (ready).
 
         A finished loop ends the slot's request (and drops from the cache a
         token it decoded for nothing: see ``Finish.overran``).
@@ -463,7 +463,7 @@ class Engine:
         req, loop, finish = s.request, s.loop, s.finish
         assert req is not None and loop is not None and finish is not None
         try:
-            step = resume(loop)
+            step = loop.send(value)
             while isinstance(step, str):
                 req._push(step)
                 step = next(loop)
