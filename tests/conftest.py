@@ -7,6 +7,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -63,3 +64,13 @@ def run_python(code: str, timeout: float = 120, env: dict[str, str] | None = Non
     """Run code in a fresh interpreter (for crash-safety and exit-time checks)."""
     full_env = {**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}
     return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=timeout, env=full_env)
+
+
+def unique_stop_piece(model: Any, generated: list[int], text: str) -> tuple[int, str]:
+    """A token of ``generated`` (the tokens of ``text``) whose piece is 3+ characters and first occurs where
+    that token starts: ``(its index, its piece)``, to end a generation there with a stop string."""
+    for k in range(5, len(generated)):
+        piece = model.token_to_piece(generated[k]).decode("utf-8", "replace")
+        if len(piece.strip()) >= 3 and text.find(piece) == len(model.detokenize(generated[:k])):
+            return k, piece
+    raise AssertionError("no token with a unique piece of 3+ characters in the answer")

@@ -10,6 +10,8 @@ import pytest
 from mullama import Context, ContextFullError, Model, SamplerParams
 from mullama.engine import Engine
 
+from .conftest import unique_stop_piece
+
 GREEDY = SamplerParams.greedy()
 PROMPTS = [f"Write one sentence about the number {i}." for i in range(12)] + \
           ["Once upon a time", "def fibonacci(n):", "Les fleurs du jardin", "The ocean is"]
@@ -164,13 +166,7 @@ def test_a_stop_string_leaves_its_token_out_of_the_slot_cache(model: Model) -> N
     with Engine(model, parallel=1, n_ctx=256) as eng:
         full = eng.generate(prompt, 40, SamplerParams.greedy(), ignore_eos=True)
         gen = eng._slots[0].tokens[len(prompt_ids):]
-        j, stop = -1, ""
-        for k in range(5, len(gen)):
-            piece = model.token_to_piece(gen[k]).decode("utf-8", "replace")
-            if len(piece.strip()) >= 3 and full.find(piece) == len(model.detokenize(gen[:k])):
-                j, stop = k, piece
-                break
-        assert j > 0, "no token with a unique piece of 3+ characters in the answer"
+        j, stop = unique_stop_piece(model, gen, full)
         req = eng.submit(prompt, 40, SamplerParams.greedy(), ignore_eos=True, stop=[stop])
         assert req.text() == full[:full.find(stop)]
         assert eng._slots[0].tokens == prompt_ids + gen[:j]

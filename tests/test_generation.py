@@ -11,7 +11,7 @@ import pytest
 from mullama import Context, ContextFullError, Model, SamplerParams
 from mullama._cpus import usable_cpus
 
-from .conftest import compile_c
+from .conftest import compile_c, unique_stop_piece
 
 ROOT = Path(__file__).resolve().parent.parent
 CHAT = ("<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n"
@@ -348,14 +348,7 @@ def test_a_stop_string_leaves_its_token_out_of_the_cache(ctx: Context, model: Mo
     prompt_ids = model.tokenize(prompt, special=True)
     full = ctx.generate(prompt, max_tokens=40, params=SamplerParams.greedy(), ignore_eos=True)
     gen = ctx.tokens[len(prompt_ids):]
-    j, stop = -1, ""
-    for k in range(5, len(gen)):
-        piece = model.token_to_piece(gen[k]).decode("utf-8", "replace")
-        start = len(model.detokenize(gen[:k]))
-        if len(piece.strip()) >= 3 and full.find(piece) == start == len(full[:start]):
-            j, stop = k, piece
-            break
-    assert j > 0, "no token with a unique piece of 3+ characters in the answer"
+    j, stop = unique_stop_piece(model, gen, full)
     ctx.clear_cache()
     out = ctx.generate(prompt, max_tokens=40, params=SamplerParams.greedy(), ignore_eos=True, stop=[stop])
     assert out == full[:full.find(stop)]
