@@ -191,6 +191,7 @@ def main() -> int:
     ap.add_argument("--params", default="greedy", choices=["greedy", "default"],
                     help="greedy, or SamplerParams() (penalties, top-k/p, min-p, temperature)")
     ap.add_argument("--ttft-only", action="store_true", help="only the time-to-first-token measurement")
+    ap.add_argument("--no-ttft", action="store_true", help="skip the time-to-first-token measurement")
     ap.add_argument("--markdown", type=Path, help="append the result table to this file")
     a = ap.parse_args()
     from mullama import Model
@@ -222,10 +223,13 @@ def main() -> int:
             continue
         cells = []
         for b in sizes:
-            ratio = "" if tool == "llama-batched-bench" else f" ({med[(tool, b)] / med[('llama-batched-bench', b)]:.2f}×)"
+            ratio = "" if tool == "llama-batched-bench" else f" ({med[(tool, b)] / med[('llama-batched-bench', b)]:.2f}×"
+            if tool == "server":
+                ratio += f"; {med[(tool, b)] / med[('engine', b)]:.2f}× engine"
+            ratio += ")" if ratio else ""
             cells.append(f"{med[(tool, b)]:.1f}{ratio}")
         lines.append(f"| {tool} | " + " | ".join(cells) + " |")
-    if not a.no_server:
+    if not a.no_server and not a.no_ttft:
         t, engine_mean = ttft_under_load(a, model.n_vocab)
         p = lambda q: 1e3 * t[min(len(t) - 1, int(q * len(t)))]  # noqa: E731
         lines += ["", f"Time to first token under load (16-slot server, 16 clients × 4 requests, each after a "

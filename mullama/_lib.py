@@ -408,6 +408,33 @@ class LibraryLoadError(RuntimeError):
     """libllama could not be found, loaded, or is not the ABI this binding was written for."""
 
 
+# Functions that only read or update a few values and never wait for the
+# device.  Besides their usual binding (which releases the GIL around the
+# call, as every ctypes call does), ``_Lib.held`` binds them through a PyDLL
+# handle that keeps the GIL: a thread that makes many such calls in a row (the
+# engine's sampling pass) would otherwise queue for the GIL again after each
+# one, behind whatever another thread (a server's event loop) is doing.
+# ``llama_get_logits_ith`` waits for the last decode, so ``held`` is for calls
+# after an explicit ``llama_synchronize``.
+HELD_GIL: Final = ("llama_get_logits_ith", "llama_sampler_accept", "llama_sampler_apply")
+
+
+class _Held:
+    """The :data:`HELD_GIL` functions, bound so that they keep the GIL."""
+
+    def __init__(self, path: Path) -> None:
+        handle = ctypes.PyDLL(str(path), mode=getattr(os, "RTLD_NOW", 0) | getattr(os, "RTLD_LOCAL", 0))
+        for name in HELD_GIL:
+            restype, argtypes = _FUNCTIONS[name]
+            fn = getattr(handle, name)
+            fn.restype = restype
+            fn.argtypes = list(argtypes)
+            setattr(self, name, fn)
+
+    def __getattr__(self, name: str) -> Any:  # for mypy: functions are set dynamically
+        raise AttributeError(f"{name} is not one of mullama._lib.HELD_GIL")
+
+
 class _Lib:
     """The loaded libraries, with every declared function as an attribute."""
 
@@ -434,6 +461,7 @@ class _Lib:
             fn.restype = restype
             fn.argtypes = list(argtypes)
             setattr(self, name, fn)
+        self.held = _Held(path)
 
     def __getattr__(self, name: str) -> Any:  # for mypy: functions are set dynamically
         raise AttributeError(f"libllama function {name} is not declared in mullama._lib")

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import codecs
 import ctypes
+from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Callable, Generator, Sequence
 from typing import TYPE_CHECKING, Union
 
@@ -57,19 +58,119 @@ class Finish:
         self.overran = False  # the last token went to the decoder, then a stop string ended the text
 
 
-def sampler(ctx: int, chain: SamplerChain, n_vocab: int, grammar: GrammarState | None = None) -> Callable[[int], int]:
-    """``sample(idx)``: the chain's token from the logits at output ``idx`` (within ``grammar``, if any)."""
+class LogitRows:
+    """Reads the logits of the last decode's outputs: a row as a NumPy view (no copy), its largest logit.
+
+    This one serves one sequence: each read goes through
+    ``llama_get_logits_ith``, which waits for the decode with the GIL released.
+    """
+
+    def __init__(self, ctx: int, n_vocab: int) -> None:
+        self._ctx = ctx
+        self._n_vocab = n_vocab
+        self._get: Callable[[int, int], int] = _backend.lib().llama_get_logits_ith
+        self._views: dict[int, np.ndarray] = {}
+
+    def view(self, idx: int) -> np.ndarray:
+        """The logits at output ``idx``."""
+        addr = self._get(self._ctx, idx)
+        view = self._views.get(addr)
+        if view is None:
+            view = self._views[addr] = _floats(addr, (self._n_vocab,))
+        return view
+
+    def argmax(self, idx: int) -> int:
+        """The first largest logit at output ``idx``: exactly llama.cpp's greedy token."""
+        return int(self.view(idx).argmax())
+
+
+class StepRows(LogitRows):
+    """The rows of one batched step, read after the driver's ``llama_synchronize``.
+
+    Reads keep the GIL (``_lib.HELD_GIL``): they cannot wait any more.  The
+    first ``argmax`` of a step takes the argmax of every greedy row at once,
+    in one NumPy call over the block of rows that holds them (split among
+    ``threads`` workers when it is large), instead of one call (and one GIL
+    release) per sequence.
+    """
+
+    # A block of at least this many logits is split among ``threads`` workers:
+    # 32 rows of a 49152-token vocabulary are 6.3 MB, fresh from the device,
+    # which one core reads in about half a millisecond while the device waits.
+    PARALLEL_MIN = 1 << 20
+
+    def __init__(self, ctx: int, n_vocab: int, threads: int = 1) -> None:
+        super().__init__(ctx, n_vocab)
+        self._get = _backend.lib().held.llama_get_logits_ith
+        self._greedy: list[int] = []
+        self._best: dict[int, int] | None = None
+        self._blocks: dict[tuple[int, int], np.ndarray] = {}
+        self.threads = threads
+        self._pool: ThreadPoolExecutor | None = None
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown()
+            self._pool = None
+
+    def new_step(self, greedy: list[int]) -> None:
+        """The outputs of the step just decoded whose samplers will ask for ``argmax``."""
+        self._greedy, self._best = greedy, None
+
+    def argmax(self, idx: int) -> int:
+        if self._best is None:
+            self._best = self._argmax_all()
+        best = self._best.get(idx)
+        return super().argmax(idx) if best is None else best
+
+    def _argmax_all(self) -> dict[int, int]:
+        if len(self._greedy) < 2:
+            return {}
+        row_bytes = 4 * self._n_vocab
+        addrs = [self._get(self._ctx, i) for i in self._greedy]
+        first = min(addrs)
+        rows = [(a - first) // row_bytes for a in addrs]
+        n_rows = max(rows) + 1
+        if n_rows > 2 * len(rows):  # scattered among many other rows: read them one by one
+            return {}
+        block = self._blocks.get((first, n_rows))
+        if block is None:
+            block = self._blocks[(first, n_rows)] = _floats(first, (n_rows, self._n_vocab))
+        best = self._argmax_rows(block)
+        return {i: best[r] for i, r in zip(self._greedy, rows)}
+
+    def _argmax_rows(self, block: np.ndarray) -> list[int]:
+        parts = min(self.threads, len(block))
+        if parts < 2 or block.size < self.PARALLEL_MIN:
+            return list(block.argmax(axis=1).tolist())
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="mullama-argmax")
+        # NumPy's argmax releases the GIL: the parts are read side by side
+        cuts = [len(block) * k // parts for k in range(parts + 1)]
+        futures = [self._pool.submit(np.argmax, block[a:b], 1) for a, b in zip(cuts, cuts[1:])]
+        return [int(t) for f in futures for t in f.result()]
+
+
+def _floats(addr: int, shape: tuple[int, ...]) -> np.ndarray:
+    return np.ctypeslib.as_array(ctypes.cast(addr, ctypes.POINTER(ctypes.c_float)), shape=shape)
+
+
+def sampler(ctx: int, chain: SamplerChain, rows: LogitRows, grammar: GrammarState | None = None,
+            *, held: bool = False) -> Callable[[int], int]:
+    """``sample(idx)``: the chain's token from the logits at output ``idx`` (within ``grammar``, if any).
+
+    ``held``: the driver has synchronized, so the host chain's quick calls may keep the GIL.
+    """
     L = _backend.lib()
     if grammar is not None:
-        return _grammar_sampler(ctx, chain, n_vocab, grammar)
+        return _grammar_sampler(chain, rows, grammar)
     if chain.argmax_only:
         # Greedy without penalties: the first largest logit, exactly what
         # llama.cpp's greedy sampler returns, read in place (no copy, no
         # candidate array of the whole vocabulary).
-        logits = _logits_reader(ctx, n_vocab)
-        return lambda idx: int(logits(idx).argmax())
+        return rows.argmax
     if chain.top_k and not chain.device:
-        return _top_k_sampler(ctx, chain, n_vocab)
+        return _top_k_sampler(chain, rows, held)
     # On the device path the chain ran inside the decode and this returns its
     # token (finishing on the host whatever part could not run there).
     smpl = chain.ptr()
@@ -77,19 +178,19 @@ def sampler(ctx: int, chain: SamplerChain, n_vocab: int, grammar: GrammarState |
     return lambda idx: int(native(smpl, ctx, idx))
 
 
-def _top_k_sampler(ctx: int, chain: SamplerChain, n_vocab: int) -> Callable[[int], int]:
+def _top_k_sampler(chain: SamplerChain, rows: LogitRows, held: bool) -> Callable[[int], int]:
     """The host chain over the few candidates that can survive its top-k (:meth:`SamplerChain.candidates`)."""
-    L = _backend.lib()
-    logits = _logits_reader(ctx, n_vocab)
-    cand = np.zeros(n_vocab, dtype=_TOKEN_DATA)
+    cand = np.zeros(rows._n_vocab, dtype=_TOKEN_DATA)
     arr = _lib.llama_token_data_array(cand.ctypes.data_as(ctypes.POINTER(_lib.llama_token_data)), 0, -1, False)
     arr_ref = ctypes.byref(arr)
-    apply = L.llama_sampler_apply
+    L = _backend.lib()
+    apply = (L.held if held else L).llama_sampler_apply  # over ~100 candidates: microseconds
     smpl = chain.ptr()
     ids = cand["id"]
+    view = rows.view
 
     def sample(idx: int) -> int:
-        arr.size = chain.candidates(logits(idx), cand)
+        arr.size = chain.candidates(view(idx), cand)
         arr.selected, arr.sorted = -1, False
         apply(smpl, arr_ref)
         if not 0 <= arr.selected < arr.size:
@@ -100,25 +201,10 @@ def _top_k_sampler(ctx: int, chain: SamplerChain, n_vocab: int) -> Callable[[int
     return sample
 
 
-def _logits_reader(ctx: int, n_vocab: int) -> Callable[[int], np.ndarray]:
-    """``logits(idx)``: a NumPy view (no copy) of the logits at output ``idx``."""
-    get_logits = _backend.lib().llama_get_logits_ith
-    views: dict[int, np.ndarray] = {}
-
-    def logits(idx: int) -> np.ndarray:
-        addr = get_logits(ctx, idx)
-        view = views.get(addr)
-        if view is None:
-            view = views[addr] = np.ctypeslib.as_array(ctypes.cast(addr, ctypes.POINTER(ctypes.c_float)),
-                                                        shape=(n_vocab,))
-        return view
-    return logits
-
-
 _TOKEN_DATA = np.dtype([("id", np.int32), ("logit", np.float32), ("p", np.float32)])
 
 
-def _grammar_sampler(ctx: int, chain: SamplerChain, n_vocab: int, grammar: GrammarState) -> Callable[[int], int]:
+def _grammar_sampler(chain: SamplerChain, rows: LogitRows, grammar: GrammarState) -> Callable[[int], int]:
     """Sampling within a grammar, as llama.cpp's own samplers do it.
 
     The chain first picks from all tokens; when the grammar allows that
@@ -128,7 +214,8 @@ def _grammar_sampler(ctx: int, chain: SamplerChain, n_vocab: int, grammar: Gramm
     runs only for the tokens where the model strays.
     """
     L = _backend.lib()
-    logits = _logits_reader(ctx, n_vocab)
+    n_vocab = rows._n_vocab
+    logits = rows.view
     cand = np.zeros(n_vocab, dtype=_TOKEN_DATA)
     ids = np.arange(n_vocab, dtype=np.int32)
     arr = _lib.llama_token_data_array(cand.ctypes.data_as(ctypes.POINTER(_lib.llama_token_data)), n_vocab, -1, False)
@@ -153,7 +240,7 @@ def _grammar_sampler(ctx: int, chain: SamplerChain, n_vocab: int, grammar: Gramm
     def sample(idx: int) -> int:
         view = logits(idx)
         if greedy:
-            tok = int(view.argmax())
+            tok = rows.argmax(idx)
         else:
             fill(view)
             apply(smpl, arr_ref)

@@ -509,7 +509,7 @@ class Context(NativeHandle):
             if max_tokens == 0:
                 return
             state = grammar.state(self._model) if grammar is not None else None
-            sample = _sequence.sampler(ctx, chain, self._model._n_vocab, state)
+            sample = _sequence.sampler(ctx, chain, _sequence.LogitRows(ctx, self._model._n_vocab), state)
             finish = _sequence.Finish()
             # Under a grammar the end-of-generation token means "the text is complete": it always ends.
             loop = _sequence.token_loop(self._model, sample, -1, max_tokens, stops,

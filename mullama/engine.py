@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from . import _backend, _lib, _sequence, _validate
+from . import _backend, _cpus, _lib, _sequence, _validate
 from .context import Context, ContextFullError
 from .grammar import Grammar, GrammarIncompleteError, check_grammar
 from .model import Model
@@ -209,6 +209,16 @@ class Engine:
                             n_seq_max=parallel, kv_unified=_validate.boolean("kv_unified", kv_unified),
                             sampling=sampling)
         self._slots = [_Slot(i) for i in range(parallel)]
+        self._rows: _sequence.StepRows | None = None  # the scheduler thread's reader of each step's logits
+        # Threads for the step's greedy argmax: the decode's own threads are
+        # idle while it runs.  Not more than 4: the read is bound by memory.
+        self._argmax_threads = max(1, min(4, _cpus.usable_cpus() // 2))
+        # When the output layer is on a device, llama_decode returns once the
+        # step is queued: consumers are then woken after the next step's
+        # decode is under way, off the path between two decodes.  On the CPU
+        # the decode itself computes, and they are woken at once.
+        self._wake_late = model._output_on_device
+        self._unwoken: list[Request] = []
         self._waiting: collections.deque[Request] = collections.deque()
         self._cond = threading.Condition()
         self._closed = False
@@ -310,10 +320,12 @@ class Engine:
 
     def _run(self) -> None:
         ctx = self._ctx._acquire()  # the scheduler thread owns the context for good
+        self._rows = _sequence.StepRows(ctx, self._model._n_vocab, self._argmax_threads)
         try:
             while True:
                 with self._cond:
                     while not self._waiting and not any(s.request for s in self._slots) and not self._closed:
+                        self._wake_now()
                         self._cond.wait()
                     if self._closed and not self._waiting and not any(s.request for s in self._slots):
                         return
@@ -322,6 +334,7 @@ class Engine:
         except BaseException as e:  # noqa: BLE001 - every waiting consumer learns why
             self._fail_all(e)
         finally:
+            self._rows.close()
             self._ctx._release()
 
     def _admit(self) -> None:
@@ -395,12 +408,14 @@ class Engine:
             n += k
             budget -= k
         if n == 0:
+            self._wake_now()
             return
         batch.struct.n_tokens = n
         rc = L.llama_decode(ctx, batch.struct)
         if rc != 0:
             raise RuntimeError(f"llama_decode failed with status {rc}: {_lib.take_errors() or 'see the mullama log'}")
         self.stats["steps"] += 1
+        self._wake_now()  # the previous step's pieces, while the device decodes
         # the cache now holds what was decoded
         for s, _ in outputs:
             if s.pending is not None:
@@ -411,14 +426,24 @@ class Engine:
             del s.todo[:k]
         touched = [s.request for s, _ in outputs if s.request is not None]
         # While the device decodes, every sequence makes the text of the token it
-        # just sent; then each samples its next token (the first to read the
-        # logits waits for the decode).
+        # just sent; then, after one wait for the decode, each samples its next token.
         for s, idx in outputs:
             self._text(s, idx)
+        L.llama_synchronize(ctx)
+        rows = self._rows
+        assert rows is not None
+        rows.new_step([idx for s, idx in outputs if s.chain is not None and s.chain.argmax_only])
         for s, _ in outputs:
             if s.request is not None:
                 self._sample(s, ctx)
-        self._wake(touched)
+        self._unwoken += touched
+        if not self._wake_late:
+            self._wake_now()
+
+    def _wake_now(self) -> None:
+        if self._unwoken:
+            self._wake(self._unwoken)
+            self._unwoken = []
 
     def _wake(self, requests: list[Request]) -> None:
         """Wake each request's consumer once; async consumers with one call per event loop."""
@@ -448,7 +473,8 @@ class Engine:
             if req.max_tokens == 0:
                 self._finish(s, _sequence.FINISH_LENGTH)
                 return
-            sample = _sequence.sampler(ctx, s.chain, self._model._n_vocab, s.grammar)
+            assert self._rows is not None
+            sample = _sequence.sampler(ctx, s.chain, self._rows, s.grammar, held=True)
             # Under a grammar the end-of-generation token means "the text is complete": it always ends.
             s.loop = _sequence.token_loop(self._model, sample, s.first_idx, req.max_tokens, req.stops,
                                           req.ignore_eos and s.grammar is None, s.finish)

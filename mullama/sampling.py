@@ -259,7 +259,7 @@ class SamplerChain(NativeHandle):
 
     def accept(self, token: int) -> None:
         """Record a token the host path chose (the penalties' history, the random state)."""
-        _backend.lib().llama_sampler_accept(self.ptr(), token)
+        _backend.lib().held.llama_sampler_accept(self.ptr(), token)  # a few values: keeps the GIL
         if self.uses_penalties:
             self.recent.append(token)
 

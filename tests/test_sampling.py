@@ -303,8 +303,8 @@ def _draws(model: Model, params: SamplerParams, path: str) -> tuple[list[int], n
         chain.start(prompt)
         ctx.decode(prompt[-1:])
         if path == "cpu":
-            logits = _sequence._logits_reader(ctx.ptr(), model.n_vocab)(-1).copy()
-            sample = _sequence.sampler(ctx.ptr(), chain, model.n_vocab)
+            logits = _sequence.LogitRows(ctx.ptr(), model.n_vocab).view(-1).copy()
+            sample = _sequence.sampler(ctx.ptr(), chain, _sequence.LogitRows(ctx.ptr(), model.n_vocab))
             return [sample(-1) for _ in range(N_DRAWS)], logits
         draws = []
         for _ in range(N_DRAWS):
@@ -314,7 +314,7 @@ def _draws(model: Model, params: SamplerParams, path: str) -> tuple[list[int], n
     with Context(model, n_ctx=128, sampling="cpu") as host:  # the logits the device sampled from
         host.decode(prompt[:-1])
         host.decode(prompt[-1:])
-        logits = _sequence._logits_reader(host.ptr(), model.n_vocab)(-1).copy()
+        logits = _sequence.LogitRows(host.ptr(), model.n_vocab).view(-1).copy()
     return draws, logits
 
 
@@ -328,3 +328,30 @@ def test_each_path_samples_its_distribution(peaked_model: Model, kind: str, path
     # ...and the test can tell: the same draws against another distribution fail it
     wrong = _expected(logits * 0.8, kind)
     assert _chi_square(draws, wrong)[0] > crit
+
+
+def test_step_rows_take_each_rows_argmax_at_once(model: Model) -> None:
+    # The engine's reader: after one synchronize, the argmax of every greedy row
+    # in one NumPy call over the block that holds them.  It must give each
+    # row's own first largest logit, for rows side by side, rows among others
+    # (the block then spans them too) and rows too scattered for one block.
+    ctx = Context(model, n_ctx=256, n_seq_max=3)
+    raw = ctx.ptr()
+    seqs = [model.tokenize(t) for t in ("The ocean is", "def fibonacci(n):", "Les fleurs du jardin")]
+    ctx._batch.fill_sequences(seqs)
+    L = _backend.lib()
+    assert L.llama_decode(raw, ctx._batch.struct) == 0
+    L.llama_synchronize(raw)
+    n = sum(len(s) for s in seqs)
+    alone = _sequence.LogitRows(raw, model.n_vocab)
+    expected = {i: int(np.argmax(alone.view(i).copy())) for i in range(n)}
+    assert len(set(expected.values())) > 3  # the rows really differ
+    for threads, parallel_min in ((1, _sequence.StepRows.PARALLEL_MIN), (3, 1)):  # a block split among 3 workers, too
+        rows = _sequence.StepRows(raw, model.n_vocab, threads)
+        rows.PARALLEL_MIN = parallel_min
+        for greedy in (list(range(n)), [1, 2, 4, 5], [0, n - 1], [3]):
+            rows.new_step(greedy)
+            assert {i: rows.argmax(i) for i in greedy} == {i: expected[i] for i in greedy}
+            assert rows.view(greedy[0]).argmax() == expected[greedy[0]]
+        rows.close()
+    ctx.close()
