@@ -17,8 +17,7 @@ in phases by wrapping the engine's own methods (nothing else changes):
 * ``other``: the rest of the step (the batch, the scheduler, the wake-ups).
 
 A second run with ``llama_synchronize`` called right after the decode
-separates the device's time from the sampling.  Each is run with every
-``--argmax-threads`` count (the workers that share the step's greedy argmax).  Medians per step over the
+separates the device's time from the sampling.  Medians per step over the
 steps where every sequence generates (and their mean step time).
 """
 
@@ -38,7 +37,7 @@ sys.path.insert(0, str(ROOT))
 N_PROMPT, N_GEN = 128, 128
 
 
-def profile(model: Any, b: int, threads: int, sync: bool, argmax_threads: int) -> dict[str, float]:
+def profile(model: Any, b: int, threads: int, sync: bool) -> dict[str, float]:
     import random
 
     from mullama import SamplerParams, _backend
@@ -68,7 +67,6 @@ def profile(model: Any, b: int, threads: int, sync: bool, argmax_threads: int) -
         return rc
 
     with Engine(model, parallel=b, n_ctx=N_PROMPT + N_GEN + 16, n_threads=threads, sampling="cpu") as eng:
-        eng._argmax_threads = argmax_threads
         eng.generate([1, 2, 3], 4, SamplerParams.greedy())
         step = eng._step
         L.llama_decode = timed("decode", decode_then_wait if sync else decode)
@@ -109,17 +107,16 @@ def main() -> int:
     ap.add_argument("--ngl", type=int, default=0)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--batch", default="8,32")
-    ap.add_argument("--argmax-threads", default="1,4", help="threads for the step's greedy argmax, each compared")
     a = ap.parse_args()
     from mullama import Model
     model = Model.load(a.model, n_gpu_layers=a.ngl)
-    print("| B | argmax threads | llama_synchronize after decode | step ms (mean) | median | decode | device wait | text | wait+sample "
+    print("| B | llama_synchronize after decode | step ms (mean) | median | decode | device wait | text | wait+sample "
           "| wake | other |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for b in (int(x) for x in a.batch.split(",")):
-        for k, sync in ((k, sync) for k in (int(x) for x in a.argmax_threads.split(",")) for sync in (False, True)):
-            m = profile(model, b, a.threads, sync, k)
-            print(f"| {b} | {k} | {'yes' if sync else 'no'} | {m['mean step']:.3f} | {m['step']:.3f} | {m['decode']:.3f} | "
+        for sync in (False, True):
+            m = profile(model, b, a.threads, sync)
+            print(f"| {b} | {'yes' if sync else 'no'} | {m['mean step']:.3f} | {m['step']:.3f} | {m['decode']:.3f} | "
                   f"{m.get('device wait', 0.0):.3f} | {m.get('text', 0.0):.3f} | {m.get('sample', 0.0):.3f} | "
                   f"{m.get('wake', 0.0):.3f} | {m['other']:.3f} |", flush=True)
     return 0

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import codecs
 import ctypes
-from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Callable, Generator, Sequence
 from typing import TYPE_CHECKING, Union
 
@@ -89,29 +88,18 @@ class StepRows(LogitRows):
 
     Reads keep the GIL (``_lib.HELD_GIL``): they cannot wait any more.  The
     first ``argmax`` of a step takes the argmax of every greedy row at once,
-    in one NumPy call over the block of rows that holds them (split among
-    ``threads`` workers when it is large), instead of one call (and one GIL
-    release) per sequence.
+    in one NumPy call over the block of rows that holds them, instead of one
+    call (and one GIL release) per sequence.  (Splitting a large block among
+    worker threads measured no faster on a 16-core host: the read is bound
+    by memory.)
     """
 
-    # A block of at least this many logits is split among ``threads`` workers:
-    # 32 rows of a 49152-token vocabulary are 6.3 MB, fresh from the device,
-    # which one core reads in about half a millisecond while the device waits.
-    PARALLEL_MIN = 1 << 20
-
-    def __init__(self, ctx: int, n_vocab: int, threads: int = 1) -> None:
+    def __init__(self, ctx: int, n_vocab: int) -> None:
         super().__init__(ctx, n_vocab)
         self._get = _backend.lib().held.llama_get_logits_ith
         self._greedy: list[int] = []
         self._best: dict[int, int] | None = None
         self._blocks: dict[tuple[int, int], np.ndarray] = {}
-        self.threads = threads
-        self._pool: ThreadPoolExecutor | None = None
-
-    def close(self) -> None:
-        if self._pool is not None:
-            self._pool.shutdown()
-            self._pool = None
 
     def new_step(self, greedy: list[int]) -> None:
         """The outputs of the step just decoded whose samplers will ask for ``argmax``."""
@@ -136,19 +124,8 @@ class StepRows(LogitRows):
         block = self._blocks.get((first, n_rows))
         if block is None:
             block = self._blocks[(first, n_rows)] = _floats(first, (n_rows, self._n_vocab))
-        best = self._argmax_rows(block)
+        best = block.argmax(axis=1).tolist()
         return {i: best[r] for i, r in zip(self._greedy, rows)}
-
-    def _argmax_rows(self, block: np.ndarray) -> list[int]:
-        parts = min(self.threads, len(block))
-        if parts < 2 or block.size < self.PARALLEL_MIN:
-            return list(block.argmax(axis=1).tolist())
-        if self._pool is None:
-            self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="mullama-argmax")
-        # NumPy's argmax releases the GIL: the parts are read side by side
-        cuts = [len(block) * k // parts for k in range(parts + 1)]
-        futures = [self._pool.submit(np.argmax, block[a:b], 1) for a, b in zip(cuts, cuts[1:])]
-        return [int(t) for f in futures for t in f.result()]
 
 
 def _floats(addr: int, shape: tuple[int, ...]) -> np.ndarray:

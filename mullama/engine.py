@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from . import _backend, _cpus, _lib, _sequence, _validate
+from . import _backend, _lib, _sequence, _validate
 from .context import Context, ContextFullError
 from .grammar import Grammar, GrammarIncompleteError, check_grammar
 from .model import Model
@@ -210,9 +210,6 @@ class Engine:
                             sampling=sampling)
         self._slots = [_Slot(i) for i in range(parallel)]
         self._rows: _sequence.StepRows | None = None  # the scheduler thread's reader of each step's logits
-        # Threads for the step's greedy argmax: the decode's own threads are
-        # idle while it runs.  Not more than 4: the read is bound by memory.
-        self._argmax_threads = max(1, min(4, _cpus.usable_cpus() // 2))
         # When the output layer is on a device, llama_decode returns once the
         # step is queued: consumers are then woken after the next step's
         # decode is under way, off the path between two decodes.  On the CPU
@@ -320,7 +317,7 @@ class Engine:
 
     def _run(self) -> None:
         ctx = self._ctx._acquire()  # the scheduler thread owns the context for good
-        self._rows = _sequence.StepRows(ctx, self._model._n_vocab, self._argmax_threads)
+        self._rows = _sequence.StepRows(ctx, self._model._n_vocab)
         try:
             while True:
                 with self._cond:
@@ -334,7 +331,6 @@ class Engine:
         except BaseException as e:  # noqa: BLE001 - every waiting consumer learns why
             self._fail_all(e)
         finally:
-            self._rows.close()
             self._ctx._release()
 
     def _admit(self) -> None:

@@ -346,12 +346,9 @@ def test_step_rows_take_each_rows_argmax_at_once(model: Model) -> None:
     alone = _sequence.LogitRows(raw, model.n_vocab)
     expected = {i: int(np.argmax(alone.view(i).copy())) for i in range(n)}
     assert len(set(expected.values())) > 3  # the rows really differ
-    for threads, parallel_min in ((1, _sequence.StepRows.PARALLEL_MIN), (3, 1)):  # a block split among 3 workers, too
-        rows = _sequence.StepRows(raw, model.n_vocab, threads)
-        rows.PARALLEL_MIN = parallel_min
-        for greedy in (list(range(n)), [1, 2, 4, 5], [0, n - 1], [3]):
-            rows.new_step(greedy)
-            assert {i: rows.argmax(i) for i in greedy} == {i: expected[i] for i in greedy}
-            assert rows.view(greedy[0]).argmax() == expected[greedy[0]]
-        rows.close()
+    rows = _sequence.StepRows(raw, model.n_vocab)
+    for greedy in (list(range(n)), [1, 2, 4, 5], [0, n - 1], [3]):
+        rows.new_step(greedy)
+        assert {i: rows.argmax(i) for i in greedy} == {i: expected[i] for i in greedy}
+        assert rows.view(greedy[0]).argmax() == expected[greedy[0]]
     ctx.close()
