@@ -49,8 +49,9 @@ def main() -> int:
     topk.start(toks)
     whole = SamplerChain(p, m.n_vocab, 256)
     whole.start(toks)
-    greedy = _sequence.sampler(c.ptr(), SamplerChain(SamplerParams.greedy(), m.n_vocab, 256), _sequence.LogitRows(c.ptr(), m.n_vocab))
-    host = _sequence.sampler(c.ptr(), topk, _sequence.LogitRows(c.ptr(), m.n_vocab))
+    rows = _sequence.LogitRows(c.ptr(), m.n_vocab)
+    greedy = _sequence.sampler(c.ptr(), SamplerChain(SamplerParams.greedy(), m.n_vocab, 256), rows)
+    host = _sequence.sampler(c.ptr(), topk, rows)
     print(f"greedy argmax                                   {best(lambda: greedy(-1), a.calls):8.1f} us")
     print(f"default params, top-k candidates (host path)    {best(lambda: host(-1), a.calls):8.1f} us")
     print(f"default params, whole vocabulary (llama.cpp)    "

@@ -419,17 +419,23 @@ class LibraryLoadError(RuntimeError):
 HELD_GIL: Final = ("llama_get_logits_ith", "llama_sampler_accept", "llama_sampler_apply")
 
 
+def _declare(target: object, handle: ctypes.CDLL, table: dict[str, tuple[Any, tuple[Any, ...]]],
+             names: tuple[str, ...] | None = None) -> None:
+    """Bind ``names`` (default: all) of ``table`` from ``handle`` as attributes of ``target``, typed."""
+    for name in table if names is None else names:
+        restype, argtypes = table[name]
+        fn = getattr(handle, name)
+        fn.restype = restype
+        fn.argtypes = list(argtypes)
+        setattr(target, name, fn)
+
+
 class _Held:
     """The :data:`HELD_GIL` functions, bound so that they keep the GIL."""
 
     def __init__(self, path: Path) -> None:
-        handle = ctypes.PyDLL(str(path), mode=getattr(os, "RTLD_NOW", 0) | getattr(os, "RTLD_LOCAL", 0))
-        for name in HELD_GIL:
-            restype, argtypes = _FUNCTIONS[name]
-            fn = getattr(handle, name)
-            fn.restype = restype
-            fn.argtypes = list(argtypes)
-            setattr(self, name, fn)
+        mode = getattr(os, "RTLD_NOW", 0) | getattr(os, "RTLD_LOCAL", 0)
+        _declare(self, ctypes.PyDLL(str(path), mode=mode), _FUNCTIONS, HELD_GIL)
 
     def __getattr__(self, name: str) -> Any:  # for mypy: functions are set dynamically
         raise AttributeError(f"{name} is not one of mullama._lib.HELD_GIL")
@@ -446,21 +452,9 @@ class _Lib:
         # True when the RPC functions below are present (the library was built with GGML_RPC).
         self.has_rpc = rpc is not None
         if rpc is not None:
-            for name, (restype, argtypes) in _RPC_FUNCTIONS.items():
-                fn = getattr(rpc, name)
-                fn.restype = restype
-                fn.argtypes = list(argtypes)
-                setattr(self, name, fn)
-        for name, (restype, argtypes) in _FUNCTIONS.items():
-            fn = getattr(llama, name)
-            fn.restype = restype
-            fn.argtypes = list(argtypes)
-            setattr(self, name, fn)
-        for name, (restype, argtypes) in _GGML_FUNCTIONS.items():
-            fn = getattr(ggml, name)
-            fn.restype = restype
-            fn.argtypes = list(argtypes)
-            setattr(self, name, fn)
+            _declare(self, rpc, _RPC_FUNCTIONS)
+        _declare(self, llama, _FUNCTIONS)
+        _declare(self, ggml, _GGML_FUNCTIONS)
         self.held = _Held(path)
 
     def __getattr__(self, name: str) -> Any:  # for mypy: functions are set dynamically

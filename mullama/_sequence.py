@@ -64,9 +64,13 @@ class LogitRows:
     ``llama_get_logits_ith``, which waits for the decode with the GIL released.
     """
 
+    # True when the driver has waited for the decode: the samplers' quick
+    # calls may then keep the GIL (``_lib.HELD_GIL``).
+    synced = False
+
     def __init__(self, ctx: int, n_vocab: int) -> None:
         self._ctx = ctx
-        self._n_vocab = n_vocab
+        self.n_vocab = n_vocab
         self._get: Callable[[int, int], int] = _backend.lib().llama_get_logits_ith
         self._views: dict[int, np.ndarray] = {}
 
@@ -75,7 +79,7 @@ class LogitRows:
         addr = self._get(self._ctx, idx)
         view = self._views.get(addr)
         if view is None:
-            view = self._views[addr] = _floats(addr, (self._n_vocab,))
+            view = self._views[addr] = _floats(addr, (self.n_vocab,))
         return view
 
     def argmax(self, idx: int) -> int:
@@ -93,6 +97,8 @@ class StepRows(LogitRows):
     worker threads measured no faster on a 16-core host: the read is bound
     by memory.)
     """
+
+    synced = True
 
     def __init__(self, ctx: int, n_vocab: int) -> None:
         super().__init__(ctx, n_vocab)
@@ -114,7 +120,7 @@ class StepRows(LogitRows):
     def _argmax_all(self) -> dict[int, int]:
         if len(self._greedy) < 2:
             return {}
-        row_bytes = 4 * self._n_vocab
+        row_bytes = 4 * self.n_vocab
         addrs = [self._get(self._ctx, i) for i in self._greedy]
         first = min(addrs)
         rows = [(a - first) // row_bytes for a in addrs]
@@ -123,7 +129,7 @@ class StepRows(LogitRows):
             return {}
         block = self._blocks.get((first, n_rows))
         if block is None:
-            block = self._blocks[(first, n_rows)] = _floats(first, (n_rows, self._n_vocab))
+            block = self._blocks[(first, n_rows)] = _floats(first, (n_rows, self.n_vocab))
         best = block.argmax(axis=1).tolist()
         return {i: best[r] for i, r in zip(self._greedy, rows)}
 
@@ -132,12 +138,9 @@ def _floats(addr: int, shape: tuple[int, ...]) -> np.ndarray:
     return np.ctypeslib.as_array(ctypes.cast(addr, ctypes.POINTER(ctypes.c_float)), shape=shape)
 
 
-def sampler(ctx: int, chain: SamplerChain, rows: LogitRows, grammar: GrammarState | None = None,
-            *, held: bool = False) -> Callable[[int], int]:
-    """``sample(idx)``: the chain's token from the logits at output ``idx`` (within ``grammar``, if any).
-
-    ``held``: the driver has synchronized, so the host chain's quick calls may keep the GIL.
-    """
+def sampler(ctx: int, chain: SamplerChain, rows: LogitRows,
+            grammar: GrammarState | None = None) -> Callable[[int], int]:
+    """``sample(idx)``: the chain's token from the logits ``rows`` reads at output ``idx`` (within ``grammar``)."""
     L = _backend.lib()
     if grammar is not None:
         return _grammar_sampler(chain, rows, grammar)
@@ -147,7 +150,7 @@ def sampler(ctx: int, chain: SamplerChain, rows: LogitRows, grammar: GrammarStat
         # candidate array of the whole vocabulary).
         return rows.argmax
     if chain.top_k and not chain.device:
-        return _top_k_sampler(chain, rows, held)
+        return _top_k_sampler(chain, rows)
     # On the device path the chain ran inside the decode and this returns its
     # token (finishing on the host whatever part could not run there).
     smpl = chain.ptr()
@@ -155,13 +158,13 @@ def sampler(ctx: int, chain: SamplerChain, rows: LogitRows, grammar: GrammarStat
     return lambda idx: int(native(smpl, ctx, idx))
 
 
-def _top_k_sampler(chain: SamplerChain, rows: LogitRows, held: bool) -> Callable[[int], int]:
+def _top_k_sampler(chain: SamplerChain, rows: LogitRows) -> Callable[[int], int]:
     """The host chain over the few candidates that can survive its top-k (:meth:`SamplerChain.candidates`)."""
-    cand = np.zeros(rows._n_vocab, dtype=_TOKEN_DATA)
+    cand = np.zeros(rows.n_vocab, dtype=_TOKEN_DATA)
     arr = _lib.llama_token_data_array(cand.ctypes.data_as(ctypes.POINTER(_lib.llama_token_data)), 0, -1, False)
     arr_ref = ctypes.byref(arr)
     L = _backend.lib()
-    apply = (L.held if held else L).llama_sampler_apply  # over ~100 candidates: microseconds
+    apply = (L.held if rows.synced else L).llama_sampler_apply  # over ~100 candidates: microseconds
     smpl = chain.ptr()
     ids = cand["id"]
     view = rows.view
@@ -191,7 +194,7 @@ def _grammar_sampler(chain: SamplerChain, rows: LogitRows, grammar: GrammarState
     runs only for the tokens where the model strays.
     """
     L = _backend.lib()
-    n_vocab = rows._n_vocab
+    n_vocab = rows.n_vocab
     logits = rows.view
     cand = np.zeros(n_vocab, dtype=_TOKEN_DATA)
     ids = np.arange(n_vocab, dtype=np.int32)

@@ -470,7 +470,7 @@ class Engine:
                 self._finish(s, _sequence.FINISH_LENGTH)
                 return
             assert self._rows is not None
-            sample = _sequence.sampler(ctx, s.chain, self._rows, s.grammar, held=True)
+            sample = _sequence.sampler(ctx, s.chain, self._rows, s.grammar)
             # Under a grammar the end-of-generation token means "the text is complete": it always ends.
             s.loop = _sequence.token_loop(self._model, sample, s.first_idx, req.max_tokens, req.stops,
                                           req.ignore_eos and s.grammar is None, s.finish)

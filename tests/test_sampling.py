@@ -335,20 +335,19 @@ def test_step_rows_take_each_rows_argmax_at_once(model: Model) -> None:
     # in one NumPy call over the block that holds them.  It must give each
     # row's own first largest logit, for rows side by side, rows among others
     # (the block then spans them too) and rows too scattered for one block.
-    ctx = Context(model, n_ctx=256, n_seq_max=3)
-    raw = ctx.ptr()
-    seqs = [model.tokenize(t) for t in ("The ocean is", "def fibonacci(n):", "Les fleurs du jardin")]
-    ctx._batch.fill_sequences(seqs)
-    L = _backend.lib()
-    assert L.llama_decode(raw, ctx._batch.struct) == 0
-    L.llama_synchronize(raw)
-    n = sum(len(s) for s in seqs)
-    alone = _sequence.LogitRows(raw, model.n_vocab)
-    expected = {i: int(np.argmax(alone.view(i).copy())) for i in range(n)}
-    assert len(set(expected.values())) > 3  # the rows really differ
-    rows = _sequence.StepRows(raw, model.n_vocab)
-    for greedy in (list(range(n)), [1, 2, 4, 5], [0, n - 1], [3]):
-        rows.new_step(greedy)
-        assert {i: rows.argmax(i) for i in greedy} == {i: expected[i] for i in greedy}
-        assert rows.view(greedy[0]).argmax() == expected[greedy[0]]
-    ctx.close()
+    with Context(model, n_ctx=256, n_seq_max=3) as ctx:
+        raw = ctx.ptr()
+        seqs = [model.tokenize(t) for t in ("The ocean is", "def fibonacci(n):", "Les fleurs du jardin")]
+        ctx._batch.fill_sequences(seqs)
+        L = _backend.lib()
+        assert L.llama_decode(raw, ctx._batch.struct) == 0
+        L.llama_synchronize(raw)
+        n = sum(len(s) for s in seqs)
+        alone = _sequence.LogitRows(raw, model.n_vocab)
+        expected = {i: int(np.argmax(alone.view(i).copy())) for i in range(n)}
+        assert len(set(expected.values())) > 3  # the rows really differ
+        rows = _sequence.StepRows(raw, model.n_vocab)
+        for greedy in (list(range(n)), [1, 2, 4, 5], [0, n - 1], [3]):
+            rows.new_step(greedy)
+            assert {i: rows.argmax(i) for i in greedy} == {i: expected[i] for i in greedy}
+            assert rows.view(greedy[0]).argmax() == expected[greedy[0]]
