@@ -90,12 +90,14 @@ class LogitRows:
 class StepRows(LogitRows):
     """The rows of one batched step, read after the driver's ``llama_synchronize``.
 
-    Reads keep the GIL (``_lib.HELD_GIL``): they cannot wait any more.  The
-    first ``argmax`` of a step takes the argmax of every greedy row at once,
-    in one NumPy call over the block of rows that holds them, instead of one
-    call (and one GIL release) per sequence.  (Splitting a large block among
-    worker threads measured no faster on a 16-core host: the read is bound
-    by memory.)
+    Reads keep the GIL (``_lib.HELD_GIL``): they cannot wait any more.
+    ``new_step`` takes the argmax of every greedy row at once, in one NumPy
+    call over the block of rows that holds them, instead of one call (and
+    one GIL release) per sequence, and keeps them: ``argmax`` of those rows
+    stays valid after the next decode has been queued, when the logits
+    themselves may already be overwritten (the Engine resumes a greedy
+    sequence's loop only then).  (Splitting a large block among worker
+    threads measured no faster on a 16-core host: the read is bound by memory.)
     """
 
     synced = True
@@ -103,35 +105,32 @@ class StepRows(LogitRows):
     def __init__(self, ctx: int, n_vocab: int) -> None:
         super().__init__(ctx, n_vocab)
         self._get = _backend.lib().held.llama_get_logits_ith
-        self._greedy: list[int] = []
-        self._best: dict[int, int] | None = None
+        self._best: dict[int, int] = {}
         self._blocks: dict[tuple[int, int], np.ndarray] = {}
 
     def new_step(self, greedy: list[int]) -> None:
-        """The outputs of the step just decoded whose samplers will ask for ``argmax``."""
-        self._greedy, self._best = greedy, None
+        """The outputs of the step just decoded whose samplers will ask for ``argmax``: read them now."""
+        self._best = self._argmax_all(greedy)
 
     def argmax(self, idx: int) -> int:
-        if self._best is None:
-            self._best = self._argmax_all()
         best = self._best.get(idx)
         return super().argmax(idx) if best is None else best
 
-    def _argmax_all(self) -> dict[int, int]:
-        if len(self._greedy) < 2:
+    def _argmax_all(self, greedy: list[int]) -> dict[int, int]:
+        if not greedy:
             return {}
         row_bytes = 4 * self.n_vocab
-        addrs = [self._get(self._ctx, i) for i in self._greedy]
+        addrs = [self._get(self._ctx, i) for i in greedy]
         first = min(addrs)
         rows = [(a - first) // row_bytes for a in addrs]
         n_rows = max(rows) + 1
         if n_rows > 2 * len(rows):  # scattered among many other rows: read them one by one
-            return {}
+            return {i: int(_floats(a, (self.n_vocab,)).argmax()) for i, a in zip(greedy, addrs)}
         block = self._blocks.get((first, n_rows))
         if block is None:
             block = self._blocks[(first, n_rows)] = _floats(first, (n_rows, self.n_vocab))
         best = block.argmax(axis=1).tolist()
-        return {i: best[r] for i, r in zip(self._greedy, rows)}
+        return {i: best[r] for i, r in zip(greedy, rows)}
 
 
 def _floats(addr: int, shape: tuple[int, ...]) -> np.ndarray:

@@ -172,6 +172,7 @@ class _Slot:
     chain: SamplerChain | None = None
     grammar: GrammarState | None = None
     pending: int | None = None  # the sampled token waiting for the next step's decode
+    picked: bool = False  # ``pending`` was picked by the engine; the loop takes it after the next decode
     first_idx: int = -1  # output index of the prompt's last token, for the loop's first sample
 
 
@@ -370,18 +371,22 @@ class Engine:
             if s.request is not None and s.request._cancelled:
                 self._finish(s, FINISH_CANCELLED)
         batch = self._ctx._batch
-        tok, pos, seq, out = batch.token, batch.pos, batch.seq, batch.logits
         outputs: list[tuple[_Slot, int]] = []
-        n = 0
         # one new token for every generating sequence...
+        toks: list[int] = []
+        poss: list[int] = []
+        seqs: list[int] = []
         for s in self._slots:
             if s.request is not None and s.pending is not None:
                 if len(s.tokens) >= self._n_ctx_seq:
                     self._finish(s, _sequence.FINISH_LENGTH)
                     continue
-                tok[n], pos[n], seq[n], out[n] = s.pending, len(s.tokens), s.seq, 1
-                outputs.append((s, n))
-                n += 1
+                outputs.append((s, len(toks)))
+                toks.append(s.pending)
+                poss.append(len(s.tokens))
+                seqs.append(s.seq)
+        n = len(toks)
+        batch.token[:n], batch.pos[:n], batch.seq[:n], batch.logits[:n] = toks, poss, seqs, 1
         # ...then chunks of the prompts still to evaluate
         budget = batch.capacity - n
         prefill: list[tuple[_Slot, int]] = []
@@ -394,12 +399,12 @@ class Engine:
             k = len(chunk)
             start = len(s.tokens)
             prefill.append((s, k))
-            tok[n:n + k] = chunk
-            pos[n:n + k] = np.arange(start, start + k, dtype=np.int32)
-            seq[n:n + k] = s.seq
-            out[n:n + k] = 0
+            batch.token[n:n + k] = chunk
+            batch.pos[n:n + k] = np.arange(start, start + k, dtype=np.int32)
+            batch.seq[n:n + k] = s.seq
+            batch.logits[n:n + k] = 0
             if k == len(s.todo):
-                out[n + k - 1] = 1
+                batch.logits[n + k - 1] = 1
                 outputs.append((s, n + k - 1))
             n += k
             budget -= k
@@ -422,19 +427,54 @@ class Engine:
             del s.todo[:k]
         touched = [s.request for s, _ in outputs if s.request is not None]
         # While the device decodes, every sequence makes the text of the token it
-        # just sent; then, after one wait for the decode, each samples its next token.
+        # just sent (a loop whose token the engine picked first takes it now);
+        # then, after one wait for the decode, each samples its next token.
         for s, idx in outputs:
-            self._text(s, idx)
+            if s.picked:
+                self._take_picked(s)
+            if s.request is not None:
+                self._text(s, idx)
         L.llama_synchronize(ctx)
         rows = self._rows
         assert rows is not None
         rows.new_step([idx for s, idx in outputs if s.chain is not None and s.chain.argmax_only])
-        for s, _ in outputs:
-            if s.request is not None:
+        for s, idx in outputs:
+            if s.request is not None and not self._pick(s, idx, rows):
                 self._sample(s, ctx)
         self._unwoken += touched
         if not self._wake_late:
             self._wake_now()
+
+    def _pick(self, s: _Slot, idx: int, rows: _sequence.StepRows) -> bool:
+        """Pick a greedy sequence's next token without resuming its loop, when the loop would just send it on.
+
+        Between the device's end of one step and the start of the next, only
+        the argmax (already read for every greedy row at once) and this check
+        run per sequence; the loop itself samples the same token from the
+        reader's kept argmax after the next decode is queued
+        (``_take_picked``), off that path.  A token that would end the
+        generation (end of generation, ``max_tokens``, the context) goes
+        through the loop at once instead.
+        """
+        req, chain, finish = s.request, s.chain, s.finish
+        assert req is not None and chain is not None and finish is not None
+        if s.loop is None or s.grammar is not None or not chain.argmax_only:
+            return False
+        if finish.n_sampled + 1 >= req.max_tokens or len(s.tokens) >= self._n_ctx_seq:
+            return False
+        tok = rows.argmax(idx)
+        if not req.ignore_eos and self._model._piece_or_eog(tok) is None:
+            return False
+        s.pending, s.picked = tok, True
+        return True
+
+    def _take_picked(self, s: _Slot) -> None:
+        """The loop samples (from the kept argmax) and sends the token the engine already decoded for it."""
+        s.picked = False
+        decoded = s.tokens[-1]
+        tok = self._pump(s, None)
+        if tok != decoded:  # the two must agree, or the cache and the text part ways
+            raise RuntimeError(f"sequence {s.seq}: the engine decoded token {decoded} but its loop sampled {tok}")
 
     def _wake_now(self) -> None:
         if self._unwoken:
@@ -513,6 +553,7 @@ class Engine:
                     f"({req.completion_tokens} tokens generated)", "".join(req._text or [])))
             s.grammar.close()
         s.request, s.loop, s.chain, s.grammar, s.pending, s.todo = None, None, None, None, None, []
+        s.picked = False
         # The cache keeps what was decoded (prefix reuse for the next request of this slot).
         self._end(req, reason)
 

@@ -7,7 +7,7 @@ import threading
 
 import pytest
 
-from mullama import Context, ContextFullError, Model, SamplerParams
+from mullama import Context, ContextFullError, Model, SamplerParams, _backend
 from mullama.engine import Engine
 
 from .conftest import unique_stop_piece
@@ -171,3 +171,30 @@ def test_a_stop_string_leaves_its_token_out_of_the_slot_cache(model: Model) -> N
         assert req.text() == full[:full.find(stop)]
         assert eng._slots[0].tokens == prompt_ids + gen[:j]
         assert eng.generate(prompt, 40, SamplerParams.greedy(), ignore_eos=True) == full
+
+
+def test_a_finished_sequence_decoded_nothing_past_its_last_token(model: Model) -> None:
+    """The engine picks a greedy sequence's next token before its loop runs (so that only the argmax
+    lies between two decodes); a token that ends the generation (max_tokens, end of generation) must
+    still never reach the decoder: each slot's cache then holds the prompt and every generated token
+    but the last, in llama.cpp's memory as in the engine's record, and the text is a lone Context's."""
+    chat = model.apply_chat_template([{"role": "user", "content": "Say hello."}], add_generation_prompt=True)
+    cases = [("Once upon a time", 1, True), ("Les fleurs du jardin", 2, True), ("The ocean is", 9, True),
+             (chat, 200, False)]
+    ctx = Context(model, n_ctx=512)
+    expected = []
+    for prompt, n, ignore in cases:
+        ctx.clear_cache()
+        expected.append(ctx.generate(prompt, max_tokens=n, params=GREEDY, ignore_eos=ignore))
+    ctx.close()
+    for (prompt, n, ignore), text in zip(cases, expected):
+        with Engine(model, parallel=2, n_ctx=512) as eng:
+            beside = eng.submit("Write a long story about a dragon.", 60, GREEDY, ignore_eos=True)
+            req = eng.submit(prompt, n, GREEDY, ignore_eos=ignore)
+            assert req.text() == text
+            slot = next(s for s in eng._slots if s.tokens[:req.prompt_tokens] == req.prompt)
+            assert len(slot.tokens) == req.prompt_tokens + req.completion_tokens - 1
+            assert _backend.lib().llama_memory_seq_pos_max(eng._ctx._mem, slot.seq) + 1 == len(slot.tokens)
+            assert beside.text() and beside.completion_tokens == 60
+        if not ignore:
+            assert req.finish_reason == "stop" and req.completion_tokens < n  # ended by end of generation
