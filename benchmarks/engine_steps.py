@@ -9,16 +9,19 @@ in phases by wrapping the engine's own methods (nothing else changes):
 
 * ``decode``: the ``llama_decode`` call (graph build and launch; on a GPU it
   returns before the computation ends);
-* ``text``: every sequence makes the text of the token it sent (overlaps the
-  device's work);
-* ``wait+sample``: the sampling pass; its first read of the logits waits for
-  the decode to end, so on a GPU this holds the device time not hidden by the
-  text pass, plus the sampling itself;
+* ``loops``: every sequence's token loop takes the token it sent and makes
+  its text (overlaps the device's work);
+* ``wait``: the engine's one ``llama_synchronize`` per step: the device time
+  not hidden by the loops;
+* ``argmax``: every greedy row's argmax, read at once;
+* ``pick``: the per-sequence check that picks each greedy token;
+* ``sample``: loops that sample themselves (a prompt's first token, the
+  tokens that end a generation);
 * ``other``: the rest of the step (the batch, the scheduler, the wake-ups).
 
 A second run with ``llama_synchronize`` called right after the decode
-separates the device's time from the sampling.  Medians per step over the
-steps where every sequence generates (and their mean step time).
+separates the device's time (``device wait``) from the rest.  Medians per
+step over the steps where every sequence generates (and their mean step time).
 """
 
 from __future__ import annotations
@@ -70,7 +73,12 @@ def profile(model: Any, b: int, threads: int, sync: bool) -> dict[str, float]:
         eng.generate([1, 2, 3], 4, SamplerParams.greedy())
         step = eng._step
         L.llama_decode = timed("decode", decode_then_wait if sync else decode)
-        eng._text = timed("text", eng._text)  # type: ignore[method-assign]
+        L.llama_synchronize = timed("wait", synchronize)
+        eng._take_picked = timed("loops", eng._take_picked)  # type: ignore[method-assign]
+        eng._text = timed("loops", eng._text)  # type: ignore[method-assign]
+        assert eng._rows is not None
+        eng._rows.new_step = timed("argmax", eng._rows.new_step)  # type: ignore[method-assign]
+        eng._pick = timed("pick", eng._pick)  # type: ignore[method-assign]
         eng._sample = timed("sample", eng._sample)  # type: ignore[method-assign]
         eng._wake = timed("wake", eng._wake)  # type: ignore[method-assign]
         last = [0.0]
@@ -90,7 +98,7 @@ def profile(model: Any, b: int, threads: int, sync: bool) -> dict[str, float]:
             for r in reqs:
                 r.text()
         finally:
-            L.llama_decode = decode
+            L.llama_decode, L.llama_synchronize = decode, synchronize
     keys = sorted({k for r in rows for k in r})
     med = {k: statistics.median(r.get(k, 0.0) for r in rows) * 1e3 for k in keys}
     if sync:
@@ -110,15 +118,14 @@ def main() -> int:
     a = ap.parse_args()
     from mullama import Model
     model = Model.load(a.model, n_gpu_layers=a.ngl)
-    print("| B | llama_synchronize after decode | step ms (mean) | median | decode | device wait | text | wait+sample "
-          "| wake | other |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    phases = ("decode", "device wait", "loops", "wait", "argmax", "pick", "sample", "wake", "other")
+    print("| B | llama_synchronize after decode | step ms (mean) | median | " + " | ".join(phases) + " |")
+    print("|---" * (4 + len(phases)) + "|")
     for b in (int(x) for x in a.batch.split(",")):
         for sync in (False, True):
             m = profile(model, b, a.threads, sync)
-            print(f"| {b} | {'yes' if sync else 'no'} | {m['mean step']:.3f} | {m['step']:.3f} | {m['decode']:.3f} | "
-                  f"{m.get('device wait', 0.0):.3f} | {m.get('text', 0.0):.3f} | {m.get('sample', 0.0):.3f} | "
-                  f"{m.get('wake', 0.0):.3f} | {m['other']:.3f} |", flush=True)
+            cells = " | ".join(f"{m.get(k, 0.0):.3f}" for k in phases)
+            print(f"| {b} | {'yes' if sync else 'no'} | {m['mean step']:.3f} | {m['step']:.3f} | {cells} |", flush=True)
     return 0
 
 
