@@ -336,6 +336,7 @@ _FUNCTIONS: Final[dict[str, tuple[Any, tuple[Any, ...]]]] = {
     "llama_batch_free": (None, (llama_batch,)),
     "llama_decode": (c_int32, (_p, llama_batch)),
     "llama_encode": (c_int32, (_p, llama_batch)),
+    "llama_get_logits": (c_void_p, (_p,)),
     "llama_get_logits_ith": (c_void_p, (_p, c_int32)),
     "llama_get_embeddings": (POINTER(c_float), (_p,)),
     "llama_get_embeddings_ith": (POINTER(c_float), (_p, c_int32)),
@@ -414,9 +415,9 @@ class LibraryLoadError(RuntimeError):
 # handle that keeps the GIL: a thread that makes many such calls in a row (the
 # engine's sampling pass) would otherwise queue for the GIL again after each
 # one, behind whatever another thread (a server's event loop) is doing.
-# ``llama_get_logits_ith`` waits for the last decode, so ``held`` is for calls
-# after an explicit ``llama_synchronize``.
-HELD_GIL: Final = ("llama_get_logits_ith", "llama_sampler_accept", "llama_sampler_apply")
+# ``llama_get_logits`` and ``llama_get_logits_ith`` wait for the last decode,
+# so ``held`` is for calls after an explicit ``llama_synchronize``.
+HELD_GIL: Final = ("llama_get_logits", "llama_get_logits_ith", "llama_sampler_accept", "llama_sampler_apply")
 
 
 def _declare(target: object, handle: ctypes.CDLL, table: dict[str, tuple[Any, tuple[Any, ...]]],

@@ -90,47 +90,55 @@ class LogitRows:
 class StepRows(LogitRows):
     """The rows of one batched step, read after the driver's ``llama_synchronize``.
 
-    Reads keep the GIL (``_lib.HELD_GIL``): they cannot wait any more.
-    ``new_step`` takes the argmax of every greedy row at once, in one NumPy
-    call over the block of rows that holds them, instead of one call (and
-    one GIL release) per sequence, and keeps them: ``argmax`` of those rows
-    stays valid after the next decode has been queued, when the logits
-    themselves may already be overwritten (the Engine resumes a greedy
-    sequence's loop only then).  (Splitting a large block among worker
-    threads measured no faster on a 16-core host: the read is bound by memory.)
+    ``new_step`` makes one ``llama_get_logits`` call (each call waits for the
+    device again, a driver call per row otherwise): llama.cpp stores the rows
+    of a step's outputs side by side, in the order of their tokens in the
+    batch.  It then takes the argmax of every greedy row at once, in one
+    NumPy call over the block of rows that holds them, and keeps them:
+    ``argmax`` of those rows stays valid after the next decode has been
+    queued, when the logits themselves may already be overwritten (the Engine
+    resumes a greedy sequence's loop only then).  Its reads keep the GIL
+    (``_lib.HELD_GIL``): they cannot wait any more.  (Splitting the block
+    between two threads measured no faster on a 16-core host.)
     """
 
     synced = True
 
     def __init__(self, ctx: int, n_vocab: int) -> None:
         super().__init__(ctx, n_vocab)
-        self._get = _backend.lib().held.llama_get_logits_ith
+        self._all = _backend.lib().held.llama_get_logits
+        self._rows: dict[int, int] = {}  # an output's batch index -> its row
+        self._logits = np.empty((0, n_vocab), dtype=np.float32)
         self._best: dict[int, int] = {}
-        self._blocks: dict[tuple[int, int], np.ndarray] = {}
 
-    def new_step(self, greedy: list[int]) -> None:
-        """The outputs of the step just decoded whose samplers will ask for ``argmax``: read them now."""
-        self._best = self._argmax_all(greedy)
+    def new_step(self, outputs: list[int], greedy: list[int]) -> None:
+        """The step just decoded: the batch indices of its ``outputs`` (ascending), and those
+        of them whose samplers will ask for ``argmax``, read now."""
+        self._rows = {idx: r for r, idx in enumerate(outputs)}
+        self._best = {}
+        if not outputs:
+            return
+        addr = self._all(self._ctx)
+        if addr != self._logits.ctypes.data or len(self._logits) < len(outputs):
+            # llama.cpp keeps its output buffer until a step needs more rows
+            self._logits = _floats(addr, (len(outputs), self.n_vocab))
+        if not greedy:
+            return
+        rows = [self._rows[i] for i in greedy]
+        lo, hi = min(rows), max(rows) + 1
+        if hi - lo > 2 * len(rows):  # scattered among many other rows: read them one by one
+            self._best = {i: int(self._logits[r].argmax()) for i, r in zip(greedy, rows)}
+        else:
+            best = self._logits[lo:hi].argmax(axis=1).tolist()
+            self._best = {i: best[r - lo] for i, r in zip(greedy, rows)}
+
+    def view(self, idx: int) -> np.ndarray:
+        row: np.ndarray = self._logits[self._rows[idx]]
+        return row
 
     def argmax(self, idx: int) -> int:
         best = self._best.get(idx)
-        return super().argmax(idx) if best is None else best
-
-    def _argmax_all(self, greedy: list[int]) -> dict[int, int]:
-        if not greedy:
-            return {}
-        row_bytes = 4 * self.n_vocab
-        addrs = [self._get(self._ctx, i) for i in greedy]
-        first = min(addrs)
-        rows = [(a - first) // row_bytes for a in addrs]
-        n_rows = max(rows) + 1
-        if n_rows > 2 * len(rows):  # scattered among many other rows: read them one by one
-            return {i: int(_floats(a, (self.n_vocab,)).argmax()) for i, a in zip(greedy, addrs)}
-        block = self._blocks.get((first, n_rows))
-        if block is None:
-            block = self._blocks[(first, n_rows)] = _floats(first, (n_rows, self.n_vocab))
-        best = block.argmax(axis=1).tolist()
-        return {i: best[r] for i, r in zip(greedy, rows)}
+        return int(self.view(idx).argmax()) if best is None else best
 
 
 def _floats(addr: int, shape: tuple[int, ...]) -> np.ndarray:

@@ -331,8 +331,8 @@ def test_each_path_samples_its_distribution(peaked_model: Model, kind: str, path
 
 
 def test_step_rows_take_each_rows_argmax_at_once(model: Model) -> None:
-    # The engine's reader: after one synchronize, the argmax of every greedy row
-    # in one NumPy call over the block that holds them.  It must give each
+    # The engine's reader: after one synchronize, one llama_get_logits call and
+    # the argmax of every greedy row in one NumPy call over the block that holds them.  It must give each
     # row's own first largest logit, for rows side by side, rows among others
     # (the block then spans them too) and rows too scattered for one block.
     with Context(model, n_ctx=256, n_seq_max=3) as ctx:
@@ -348,6 +348,21 @@ def test_step_rows_take_each_rows_argmax_at_once(model: Model) -> None:
         assert len(set(expected.values())) > 3  # the rows really differ
         rows = _sequence.StepRows(raw, model.n_vocab)
         for greedy in (list(range(n)), [1, 2, 4, 5], [0, n - 1], [3]):
-            rows.new_step(greedy)
+            rows.new_step(list(range(n)), greedy)
             assert {i: rows.argmax(i) for i in greedy} == {i: expected[i] for i in greedy}
             assert rows.view(greedy[0]).argmax() == expected[greedy[0]]
+        # A step whose outputs are some of its tokens (each prompt's last, two more): rows are
+        # found by the order of the outputs in the batch, as llama_get_logits_ith finds them.
+        outputs = sorted({len(seqs[0]) - 1, len(seqs[0]) + len(seqs[1]) - 1, n - 1, 1, 4})
+        ctx.clear_cache()
+        ctx._batch.fill_sequences(seqs)
+        ctx._batch.logits[:n] = 0
+        ctx._batch.logits[outputs] = 1
+        assert L.llama_decode(raw, ctx._batch.struct) == 0
+        L.llama_synchronize(raw)
+        own = {i: alone.view(i).copy() for i in outputs}
+        for greedy in (outputs, outputs[1:3], [outputs[-1]], []):
+            rows.new_step(outputs, greedy)
+            assert {i: rows.argmax(i) for i in outputs} == {i: int(own[i].argmax()) for i in outputs}
+            for i in outputs:
+                assert np.array_equal(rows.view(i), own[i])
