@@ -5,7 +5,9 @@ thread runs steps: each step packs one new token for every generating
 sequence, plus chunks of newly arrived prompts, into a single batch, decodes
 it once, and then lets every sequence with an output sample its next token
 through the same per-sequence token loop a :class:`~mullama.Context` uses
-(:mod:`mullama._sequence`).  Requests join and leave at any step; more
+(:mod:`mullama._sequence`).  For greedy sequences the engine reads every
+argmax at once and queues the next decode first; their loops then take those
+tokens while the device works.  Requests join and leave at any step; more
 requests than ``parallel`` wait in a queue.  Each sequence has its own sampler
 chain, stop strings, ``max_tokens`` and cancellation, and streams its pieces
 to its own consumer (a blocking iterator or an ``async for``).
