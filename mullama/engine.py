@@ -1,6 +1,6 @@
 """``Engine``: continuous batching — many requests, one model, one ``llama_decode`` per step.
 
-One context holds ``parallel`` sequences in a unified KV cache.  A scheduler
+One context holds ``parallel`` sequences, each in its own KV stream.  A scheduler
 thread runs steps: each step packs one new token for every generating
 sequence, plus chunks of newly arrived prompts, into a single batch, decodes
 it once, and then lets every sequence with an output sample its next token
@@ -14,7 +14,7 @@ to its own consumer (a blocking iterator or an ``async for``).
 
 A new request takes the idle slot whose cached tokens share the longest
 prefix with its prompt, so the next turn of a conversation evaluates only
-what is new.  Each slot may hold ``n_ctx`` tokens; the unified cache is sized
+what is new.  Each slot may hold ``n_ctx`` tokens; the cache is sized
 for all of them, so a running request never waits for cache space.
 """
 
