@@ -1,6 +1,6 @@
 """``Engine``: continuous batching — many requests, one model, one ``llama_decode`` per step.
 
-One context holds ``parallel`` sequences, each in its own KV stream.  A scheduler
+One context holds ``parallel`` sequences (each in its own KV stream, by default).  A scheduler
 thread runs steps: each step packs one new token for every generating
 sequence, plus chunks of newly arrived prompts, into a single batch, decodes
 it once, and then lets every sequence with an output sample its next token
