@@ -439,7 +439,8 @@ class Engine:
         L.llama_synchronize(ctx)
         rows = self._rows
         assert rows is not None
-        rows.new_step([idx for _, idx in outputs], [idx for s, idx in outputs if s.chain is not None and s.chain.argmax_only])
+        greedy = [idx for s, idx in outputs if s.chain is not None and s.chain.argmax_only]
+        rows.new_step([idx for _, idx in outputs], greedy)
         for s, idx in outputs:
             if s.request is not None and not self._pick(s, idx, rows):
                 self._sample(s, ctx)
