@@ -253,6 +253,7 @@ const FUNCTIONS = {
   llama_batch_free: ['void', ['llama_batch']],
   llama_decode: ['int32_t', [P, 'llama_batch']],
   llama_encode: ['int32_t', [P, 'llama_batch']],
+  llama_get_logits: [P, [P]],
   llama_get_logits_ith: [P, [P, 'int32_t']],
   llama_get_embeddings: [P, [P]],
   llama_get_embeddings_ith: [P, [P, 'int32_t']],
