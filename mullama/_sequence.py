@@ -109,6 +109,7 @@ class StepRows(LogitRows):
         self._all = _backend.lib().held.llama_get_logits
         self._rows: dict[int, int] = {}  # an output's batch index -> its row
         self._logits = np.empty((0, n_vocab), dtype=np.float32)
+        self._read = False  # whether ``_logits`` maps this step's rows
         self._best: dict[int, int] = {}
 
     def new_step(self, outputs: list[int], greedy: list[int]) -> None:
@@ -116,24 +117,32 @@ class StepRows(LogitRows):
         of them whose samplers will ask for ``argmax``, read now."""
         self._rows = {idx: r for r, idx in enumerate(outputs)}
         self._best = {}
-        if not outputs:
-            return
-        addr = self._all(self._ctx)
-        if addr != self._logits.ctypes.data or len(self._logits) < len(outputs):
-            # llama.cpp keeps its output buffer until a step needs more rows
-            self._logits = _floats(addr, (len(outputs), self.n_vocab))
+        self._read = False
         if not greedy:
-            return
+            return  # a step whose chains all ran on the device may need no row at all
+        logits = self._step_logits()
         rows = [self._rows[i] for i in greedy]
         lo, hi = min(rows), max(rows) + 1
         if hi - lo > 2 * len(rows):  # scattered among many other rows: read them one by one
-            self._best = {i: int(self._logits[r].argmax()) for i, r in zip(greedy, rows)}
+            self._best = {i: int(logits[r].argmax()) for i, r in zip(greedy, rows)}
         else:
-            best = self._logits[lo:hi].argmax(axis=1).tolist()
+            best = logits[lo:hi].argmax(axis=1).tolist()
             self._best = {i: best[r - lo] for i, r in zip(greedy, rows)}
 
+    def _step_logits(self) -> np.ndarray:
+        """Every output row of the step, from one ``llama_get_logits`` call."""
+        if not self._read:
+            addr = self._all(self._ctx)
+            if not addr:
+                raise RuntimeError(f"llama.cpp returned no logits for this step: {_lib.take_errors() or 'no outputs'}")
+            if addr != self._logits.ctypes.data or len(self._logits) < len(self._rows):
+                # llama.cpp keeps its output buffer until a step needs more rows
+                self._logits = _floats(addr, (len(self._rows), self.n_vocab))
+            self._read = True
+        return self._logits
+
     def view(self, idx: int) -> np.ndarray:
-        row: np.ndarray = self._logits[self._rows[idx]]
+        row: np.ndarray = self._step_logits()[self._rows[idx]]
         return row
 
     def argmax(self, idx: int) -> int:
