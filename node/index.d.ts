@@ -1,4 +1,18 @@
 // Type definitions for mullama (Node.js): fast local LLM inference over llama.cpp's libllama.
+//
+// They compile wherever the user's code does: from `--target es2020` up, with or
+// without @types/node (TypeScript 6+ no longer includes it unless listed in `types`).
+// `Symbol.dispose` comes from the lib referenced below, whatever the user's `lib`;
+// Buffer and AbortSignal are taken from the globals when some lib declares them.
+/// <reference lib="esnext.disposable" />
+
+/** Node's Buffer where @types/node is loaded; otherwise the Uint8Array that Buffer extends. */
+type MullamaBuffer = typeof globalThis extends { Buffer: { from(data: string): infer B } } ? B : Uint8Array;
+
+/** The AbortSignal of Node or the DOM, whichever the program's types declare. */
+type MullamaAbortSignal = typeof globalThis extends { AbortSignal: { prototype: infer S } }
+  ? S
+  : { readonly aborted: boolean; readonly reason: unknown };
 
 /** Options of JsModel.load. */
 export interface JsModelParams {
@@ -80,7 +94,7 @@ export interface JsGenerateOptions {
   /** Keep generating past end-of-generation tokens. Default false. */
   ignoreEos?: boolean;
   /** Cancels generateAsync / generateStreamAsync (not accepted by the synchronous methods). */
-  signal?: AbortSignal;
+  signal?: MullamaAbortSignal;
   /**
    * Constrain the text to this grammar's language; generation then ends when the text is complete,
    * and throws GrammarIncompleteError if maxTokens runs out first. Sampled on the host.
@@ -152,7 +166,7 @@ export class JsModel implements JsDisposable {
   /** True for end-of-generation tokens. */
   tokenIsEog(token: number): boolean;
   /** The bytes of one token (may be part of a UTF-8 character). */
-  tokenToPiece(token: number, special?: boolean): Buffer;
+  tokenToPiece(token: number, special?: boolean): MullamaBuffer;
   readonly nCtxTrain: number;
   readonly nEmbd: number;
   readonly nVocab: number;
