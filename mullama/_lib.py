@@ -324,6 +324,7 @@ _FUNCTIONS: Final[dict[str, tuple[Any, tuple[Any, ...]]]] = {
     "llama_get_memory": (_p, (_p,)),
     "llama_memory_clear": (None, (_p, c_bool)),
     "llama_memory_seq_rm": (c_bool, (_p, llama_seq_id, llama_pos, llama_pos)),
+    "llama_memory_seq_cp": (None, (_p, llama_seq_id, llama_seq_id, llama_pos, llama_pos)),
     "llama_memory_seq_add": (None, (_p, llama_seq_id, llama_pos, llama_pos, llama_pos)),
     "llama_memory_seq_pos_max": (llama_pos, (_p, llama_seq_id)),
     "llama_memory_can_shift": (c_bool, (_p,)),

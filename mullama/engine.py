@@ -12,10 +12,19 @@ requests than ``parallel`` wait in a queue.  Each sequence has its own sampler
 chain, stop strings, ``max_tokens`` and cancellation, and streams its pieces
 to its own consumer (a blocking iterator or an ``async for``).
 
-A new request takes the idle slot whose cached tokens share the longest
-prefix with its prompt, so the next turn of a conversation evaluates only
-what is new.  Each slot may hold ``n_ctx`` tokens; the cache is sized
-for all of them, so a running request never waits for cache space.
+The busy sequences are kept one run of consecutive ids.  Each sequence has a
+KV stream of its own, and llama.cpp decodes the sequences of a batch in one
+pass over the weights only while their ids are consecutive (one pass views a
+range of streams): a gap splits the step into one pass per run, which once
+made a small load after a busy burst several times slower on a GPU.  So a
+new request takes the lowest idle sequence; if another idle sequence's cache
+shares a longer prefix with its prompt, that cache is copied there first (one
+copy of the stream), so the next turn of a conversation still evaluates only
+what is new.  A gap that a finished request leaves among running ones is
+closed by moving the highest running sequence into it (its cache copied, its
+state following), except a sequence whose chain runs on the device, whose
+device state cannot move.  Each slot may hold ``n_ctx`` tokens; the cache is
+sized for all of them, so a running request never waits for cache space.
 """
 
 from __future__ import annotations
@@ -38,6 +47,13 @@ from .sampling import GrammarState, SamplerChain, SamplerParams
 
 FINISH_CANCELLED = "cancelled"
 _END = object()
+# An idle slot's device chain stays in the graph this many steps, so that the
+# next request with the same parameters finds it (attaching one makes llama.cpp
+# reserve its graphs again); then it leaves, since every pass would carry it.
+_IDLE_CHAIN_STEPS = 64
+# A new request takes the cache of another idle sequence when it shares at
+# least this many more prompt tokens than the lowest idle sequence's own.
+_COPY_MIN_TOKENS = 16
 
 
 class Request:
@@ -176,6 +192,24 @@ class _Slot:
     pending: int | None = None  # the sampled token waiting for the next step's decode
     picked: bool = False  # ``pending`` was picked by the engine; the loop takes it after the next decode
     first_idx: int = -1  # output index of the prompt's last token, for the loop's first sample
+    idle_since: int = 0  # the engine's step count when the slot last went idle
+
+    def take_over(self, src: _Slot) -> None:
+        """Take ``src``'s running request and its state; ``src`` goes idle, its cache kept."""
+        self.tokens = list(src.tokens)
+        self.request, self.todo, self.loop, self.finish = src.request, src.todo, src.loop, src.finish
+        self.chain, self.grammar, self.pending, self.picked = src.chain, src.grammar, src.pending, src.picked
+        self.first_idx = src.first_idx
+        src.request, src.todo, src.loop, src.finish, src.chain, src.grammar = None, [], None, None, None, None
+        src.pending, src.picked = None, False
+
+
+def _common_prefix(cached: list[int], prompt: list[int]) -> int:
+    """Tokens at the start of ``prompt`` that ``cached`` holds (at least one prompt token is left to decode)."""
+    n, limit = 0, min(len(cached), len(prompt) - 1)
+    while n < limit and cached[n] == prompt[n]:
+        n += 1
+    return n
 
 
 class Engine:
@@ -223,8 +257,9 @@ class Engine:
         self._cond = threading.Condition()
         self._closed = False
         self._thread: threading.Thread | None = None
+        # split_steps: steps whose sequences were not one run of ids (llama.cpp then makes one pass per run)
         self.stats = {"requests": 0, "requests_finished": 0, "prompt_tokens": 0, "prompt_tokens_evaluated": 0,
-                      "completion_tokens": 0, "steps": 0}
+                      "completion_tokens": 0, "steps": 0, "split_steps": 0, "cache_copies": 0, "sequence_moves": 0}
         self.finish_reasons: collections.Counter[str] = collections.Counter()
         self.ttft_seconds = [0.0, 0]  # sum and count of submission -> first piece
 
@@ -330,6 +365,8 @@ class Engine:
                     if self._closed and not self._waiting and not any(s.request for s in self._slots):
                         return
                     self._admit()
+                self._compact()
+                self._release_idle_chains()
                 self._step(ctx)
         except BaseException as e:  # noqa: BLE001 - every waiting consumer learns why
             self._fail_all(e)
@@ -337,7 +374,9 @@ class Engine:
             self._ctx._release()
 
     def _admit(self) -> None:
-        """Give waiting requests idle slots: the one whose cache shares the longest prefix."""
+        """Give waiting requests the lowest idle sequences, with the best cached prefix (see the module doc)."""
+        L = _backend.lib()
+        mem = self._ctx._mem
         while self._waiting:
             idle = [s for s in self._slots if s.request is None]
             if not idle:
@@ -346,26 +385,57 @@ class Engine:
             if req._cancelled:
                 self._end(req, FINISH_CANCELLED)
                 continue
-            best, common = idle[0], -1
-            for s in idle:
-                n, limit = 0, min(len(s.tokens), len(req.prompt) - 1)
-                while n < limit and s.tokens[n] == req.prompt[n]:
-                    n += 1
-                if n > common:
-                    best, common = s, n
-            mem = self._ctx._mem
-            if not _backend.lib().llama_memory_seq_rm(mem, best.seq, common, -1):
-                _backend.lib().llama_memory_seq_rm(mem, best.seq, -1, -1)
+            slot = idle[0]
+            common = _common_prefix(slot.tokens, req.prompt)
+            best, best_common = slot, common
+            for s in idle[1:]:
+                n = _common_prefix(s.tokens, req.prompt)
+                if n > best_common:
+                    best, best_common = s, n
+            if best_common - common >= _COPY_MIN_TOKENS:
+                L.llama_memory_seq_cp(mem, best.seq, slot.seq, -1, -1)  # the whole stream: slot's own cache goes
+                slot.tokens = list(best.tokens)
+                common = best_common
+                self.stats["cache_copies"] += 1
+            if not L.llama_memory_seq_rm(mem, slot.seq, common, -1):
+                L.llama_memory_seq_rm(mem, slot.seq, -1, -1)
                 common = 0
-            del best.tokens[common:]
-            best.request, best.todo = req, req.prompt[common:]
-            req.prompt_evaluated = len(best.todo)
-            self.stats["prompt_tokens_evaluated"] += len(best.todo)
-            best.chain = self._ctx._chain(req.params, best.seq, self._ctx._on_device(req.params, req.grammar),
+            del slot.tokens[common:]
+            slot.request, slot.todo = req, req.prompt[common:]
+            req.prompt_evaluated = len(slot.todo)
+            self.stats["prompt_tokens_evaluated"] += len(slot.todo)
+            slot.chain = self._ctx._chain(req.params, slot.seq, self._ctx._on_device(req.params, req.grammar),
                                           shared=False)
-            best.chain.start(req.prompt)
-            best.grammar = req.grammar.state(self._model) if req.grammar is not None else None
-            best.finish, best.loop, best.pending = _sequence.Finish(), None, None
+            slot.chain.start(req.prompt)
+            slot.grammar = req.grammar.state(self._model) if req.grammar is not None else None
+            slot.finish, slot.loop, slot.pending = _sequence.Finish(), None, None
+
+    def _compact(self) -> None:
+        """Close the gaps that finished requests left among running ones (see the module doc)."""
+        while True:
+            busy = [s for s in self._slots if s.request is not None]
+            if not busy or busy[-1].seq - busy[0].seq + 1 == len(busy):
+                return
+            hole = next(s for s in self._slots[busy[0].seq:] if s.request is None)
+            src = next((s for s in reversed(busy) if s.seq > hole.seq and not (s.chain and s.chain.device)), None)
+            if src is None:
+                return  # only device-sampled sequences lie above the gap: they stay until they end
+            L = _backend.lib()
+            L.llama_memory_seq_cp(self._ctx._mem, src.seq, hole.seq, -1, -1)
+            self._ctx._detach_chain(hole.seq)  # an idle device chain kept there would sample for the moved request
+            hole.take_over(src)
+            src.idle_since = self.stats["steps"]
+            self.stats["sequence_moves"] += 1
+
+    def _release_idle_chains(self) -> None:
+        """Detach the device chains of slots idle for ``_IDLE_CHAIN_STEPS`` steps (all at once: one graph reserve)."""
+        attached = self._ctx._attached
+        if not attached:
+            return
+        now = self.stats["steps"]
+        for s in self._slots:
+            if s.request is None and s.seq in attached and now - s.idle_since >= _IDLE_CHAIN_STEPS:
+                self._ctx._detach_chain(s.seq)
 
     def _step(self, ctx: int) -> None:
         L = _backend.lib()
@@ -373,43 +443,58 @@ class Engine:
             if s.request is not None and s.request._cancelled:
                 self._finish(s, FINISH_CANCELLED)
         batch = self._ctx._batch
-        outputs: list[tuple[_Slot, int]] = []
-        # one new token for every generating sequence...
-        toks: list[int] = []
-        poss: list[int] = []
-        seqs: list[int] = []
+        # one new token for every generating sequence, then chunks of the prompts
+        # still to evaluate; written in sequence order, so that consecutive
+        # sequences share llama.cpp's passes (see the module doc)
+        generating: dict[int, int] = {}  # seq -> its next token
         for s in self._slots:
             if s.request is not None and s.pending is not None:
                 if len(s.tokens) >= self._n_ctx_seq:
                     self._finish(s, _sequence.FINISH_LENGTH)
                     continue
-                outputs.append((s, len(toks)))
-                toks.append(s.pending)
-                poss.append(len(s.tokens))
-                seqs.append(s.seq)
-        n = len(toks)
-        batch.token[:n], batch.pos[:n], batch.seq[:n], batch.logits[:n] = toks, poss, seqs, 1
-        # ...then chunks of the prompts still to evaluate
-        budget = batch.capacity - n
-        prefill: list[tuple[_Slot, int]] = []
+                generating[s.seq] = s.pending
+        budget = batch.capacity - len(generating)
+        chunk: dict[int, int] = {}  # seq -> prompt tokens this step
         for s in self._slots:
             if budget <= 0:
                 break
-            if s.request is None or not s.todo:
+            if s.request is not None and s.todo:
+                chunk[s.seq] = k = min(len(s.todo), budget)
+                budget -= k
+        outputs: list[tuple[_Slot, int]] = []
+        prefill: list[tuple[_Slot, int]] = []
+        toks: list[int] = []
+        poss: list[int] = []
+        seqs: list[int] = []
+        want: list[int] = []
+        last_seq, runs = -2, 0
+        for s in self._slots:
+            tok = generating.get(s.seq)
+            if tok is not None:
+                outputs.append((s, len(toks)))
+                toks.append(tok)
+                poss.append(len(s.tokens))
+                seqs.append(s.seq)
+                want.append(1)
+            elif s.seq in chunk:
+                k = chunk[s.seq]
+                start = len(s.tokens)
+                prefill.append((s, k))
+                toks += s.todo[:k]
+                poss += range(start, start + k)
+                seqs += [s.seq] * k
+                want += [0] * k
+                if k == len(s.todo):
+                    want[-1] = 1
+                    outputs.append((s, len(toks) - 1))
+            else:
                 continue
-            chunk = s.todo[:budget]
-            k = len(chunk)
-            start = len(s.tokens)
-            prefill.append((s, k))
-            batch.token[n:n + k] = chunk
-            batch.pos[n:n + k] = np.arange(start, start + k, dtype=np.int32)
-            batch.seq[n:n + k] = s.seq
-            batch.logits[n:n + k] = 0
-            if k == len(s.todo):
-                batch.logits[n + k - 1] = 1
-                outputs.append((s, n + k - 1))
-            n += k
-            budget -= k
+            runs += s.seq != last_seq + 1
+            last_seq = s.seq
+        n = len(toks)
+        if runs > 1:
+            self.stats["split_steps"] += 1
+        batch.token[:n], batch.pos[:n], batch.seq[:n], batch.logits[:n] = toks, poss, seqs, want
         if n == 0:
             self._wake_now()
             return
@@ -557,6 +642,7 @@ class Engine:
             s.grammar.close()
         s.request, s.loop, s.chain, s.grammar, s.pending, s.todo = None, None, None, None, None, []
         s.picked = False
+        s.idle_since = self.stats["steps"]
         # The cache keeps what was decoded (prefix reuse for the next request of this slot).
         self._end(req, reason)
 

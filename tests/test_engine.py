@@ -198,3 +198,71 @@ def test_a_finished_sequence_decoded_nothing_past_its_last_token(model: Model) -
             assert beside.text() and beside.completion_tokens == 60
         if not ignore:
             assert req.finish_reason == "stop" and req.completion_tokens < n  # ended by end of generation
+
+
+# Openings of different subjects, each far longer than _COPY_MIN_TOKENS tokens,
+# that share nothing from their first token on.
+BURST = [
+    "The ocean covers most of the planet, and its deepest trenches are darker and colder than anything",
+    "Les fleurs du jardin s'ouvrent au printemps quand le soleil revient et que les jours deviennent",
+    "def fibonacci(n):\n    \"\"\"Return the n-th Fibonacci number, computed iteratively.\"\"\"\n    a, b = 0, 1",
+    "Mountains form where tectonic plates collide, pushing rock upward over millions of years until",
+    "A good cup of coffee starts with freshly ground beans, water just below boiling, and patience while",
+    "In the year 1969 three astronauts flew to the Moon, and two of them walked on its dusty surface for",
+]
+
+
+def _lone(model: Model, prompt: str, n: int) -> str:
+    with Context(model, n_ctx=512) as ctx:
+        return ctx.generate(prompt, max_tokens=n, params=GREEDY, ignore_eos=True)
+
+
+def _cache_matches_record(eng: Engine) -> None:
+    for s in eng._slots:
+        assert _backend.lib().llama_memory_seq_pos_max(eng._ctx._mem, s.seq) + 1 == len(s.tokens), s.seq
+
+
+def test_after_a_burst_a_smaller_load_is_one_run_of_sequences(model: Model) -> None:
+    """llama.cpp decodes a step's sequences in one pass only while their ids are consecutive; after
+    every slot has been used, follow-ups whose cached prefixes lie in slots 5, 2 and 4 still run in
+    slots 0-2 (those caches are copied there), reuse their prefixes and equal a lone Context."""
+    follow = [BURST[k] + " it was" for k in (5, 2, 4)]
+    expected = [_lone(model, p, 12) for p in follow]
+    with Engine(model, parallel=6, n_ctx=256) as eng:
+        for r in [eng.submit(p, 8, GREEDY, ignore_eos=True) for p in BURST]:
+            r.text()
+        assert eng.stats["split_steps"] == 0
+        reqs = [eng.submit(p, 12, GREEDY, ignore_eos=True) for p in follow]
+        assert [r.text() for r in reqs] == expected
+        used = sorted(next(s.seq for s in eng._slots if s.tokens[:r.prompt_tokens] == r.prompt) for r in reqs)
+        assert used == [0, 1, 2]
+        assert eng.stats["cache_copies"] == 3
+        assert all(r.prompt_evaluated < r.prompt_tokens - 16 for r in reqs), [r.prompt_evaluated for r in reqs]
+        assert eng.stats["split_steps"] == 0
+        _cache_matches_record(eng)
+
+
+def test_a_gap_left_by_a_finished_request_is_closed(model: Model) -> None:
+    """The second of four requests ends early; the highest running sequence moves into its slot (cache
+    copied, state following), every step stays one run, and every answer equals a lone Context's."""
+    lengths = [40, 3, 40, 40]
+    expected = [_lone(model, p, n) for p, n in zip(BURST, lengths)]
+    with Engine(model, parallel=4, n_ctx=256) as eng:
+        reqs = [eng.submit(p, n, GREEDY, ignore_eos=True) for p, n in zip(BURST, lengths)]
+        assert [r.text() for r in reqs] == expected
+        assert eng.stats["sequence_moves"] >= 1
+        assert eng.stats["split_steps"] == 0
+        _cache_matches_record(eng)
+
+
+def test_an_idle_slot_keeps_no_device_chain_for_long(model: Model) -> None:
+    """A device chain stays attached to an idle slot for a while (the next request with the same
+    parameters keeps it), then leaves the graph that every step would otherwise carry it in."""
+    params = SamplerParams(temperature=0.8, seed=7)
+    with Engine(model, parallel=4, n_ctx=256, sampling="device") as eng:
+        for r in [eng.submit(p, 4, params) for p in BURST[:4]]:
+            r.text()
+        assert sorted(eng._ctx._attached) == [0, 1, 2, 3]  # kept, idle for less than _IDLE_CHAIN_STEPS
+        long = eng.submit(BURST[4], 80, params, ignore_eos=True)
+        long.text()
+        assert sorted(eng._ctx._attached) == [0]  # the long request's own, which has only just gone idle

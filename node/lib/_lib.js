@@ -241,6 +241,7 @@ const FUNCTIONS = {
   llama_get_memory: [P, [P]],
   llama_memory_clear: ['void', [P, 'bool']],
   llama_memory_seq_rm: ['bool', [P, 'int32_t', 'int32_t', 'int32_t']],
+  llama_memory_seq_cp: ['void', [P, 'int32_t', 'int32_t', 'int32_t', 'int32_t']],
   llama_memory_seq_add: ['void', [P, 'int32_t', 'int32_t', 'int32_t', 'int32_t']],
   llama_memory_seq_pos_max: ['int32_t', [P, 'int32_t']],
   llama_memory_can_shift: ['bool', [P]],
