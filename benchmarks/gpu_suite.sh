@@ -12,6 +12,8 @@
 #   batched:P  model:P, then benchmarks/batched.py (engine and server vs llama-batched-bench) on it
 #   divergence:P  model:P, then benchmarks/divergence.py (batched greedy vs a lone Context) on it
 #   sampling:P model:P, then benchmarks/sampling.py (sampled vs greedy, host and device paths) on it
+#   burst:P    model:P, then benchmarks/burst.py (load phases on one server against fresh servers,
+#              and llama-server from the same build) on it
 #   sampling-tests  tests/test_sampling.py with every layer on the GPU (MULLAMA_TEST_NGL=-1), the
 #              reference comparisons on the 1b model
 # Environment: OUT (results, default /tmp/mullama-bench), MODELS (default
@@ -21,8 +23,12 @@
 # MAKE_MODEL_ARGS (extra make_model.py arguments, e.g. --synthetic-vocab), DEADLINE (seconds since the start after which no new stage begins).
 #
 # For a machine without network access, prepare a git-ignored .devsrc/ here and carry it:
-#   .devsrc/llama.cpp   trimmed copy of native/llama.cpp (CMakeLists.txt cmake ggml src include common
-#                       vendor gguf-py LICENSE licenses tools/CMakeLists.txt tools/llama-bench; ~25 MB)
+#   .devsrc/llama.cpp   trimmed copy of native/llama.cpp (CMakeLists.txt cmake ggml (less the backends
+#                       not built) src include common vendor gguf-py scripts LICENSE licenses
+#                       tools/CMakeLists.txt tools/llama-bench tools/batched-bench tools/server tools/mtmd
+#                       and tools/ui's CMakeLists.txt, ui.cpp.in, ui.h.in, sources.cmake; ~27 MB)
+#   .devsrc/ggml-vocab-llama-bpe.gguf   llama.cpp's Llama-3 vocab (128256 tokens), for VOCAB=
+#   .whl/*.whl          the server's wheels (starlette, uvicorn and theirs) for the machine's Python
 #   .devsrc/pylib       llama-cpp-python's Python package (site-packages/llama_cpp without lib/ and
 #                       server/) and diskcache, to run llama-cpp-python on mullama's CUDA libllama
 #   .devsrc/smollm2-vocab.gguf   make_model.py --extract-vocab SmolLM2.gguf (for VOCAB=)
@@ -42,6 +48,11 @@ if [ -z "${LLAMA_SRC:-}" ]; then
 fi
 mkdir -p "$OUT" "$MODELS"
 export PYTHONUNBUFFERED=1
+# the server's dependencies, carried as wheels (the machine reaches no index)
+if ls .whl/*.whl >/dev/null 2>&1 && ! python3 -c "import starlette, uvicorn" 2>/dev/null; then
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+        && export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
+fi
 START=$(date +%s)
 elapsed() { echo $(( $(date +%s) - START )); }
 
@@ -99,6 +110,14 @@ stage_batched() {
         --reps "${BATCHED_REPS:-2}" --markdown "$OUT/batched.md" ${BATCHED_ARGS:-}
 }
 
+stage_burst() {
+    stage_model "$1" || return $?
+    echo "== burst:$1 ($(elapsed)s)"
+    python3 benchmarks/burst.py --model "$MODELS/llama-$1.Q4_K_M.gguf" --ngl -1 --threads "$THREADS" \
+        --parallel 32 --n-ctx 512 --requests "${BURST_REQUESTS:-3}" --json "$OUT/burst-$1.json" \
+        --markdown "$OUT/burst.md" ${BURST_ARGS:-} 2>&1 | tee -a "$OUT/burst.txt"
+}
+
 stage_divergence() {
     stage_model "$1" || return $?
     echo "== divergence:$1 ($(elapsed)s)"
@@ -135,6 +154,7 @@ for st in "$@"; do
         model:*) stage_model "${st#model:}" || exit $? ;;
         bench:*) stage_bench "${st#bench:}" || exit $? ;;
         batched:*) stage_batched "${st#batched:}" || exit $? ;;
+        burst:*) stage_burst "${st#burst:}" || exit $? ;;
         divergence:*) stage_divergence "${st#divergence:}" || exit $? ;;
         sampling:*) stage_sampling "${st#sampling:}" || exit $? ;;
         sampling-tests) stage_sampling_tests || exit $? ;;

@@ -148,7 +148,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return serve(ServeOptions(model=_model_path(args.model), host=args.host, port=args.port, parallel=args.parallel,
                               n_ctx=args.n_ctx, n_gpu_layers=args.n_gpu_layers, n_threads=args.threads,
                               embedding_model=Path(args.embedding_model) if args.embedding_model else None,
-                              api_key=args.api_key, model_id=args.model_id))
+                              api_key=args.api_key, model_id=args.model_id,
+                              cors_origins=tuple(args.cors_origin or ())))
 
 
 def cmd_rpc_server(args: argparse.Namespace) -> int:
@@ -230,6 +231,9 @@ def build_parser() -> argparse.ArgumentParser:
     srv.add_argument("--embedding-model", help="a second GGUF served on /v1/embeddings (default: the main model)")
     srv.add_argument("--api-key", help="require 'Authorization: Bearer KEY' on every route but /health")
     srv.add_argument("--model-id", help="the model name /v1/models reports (default: the file's name)")
+    srv.add_argument("--cors-origin", action="append", metavar="ORIGIN",
+                     help="let browser pages from ORIGIN (e.g. http://localhost:3000, or *) call the server; "
+                          "repeatable (default: none)")
     srv.set_defaults(func=cmd_serve)
 
     rs = sub.add_parser("rpc-server", help="serve this host's devices to other hosts' models (llama.cpp RPC)",

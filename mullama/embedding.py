@@ -92,7 +92,10 @@ class EmbeddingGenerator:
         if isinstance(texts, str) or not isinstance(texts, Sequence):
             raise TypeError(f"texts must be a list of str, not {type(texts).__name__}")
         _validate.boolean("truncate", truncate)
-        token_lists = [self._tokens(i, t, truncate) for i, t in enumerate(texts)]
+        return self._embed_tokens([self._tokens(i, t, truncate) for i, t in enumerate(texts)])
+
+    def _embed_tokens(self, token_lists: list[list[int]]) -> np.ndarray:
+        """Token lists (each non-empty, at most ``max_tokens``, ids of this model) -> one float32 row each."""
         out = np.empty((len(token_lists), self._n_embd), dtype=np.float32)
         start = 0
         while start < len(token_lists):

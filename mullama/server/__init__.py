@@ -29,6 +29,7 @@ class ServeOptions:
     embedding_model: Path | None = None
     api_key: str | None = None
     model_id: str | None = None
+    cors_origins: tuple[str, ...] = ()
 
 
 def build(opts: ServeOptions) -> tuple[Any, Any]:
@@ -44,7 +45,31 @@ def build(opts: ServeOptions) -> tuple[Any, Any]:
     embedder = EmbeddingGenerator(emb_model, n_threads=opts.n_threads)
     model_id = opts.model_id or Path(opts.model).stem
     emb_id = Path(opts.embedding_model).stem if opts.embedding_model else None
-    return create_app(engine, embedder, model_id, emb_id, opts.api_key), engine
+    app = create_app(engine, embedder, model_id, emb_id, opts.api_key, cors_origins=opts.cors_origins,
+                     system_fingerprint=fingerprint(Path(opts.model)))
+    return app, engine
+
+
+def fingerprint(model: Path) -> str:
+    """OpenAI's ``system_fingerprint``: what answers depend on, the model file and llama.cpp's commit.
+
+    The file is identified by its size and its first and last MiB (the GGUF
+    header and metadata, and the last tensor data), not a hash of every byte,
+    so that a server of a large model starts at once.
+    """
+    import hashlib
+
+    from .. import _backend
+
+    h = hashlib.sha256()
+    size = model.stat().st_size
+    h.update(str(size).encode())
+    with open(model, "rb") as f:
+        h.update(f.read(1 << 20))
+        f.seek(max(0, size - (1 << 20)))
+        h.update(f.read(1 << 20))
+    h.update(str(_backend.lib().build_info.get("llama_cpp_commit", "")).encode())
+    return "fp_" + h.hexdigest()[:12]
 
 
 def serve(opts: ServeOptions) -> int:

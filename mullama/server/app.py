@@ -13,8 +13,8 @@ import base64
 import hmac
 import json
 import threading
-from collections.abc import AsyncIterator, Callable
-from typing import Any
+from collections.abc import AsyncIterator, Callable, Sequence
+from typing import Any, cast
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -40,18 +40,47 @@ class _Embedder:
         self.model_id = model_id
         self.lock = threading.Lock()
 
-    def embed(self, texts: list[str], fmt: str) -> tuple[list[Any], int]:
+    def tokens(self, inputs: list[str] | list[list[int]]) -> list[list[int]]:
+        """Each input as this model's token ids, checked: a 400 names the input that does not fit."""
+        model, limit = self.gen._model, self.gen.max_tokens
+        out: list[list[int]] = []
+        for i, inp in enumerate(cast("list[str | list[int]]", inputs)):
+            if isinstance(inp, str):
+                ids = model.tokenize(inp, add_bos=True)
+            else:
+                ids = inp
+                bad = next((t for t in ids if not 0 <= t < model.n_vocab), None)
+                if bad is not None:
+                    raise P.ApiError(400, f"'input[{i}]' holds token id {bad}, outside this model's vocabulary "
+                                     f"(0 to {model.n_vocab - 1}): token ids must be the embedding model's own. "
+                                     f"LangChain's OpenAIEmbeddings sends OpenAI's tiktoken ids unless it is made "
+                                     f"with check_embedding_ctx_length=False, which sends the text",
+                                     param="input", code="invalid_value")
+            if len(ids) > limit:
+                raise P.ApiError(400, f"'input[{i}]' is {len(ids)} tokens long; this server embeds at most {limit} "
+                                 f"tokens per input (the embedding model's context): shorten it or split it",
+                                 param="input", code="context_length_exceeded")
+            out.append(ids)
+        return out
+
+    def embed(self, token_lists: list[list[int]], fmt: str) -> list[Any]:
         with self.lock:
-            n_tokens = sum(len(self.gen._model.tokenize(t)) for t in texts)
-            matrix = self.gen.embed_matrix(texts)
+            matrix = self.gen._embed_tokens(token_lists)
         if fmt == "base64":  # little-endian float32, as OpenAI sends it
-            return [base64.b64encode(row.astype("<f4").tobytes()).decode() for row in matrix], n_tokens
-        return matrix.tolist(), n_tokens
+            return [base64.b64encode(row.astype("<f4").tobytes()).decode() for row in matrix]
+        return list(matrix.tolist())
 
 
 def create_app(engine: Engine, embedder: EmbeddingGenerator | None, model_id: str,
-               embedding_model_id: str | None = None, api_key: str | None = None) -> Any:
-    """The ASGI app (a Starlette app, wrapped by the request counter and the API-key check)."""
+               embedding_model_id: str | None = None, api_key: str | None = None, *,
+               cors_origins: Sequence[str] = (), system_fingerprint: str | None = None) -> Any:
+    """The ASGI app (a Starlette app, wrapped by the request counter, the API-key check and CORS).
+
+    Every route is served with and without the ``/v1`` prefix, as llama-server
+    does, for clients whose ``base_url`` lacks it.  ``cors_origins``: the
+    origins whose browser pages may call the server (``*`` for any); none by
+    default.  ``system_fingerprint`` goes into every completion.
+    """
     metrics = Metrics(engine)
     emb = _Embedder(embedder, embedding_model_id or model_id) if embedder is not None else None
 
@@ -103,6 +132,11 @@ def create_app(engine: Engine, embedder: EmbeddingGenerator | None, model_id: st
                       choice: Callable[[str], dict[str, Any]], tools: S.Tools | None) -> Response:
         rid, created = P.new_id("chatcmpl" if kind == "chat.completion" else "cmpl"), P.now()
         head: dict[str, Any] = {"id": rid, "created": created, "model": model_id}
+        if system_fingerprint is not None:
+            head["system_fingerprint"] = system_fingerprint
+
+        def usage() -> dict[str, Any]:
+            return P.usage(req.prompt_tokens, req.completion_tokens, req.prompt_tokens - req.prompt_evaluated)
         chat = kind == "chat.completion"
 
         def tool_call(text: str, complete: bool) -> tuple[dict[str, Any], str | None]:
@@ -123,7 +157,7 @@ def create_app(engine: Engine, embedder: EmbeddingGenerator | None, model_id: st
             else:
                 c.update({"text": text, "logprobs": None})
             return JSONResponse({**head, "object": kind, "choices": [c],
-                                 "usage": P.usage(req.prompt_tokens, req.completion_tokens)})
+                                 "usage": usage()})
 
         def chunk(delta: dict[str, Any] | None, finish: str | None) -> str:
             c: dict[str, Any] = {"index": 0, "finish_reason": finish}
@@ -162,7 +196,7 @@ def create_app(engine: Engine, embedder: EmbeddingGenerator | None, model_id: st
                 yield chunk({}, finish)
                 if gen.include_usage:
                     tail = {**head, "object": f"{kind}.chunk" if chat else kind, "choices": [],
-                            "usage": P.usage(req.prompt_tokens, req.completion_tokens)}
+                            "usage": usage()}
                     yield f"data: {json.dumps(tail)}\n\n"
                 yield "data: [DONE]\n\n"
             finally:
@@ -175,12 +209,12 @@ def create_app(engine: Engine, embedder: EmbeddingGenerator | None, model_id: st
         if emb is None:
             raise P.ApiError(404, "this server has no embedding model", code="model_not_found")
         body = P.parse_json(await request.body())
-        texts = P.embedding_inputs(body)
+        inputs = P.embedding_inputs(body)
         fmt = P.encoding_format(body)
-        try:
-            vectors, n_tokens = await asyncio.to_thread(emb.embed, texts, fmt)
-        except ValueError as e:
-            raise P.ApiError(400, str(e), param="input") from None
+        P.embedding_dimensions(body, emb.gen.n_embd)
+        token_lists = emb.tokens(inputs)
+        n_tokens = sum(map(len, token_lists))
+        vectors = await asyncio.to_thread(emb.embed, token_lists, fmt)
         data = [{"object": "embedding", "index": i, "embedding": v} for i, v in enumerate(vectors)]
         return JSONResponse({"object": "list", "data": data, "model": emb.model_id,
                              "usage": {"prompt_tokens": n_tokens, "total_tokens": n_tokens}})
@@ -205,19 +239,18 @@ def create_app(engine: Engine, embedder: EmbeddingGenerator | None, model_id: st
         return JSONResponse(P.ApiError(exc.status_code, f"{request.method} {request.url.path}: {exc.detail}",
                                        code=code).body, status_code=exc.status_code)
 
+    openai_routes = [("/completions", completions, "POST"), ("/chat/completions", chat_completions, "POST"),
+                     ("/embeddings", embeddings, "POST"), ("/models", models, "GET")]
     app = Starlette(
-        routes=[
-            Route("/v1/completions", completions, methods=["POST"]),
-            Route("/v1/chat/completions", chat_completions, methods=["POST"]),
-            Route("/v1/embeddings", embeddings, methods=["POST"]),
-            Route("/v1/models", models, methods=["GET"]),
-            Route("/health", health, methods=["GET"]),
-            Route("/metrics", prometheus, methods=["GET"]),
-        ],
+        routes=[Route(prefix + path, endpoint, methods=[method])
+                for path, endpoint, method in openai_routes for prefix in ("/v1", "")]
+        + [Route("/health", health, methods=["GET"]), Route("/metrics", prometheus, methods=["GET"])],
         exception_handlers={P.ApiError: api_error, HTTPException: http_error},
     )
     wrapped = _count_requests(app, metrics)
-    return _require_key(wrapped, api_key) if api_key else wrapped
+    if api_key:
+        wrapped = _require_key(wrapped, api_key)
+    return _cors(wrapped, cors_origins) if cors_origins else wrapped
 
 
 class _EventStream(StreamingResponse):
@@ -285,3 +318,39 @@ def _require_key(app: Any, api_key: str) -> Any:
                 return
         await app(scope, receive, send)
     return guarded
+
+
+def _cors(app: Any, origins: Sequence[str]) -> Any:
+    """CORS for browser pages on ``origins``: preflights are answered here, before the API-key check
+    (browsers send them without credentials), and allowed origins get their header on every response."""
+    allowed = {o.encode() for o in origins}
+    any_origin = b"*" in allowed
+
+    async def with_cors(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await app(scope, receive, send)
+            return
+        headers = dict(scope.get("headers") or [])
+        origin = headers.get(b"origin")
+        ok = origin is not None and (any_origin or origin in allowed)
+        cors = [(b"access-control-allow-origin", origin), (b"vary", b"Origin")] if ok and origin else []
+        if scope["method"] == "OPTIONS" and origin is not None and b"access-control-request-method" in headers:
+            if not ok:
+                err = P.ApiError(403, f"origin {origin.decode(errors='replace')} may not call this server "
+                                 f"(mullama serve --cors-origin ORIGIN allows one)", code="cors_origin_not_allowed")
+                await JSONResponse(err.body, status_code=403)(scope, receive, send)
+                return
+            asked = headers.get(b"access-control-request-headers", b"authorization, content-type")
+            await Response(status_code=204, headers={
+                "Access-Control-Allow-Origin": origin.decode(), "Vary": "Origin",
+                "Access-Control-Allow-Methods": "GET, POST, OPTIONS",
+                "Access-Control-Allow-Headers": asked.decode(errors="replace"),
+                "Access-Control-Max-Age": "600"})(scope, receive, send)
+            return
+
+        async def send_cors(message: dict[str, Any]) -> None:
+            if cors and message["type"] == "http.response.start":
+                message = {**message, "headers": [*message.get("headers", []), *cors]}
+            await send(message)
+        await app(scope, receive, send_cors)
+    return with_cors

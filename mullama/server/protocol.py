@@ -192,17 +192,37 @@ def chat_messages(body: dict[str, Any]) -> list[dict[str, Any]]:
     return out
 
 
-def embedding_inputs(body: dict[str, Any]) -> list[str]:
+def embedding_inputs(body: dict[str, Any]) -> list[str] | list[list[int]]:
+    """'input': a string, an array of strings, an array of token ids, or an array of such arrays."""
     inp = body.get("input")
     if inp is None:
         raise ApiError(400, "'input' is required", param="input", code="missing_required_parameter")
-    texts = [inp] if isinstance(inp, str) else inp
-    if not isinstance(texts, list) or not texts or not all(isinstance(t, str) for t in texts):
-        raise ApiError(400, "'input' must be a string or a non-empty array of strings", param="input",
-                       code="invalid_type")
-    if any(not t for t in texts):
-        raise ApiError(400, "'input' must not contain empty strings", param="input", code="invalid_value")
-    return texts
+
+    def is_ids(v: Any) -> bool:
+        return isinstance(v, list) and bool(v) and all(isinstance(t, int) and not isinstance(t, bool) for t in v)
+    if isinstance(inp, str):
+        inp = [inp]
+    if is_ids(inp):
+        return [list(inp)]
+    if isinstance(inp, list) and inp and all(is_ids(v) for v in inp):
+        return [list(v) for v in inp]
+    if not isinstance(inp, list) or not inp or not all(isinstance(t, str) for t in inp):
+        raise ApiError(400, "'input' must be a string, an array of strings, an array of token ids or an array of "
+                       "arrays of token ids (none of them empty)", param="input", code="invalid_type")
+    for i, t in enumerate(inp):
+        if not t:
+            raise ApiError(400, f"'input[{i}]' is an empty string, which has no embedding", param="input",
+                           code="invalid_value")
+    return list(inp)
+
+
+def embedding_dimensions(body: dict[str, Any], n_embd: int) -> None:
+    """'dimensions' is accepted only as the model's own size: no GGUF says that a model was trained to be cut."""
+    d = _integer(body, "dimensions", None, 1)
+    if d is not None and d != n_embd:
+        raise ApiError(400, f"'dimensions': this model's embeddings have {n_embd} dimensions and it does not support "
+                       f"shortening them; leave 'dimensions' out or send {n_embd}", param="dimensions",
+                       code="invalid_value")
 
 
 def encoding_format(body: dict[str, Any]) -> str:
@@ -220,6 +240,10 @@ def now() -> int:
     return int(time.time())
 
 
-def usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
-    return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
-            "total_tokens": prompt_tokens + completion_tokens}
+def usage(prompt_tokens: int, completion_tokens: int, cached_tokens: int | None = None) -> dict[str, Any]:
+    """OpenAI's usage object; ``cached_tokens``: prompt tokens that came from the cache instead of being evaluated."""
+    out: dict[str, Any] = {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+                           "total_tokens": prompt_tokens + completion_tokens}
+    if cached_tokens is not None:
+        out["prompt_tokens_details"] = {"cached_tokens": cached_tokens}
+    return out

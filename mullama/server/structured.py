@@ -111,7 +111,9 @@ class Tools:
                                param=f"{where}.function.parameters")
             self.tools.append(tool)
             self.schemas.append((name, params))
-        choice = body.get("tool_choice", "auto")
+        choice = body.get("tool_choice")
+        if choice is None:  # null is the default, as OpenAI and its clients treat it
+            choice = "auto"
         if choice in ("none", "auto", "required"):
             self.choice = choice
         elif isinstance(choice, dict) and choice.get("type") == "function" and isinstance(choice.get("function"), dict):

@@ -1,0 +1,144 @@
+"""OpenAI compatibility as clients use it: routes without /v1, tool_choice null, fingerprint and cached
+tokens, embeddings of token ids and their errors, CORS for browser pages."""
+
+from __future__ import annotations
+
+import json
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from mullama import EmbeddingGenerator, Model
+from mullama.server import ServeOptions
+
+from .test_server import KEY, Server
+
+openai = pytest.importorskip("openai")
+
+ORIGIN = "http://app.example:3000"
+
+
+@pytest.fixture(scope="module")
+def server(smollm_path: Path, minilm_path: Path) -> Iterator[Server]:
+    s = Server(ServeOptions(model=smollm_path, parallel=2, n_ctx=1024, embedding_model=minilm_path, api_key=KEY,
+                            model_id="smollm2", cors_origins=(ORIGIN,)))
+    try:
+        yield s
+    finally:
+        s.stop()
+
+
+@pytest.fixture(scope="module")
+def minilm(minilm_path: Path) -> Iterator[EmbeddingGenerator]:
+    gen = EmbeddingGenerator(Model.load(minilm_path))
+    yield gen
+    gen.close()
+
+
+def request(server: Server, method: str, path: str, body: object = None,
+            headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], bytes]:
+    req = urllib.request.Request(server.base + path, method=method,
+                                 data=None if body is None else json.dumps(body).encode())
+    for k, v in (headers or {}).items():
+        req.add_header(k, v)
+    try:
+        with urllib.request.urlopen(req, timeout=300) as r:
+            return r.status, {k.lower(): v for k, v in r.headers.items()}, r.read()
+    except urllib.error.HTTPError as e:
+        return e.code, {k.lower(): v for k, v in e.headers.items()}, e.read()
+
+
+AUTH = {"Authorization": f"Bearer {KEY}", "Content-Type": "application/json"}
+
+
+def test_a_base_url_without_v1_works(server: Server) -> None:
+    client = openai.OpenAI(base_url=server.base, api_key=KEY, max_retries=0, timeout=300)
+    with_v1 = server.client().completions.create(model="smollm2", prompt="The sky is", max_tokens=6, temperature=0)
+    without = client.completions.create(model="smollm2", prompt="The sky is", max_tokens=6, temperature=0)
+    assert without.choices[0].text == with_v1.choices[0].text
+    assert [m.id for m in client.models.list().data] == ["smollm2", "all-MiniLM-L6-v2-f16"]
+
+
+def test_tool_choice_null_is_the_default(server: Server) -> None:
+    tools = [{"type": "function", "function": {"name": "get_weather", "parameters": {
+        "type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}]
+    body = {"messages": [{"role": "user", "content": "Weather in Paris?"}], "tools": tools, "max_tokens": 40,
+            "temperature": 0}
+    status, _, auto = request(server, "POST", "/v1/chat/completions", {**body, "tool_choice": "auto"}, AUTH)
+    assert status == 200, auto
+    status, _, null = request(server, "POST", "/v1/chat/completions", {**body, "tool_choice": None}, AUTH)
+    assert status == 200, null
+    assert json.loads(null)["choices"][0]["message"] == json.loads(auto)["choices"][0]["message"]
+
+
+def test_fingerprint_and_cached_tokens(server: Server) -> None:
+    client = server.client()
+    msgs = [{"role": "system", "content": "You answer in one word, about the planet Neptune only."},
+            {"role": "user", "content": "What colour is it?"}]
+    first = client.chat.completions.create(model="smollm2", messages=msgs, max_tokens=4, temperature=0)
+    assert first.system_fingerprint and first.system_fingerprint.startswith("fp_")
+    assert first.usage.prompt_tokens_details.cached_tokens < 8  # at most the template's opening was cached
+    msgs += [{"role": "assistant", "content": first.choices[0].message.content},
+             {"role": "user", "content": "And its largest moon?"}]
+    second = client.chat.completions.create(model="smollm2", messages=msgs, max_tokens=4, temperature=0)
+    assert second.system_fingerprint == first.system_fingerprint
+    cached = second.usage.prompt_tokens_details.cached_tokens
+    assert first.usage.prompt_tokens - 2 <= cached < second.usage.prompt_tokens  # the first turn came from the cache
+    chunks = list(client.chat.completions.create(model="smollm2", messages=msgs, max_tokens=4, temperature=0,
+                                                 stream=True, stream_options={"include_usage": True}))
+    assert {c.system_fingerprint for c in chunks} == {first.system_fingerprint}
+    assert chunks[-1].usage.prompt_tokens_details.cached_tokens > 0
+
+
+def test_embeddings_of_token_ids(server: Server, minilm: EmbeddingGenerator) -> None:
+    texts = ["The cat sat on the mat.", "Quantum computers use qubits."]
+    ids = [minilm._model.tokenize(t, add_bos=True) for t in texts]
+    want = minilm.embed_matrix(texts)  # the same ids, tokenized by the library
+    client = server.client()
+    one = client.embeddings.create(model="all-MiniLM-L6-v2-f16", input=ids[0])
+    assert len(one.data) == 1 and float(np.dot(one.data[0].embedding, want[0])) > 0.99999
+    both = client.embeddings.create(model="all-MiniLM-L6-v2-f16", input=ids)
+    got = np.array([d.embedding for d in both.data], dtype=np.float32)
+    assert np.einsum("ij,ij->i", got, want).min() > 0.99999
+    assert both.usage.prompt_tokens == sum(map(len, ids))
+
+
+def test_embedding_errors_speak_http(server: Server, minilm: EmbeddingGenerator) -> None:
+    def post(body: dict[str, object]) -> tuple[int, dict[str, object]]:
+        status, _, raw = request(server, "POST", "/v1/embeddings", body, AUTH)
+        return status, json.loads(raw)["error"] if status != 200 else json.loads(raw)
+    status, err = post({"input": "hello", "dimensions": 128})
+    assert status == 400 and err["param"] == "dimensions" and "384" in str(err["message"])
+    status, ok = post({"input": "hello", "dimensions": 384})
+    assert status == 200 and len(ok["data"][0]["embedding"]) == 384  # type: ignore[index]
+    # LangChain's OpenAIEmbeddings defaults send tiktoken ids: the error says what to change
+    status, err = post({"input": [[9906, 1917, 100257]]})
+    assert status == 400 and "check_embedding_ctx_length=False" in str(err["message"])
+    status, err = post({"input": "word " * 2000})
+    assert status == 400 and err["code"] == "context_length_exceeded"
+    assert f"at most {minilm.max_tokens} tokens" in str(err["message"]) and "truncate" not in str(err["message"])
+    status, err = post({"input": [[1, 2], "text"]})
+    assert status == 400 and err["param"] == "input"
+
+
+def test_cors_for_an_allowed_origin_only(server: Server) -> None:
+    preflight = {"Origin": ORIGIN, "Access-Control-Request-Method": "POST",
+                 "Access-Control-Request-Headers": "authorization, content-type"}
+    status, headers, _ = request(server, "OPTIONS", "/v1/chat/completions", headers=preflight)  # no API key
+    assert status == 204
+    assert headers["access-control-allow-origin"] == ORIGIN
+    assert "POST" in headers["access-control-allow-methods"]
+    assert "authorization" in headers["access-control-allow-headers"]
+    status, headers, _ = request(server, "OPTIONS", "/v1/chat/completions",
+                                 headers={**preflight, "Origin": "http://elsewhere.example"})
+    assert status == 403 and "access-control-allow-origin" not in headers
+    status, headers, _ = request(server, "GET", "/v1/models", headers={**AUTH, "Origin": ORIGIN})
+    assert status == 200 and headers["access-control-allow-origin"] == ORIGIN
+    status, headers, _ = request(server, "GET", "/v1/models", headers={**AUTH, "Origin": "http://elsewhere.example"})
+    assert status == 200 and "access-control-allow-origin" not in headers
+    status, headers, _ = request(server, "GET", "/v1/models", headers={"Origin": ORIGIN})  # CORS is no way around auth
+    assert status == 401 and headers["access-control-allow-origin"] == ORIGIN
