@@ -41,6 +41,15 @@ def build(opts: ServeOptions) -> tuple[Any, Any]:
 
     model = Model.load(opts.model, n_gpu_layers=opts.n_gpu_layers)
     engine = Engine(model, parallel=opts.parallel, n_ctx=opts.n_ctx, n_threads=opts.n_threads)
+    if model._output_on_device:
+        # The first sampled request on a GPU pays one-time costs (the device's
+        # sampling kernels loaded, graphs reserved with a device chain): a short
+        # greedy and a short default-sampled generation pay them before the
+        # server takes requests.
+        from .protocol import Generation
+        warm = model.tokenize("Hello")
+        for params in (Generation({"temperature": 0}).params, Generation({}).params):
+            engine.generate(warm, 2, params)
     emb_model = Model.load(opts.embedding_model, n_gpu_layers=opts.n_gpu_layers) if opts.embedding_model else model
     embedder = EmbeddingGenerator(emb_model, n_threads=opts.n_threads)
     model_id = opts.model_id or Path(opts.model).stem
