@@ -167,7 +167,8 @@ def main() -> int:
     ap.add_argument("--prompt-tokens", type=int, default=150)
     ap.add_argument("--max-tokens", type=int, default=128)
     ap.add_argument("--llama-server", help="llama.cpp's llama-server binary (default: the --bench build's, if any)")
-    ap.add_argument("--no-fresh", action="store_true", help="skip the fresh-server runs")
+    ap.add_argument("--parts", default="phases,fresh,llama-server",
+                    help="what to run: phases (one server), fresh (mullama, fresh servers), llama-server")
     ap.add_argument("--json", help="write every phase here")
     ap.add_argument("--markdown", help="append the tables here")
     a = ap.parse_args()
@@ -185,22 +186,24 @@ def main() -> int:
         print(f"{p.server:24s} {p.mode:8s} {p.clients:3d} clients: {p.tok_s:8.1f} tok/s  TTFT p50 "
               f"{p.ttft_p50_ms:7.1f} ms  p99 {p.ttft_p99_ms:7.1f} ms{ratio}", flush=True)
 
+    parts = set(a.parts.split(","))
     one: list[Phase] = []
-    srv = mullama_server(a)
-    try:
-        srv.stream([1, 2, 3], 4, "greedy")  # warm-up
-        for mode in modes:
-            for c in phases:
-                p = run_phase(srv, "mullama (one server)", c, mode, a, rng)
-                one.append(p)
-                show(p)
-    finally:
-        srv.close()
+    if "phases" in parts:
+        srv = mullama_server(a)
+        try:
+            srv.stream([1, 2, 3], 4, "greedy")  # warm-up
+            for mode in modes:
+                for c in phases:
+                    p = run_phase(srv, "mullama (one server)", c, mode, a, rng)
+                    one.append(p)
+                    show(p)
+        finally:
+            srv.close()
     results += one
 
     fresh: dict[tuple[int, str], Phase] = {}
-    servers = [("mullama (fresh)", mullama_server)] if not a.no_fresh else []
-    if a.llama_server:
+    servers = [("mullama (fresh)", mullama_server)] if "fresh" in parts else []
+    if a.llama_server and "llama-server" in parts:
         servers.append(("llama-server (fresh)", llama_server))
     for label, make in servers:
         for mode in modes:
@@ -224,7 +227,7 @@ def main() -> int:
         lines.append(f"| {p.mode} | {p.clients} | {p.tok_s:.0f} | {p.ttft_p50_ms:.1f} | {p.ttft_p99_ms:.1f} | "
                      f"{p.tok_s / ref.tok_s:.2f}x |" if ref else
                      f"| {p.mode} | {p.clients} | {p.tok_s:.0f} | {p.ttft_p50_ms:.1f} | {p.ttft_p99_ms:.1f} | – |")
-    if a.llama_server:
+    if any(p.server == "llama-server (fresh)" for p in results):
         lines += ["", "Fresh servers, same clients:", "",
                   "| mode | clients | llama-server tok/s | mullama tok/s | ratio | TTFT p50 ms (llama-server / mullama) "
                   "| TTFT p99 ms (llama-server / mullama) |", "|---|---|---|---|---|---|---|"]
