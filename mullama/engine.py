@@ -17,10 +17,10 @@ KV stream of its own, and llama.cpp decodes the sequences of a batch in one
 pass over the weights only while their ids are consecutive (one pass views a
 range of streams): a gap splits the step into one pass per run, which once
 made a small load after a busy burst several times slower on a GPU.  So a
-new request takes the lowest idle sequence; if another idle sequence's cache
-shares a longer prefix with its prompt, that cache is copied there first (one
-copy of the stream), so the next turn of a conversation still evaluates only
-what is new.  A gap that a finished request leaves among running ones is
+new request takes the lowest idle sequence; if another sequence's cache (idle
+or busy) shares a longer prefix with its prompt, that cache is copied there
+first (one copy of the stream), so the next turn of a conversation, or a
+request whose prompt another is generating from, evaluates only what is new.  A gap that a finished request leaves among running ones is
 closed by moving the highest running sequence into it (its cache copied, its
 state following), except a sequence whose chain runs on the device, whose
 device state cannot move.  Each slot may hold ``n_ctx`` tokens; the cache is
@@ -81,6 +81,7 @@ class Request:
         self.finish_reason: str | None = None
         self.prompt_tokens = len(prompt)
         self.prompt_evaluated = 0  # prompt tokens decoded for it (the rest came from the slot's cache)
+        self.prompt_decoded = False  # its whole prompt is in the cache (another request may copy it)
         self.completion_tokens = 0
         self.submitted_at = time.monotonic()
         self.first_piece_at: float | None = None
@@ -388,8 +389,8 @@ class Engine:
             slot = idle[0]
             common = _common_prefix(slot.tokens, req.prompt)
             best, best_common = slot, common
-            for s in idle[1:]:
-                n = _common_prefix(s.tokens, req.prompt)
+            for s in self._slots:  # busy ones too: requests that share a prompt share its cache
+                n = _common_prefix(s.tokens, req.prompt) if s is not slot else 0
                 if n > best_common:
                     best, best_common = s, n
             if best_common - common >= _COPY_MIN_TOKENS:
@@ -512,6 +513,8 @@ class Engine:
         for s, k in prefill:
             s.tokens.extend(s.todo[:k])
             del s.todo[:k]
+            if not s.todo and s.request is not None:
+                s.request.prompt_decoded = True
         touched = [s.request for s, _ in outputs if s.request is not None]
         # While the device decodes, every sequence makes the text of the token it
         # just sent (a loop whose token the engine picked first takes it now);

@@ -266,3 +266,20 @@ def test_an_idle_slot_keeps_no_device_chain_for_long(model: Model) -> None:
         long = eng.submit(BURST[4], 80, params, ignore_eos=True)
         long.text()
         assert sorted(eng._ctx._attached) == [0]  # the long request's own, which has only just gone idle
+
+
+def test_a_request_copies_the_prompt_a_busy_sequence_has_decoded(model: Model) -> None:
+    """A second request with the same prompt, submitted while the first generates, takes the first's
+    cache (a copy of its stream) instead of evaluating the prompt again, and answers the same."""
+    prompt = BURST[0] + " and"
+    expected = _lone(model, prompt, 20)
+    with Engine(model, parallel=2, n_ctx=256) as eng:
+        first = eng.submit(prompt, 20, GREEDY, ignore_eos=True)
+        while not first.prompt_decoded:
+            threading.Event().wait(0.001)
+        second = eng.submit(prompt, 20, GREEDY, ignore_eos=True)
+        assert (first.text(), second.text()) == (expected, expected)
+        assert first.prompt_evaluated == first.prompt_tokens
+        assert second.prompt_evaluated == 1  # only the last prompt token, for its logits
+        assert eng.stats["cache_copies"] == 1 and eng.stats["split_steps"] == 0
+        _cache_matches_record(eng)

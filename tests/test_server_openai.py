@@ -142,3 +142,31 @@ def test_cors_for_an_allowed_origin_only(server: Server) -> None:
     assert status == 200 and "access-control-allow-origin" not in headers
     status, headers, _ = request(server, "GET", "/v1/models", headers={"Origin": ORIGIN})  # CORS is no way around auth
     assert status == 401 and headers["access-control-allow-origin"] == ORIGIN
+
+
+def test_n_choices_share_the_prompt(server: Server) -> None:
+    client = server.client()
+    prompt = "Write a short poem about the sea, in four lines, with a rhyme at the end of each line:"
+    one = client.completions.create(model="smollm2", prompt=prompt, max_tokens=12, temperature=0.9, seed=5)
+    n3 = client.completions.create(model="smollm2", prompt=prompt, max_tokens=12, temperature=0.9, seed=5, n=3)
+    assert [c.index for c in n3.choices] == [0, 1, 2]
+    assert n3.choices[0].text == one.choices[0].text  # choice 0 draws from the seed itself
+    again = client.completions.create(model="smollm2", prompt=prompt, max_tokens=12, temperature=0.9, seed=5, n=3)
+    assert [c.text for c in again.choices] == [c.text for c in n3.choices]  # each choice is reproducible
+    assert len({c.text for c in n3.choices}) > 1  # and they differ from each other
+    assert n3.usage.prompt_tokens == one.usage.prompt_tokens  # the prompt counts once
+    assert n3.usage.completion_tokens == 3 * 12
+    streamed: dict[int, str] = {}
+    finishes: dict[int, str | None] = {}
+    for chunk in client.completions.create(model="smollm2", prompt=prompt, max_tokens=12, temperature=0.9, seed=5,
+                                           n=3, stream=True):
+        for c in chunk.choices:
+            streamed[c.index] = streamed.get(c.index, "") + c.text
+            if c.finish_reason:
+                finishes[c.index] = c.finish_reason
+    assert streamed == {c.index: c.text for c in n3.choices}
+    assert finishes == {0: "length", 1: "length", 2: "length"}
+    chat = client.chat.completions.create(model="smollm2", messages=[{"role": "user", "content": "Hi!"}],
+                                          max_tokens=8, temperature=0, n=2)
+    assert [c.index for c in chat.choices] == [0, 1]
+    assert chat.choices[0].message.content == chat.choices[1].message.content  # greedy: the same answer twice

@@ -88,15 +88,33 @@ def create_app(engine: Engine, embedder: EmbeddingGenerator | None, model_id: st
         ids = [model_id] + ([emb.model_id] if emb is not None and emb.model_id != model_id else [])
         return [{"id": i, "object": "model", "created": P.now(), "owned_by": "mullama"} for i in ids]
 
-    async def submit(prompt: str | list[int], gen: P.Generation, grammar: Grammar | None) -> EngineRequest:
+    def submit_one(prompt: str | list[int], gen: P.Generation, grammar: Grammar | None, i: int) -> EngineRequest:
         max_tokens = engine.n_ctx if gen.max_tokens is None else gen.max_tokens
         try:
-            return engine.submit(prompt, max_tokens, gen.params, stop=gen.stop, ignore_eos=gen.ignore_eos,
+            return engine.submit(prompt, max_tokens, gen.choice_params(i), stop=gen.stop, ignore_eos=gen.ignore_eos,
                                  grammar=grammar)
         except ContextFullError as e:
             raise P.ApiError(400, str(e), param="messages", code="context_length_exceeded") from None
         except (ValueError, TypeError) as e:
             raise P.ApiError(400, str(e)) from None
+
+    async def submit(prompt: str | list[int], gen: P.Generation, grammar: Grammar | None) -> list[EngineRequest]:
+        """One engine request per choice.  With ``n`` > 1 the others wait until the first has decoded the
+        prompt, then copy its cache instead of evaluating the prompt again."""
+        first = submit_one(prompt, gen, grammar, 0)
+        if gen.n == 1:
+            return [first]
+        while not first.prompt_decoded and not first.done:
+            await asyncio.sleep(0.002)
+        reqs = [first]
+        try:
+            for i in range(1, gen.n):
+                reqs.append(submit_one(prompt, gen, grammar, i))
+        except BaseException:
+            for r in reqs:
+                r.cancel()
+            raise
+        return reqs
 
     async def completions(request: Request) -> Response:
         body = P.parse_json(await request.body())
@@ -105,8 +123,8 @@ def create_app(engine: Engine, embedder: EmbeddingGenerator | None, model_id: st
         if body.get("tools") is not None:
             raise P.ApiError(400, "'tools' are for /v1/chat/completions", param="tools")
         grammar = S.response_format(body)
-        req = await submit(prompt, gen, grammar)
-        return await respond(request, req, gen, "text_completion", lambda piece: {"text": piece}, None)
+        reqs = await submit(prompt, gen, grammar)
+        return await respond(request, reqs, gen, "text_completion", None)
 
     async def chat_completions(request: Request) -> Response:
         body = P.parse_json(await request.body())
@@ -124,22 +142,25 @@ def create_app(engine: Engine, embedder: EmbeddingGenerator | None, model_id: st
             prompt = engine.model.apply_chat_template(messages, True, tools=tools.tools if tools.active else None)
         except (ValueError, RuntimeError, TypeError) as e:
             raise P.ApiError(400, str(e), param="messages") from None
-        req = await submit(prompt, gen, grammar)
-        return await respond(request, req, gen, "chat.completion", lambda piece: {"role": "assistant", "content": piece},
-                             tools if tools.active else None)
+        reqs = await submit(prompt, gen, grammar)
+        return await respond(request, reqs, gen, "chat.completion", tools if tools.active else None)
 
-    async def respond(request: Request, req: EngineRequest, gen: P.Generation, kind: str,
-                      choice: Callable[[str], dict[str, Any]], tools: S.Tools | None) -> Response:
+    async def respond(request: Request, reqs: list[EngineRequest], gen: P.Generation, kind: str,
+                      tools: S.Tools | None) -> Response:
+        """The choices (one per request, ``index`` in order) as one JSON body or one event stream."""
         rid, created = P.new_id("chatcmpl" if kind == "chat.completion" else "cmpl"), P.now()
         head: dict[str, Any] = {"id": rid, "created": created, "model": model_id}
         if system_fingerprint is not None:
             head["system_fingerprint"] = system_fingerprint
+        chat = kind == "chat.completion"
+        first = reqs[0]
 
         def usage() -> dict[str, Any]:
-            return P.usage(req.prompt_tokens, req.completion_tokens, req.prompt_tokens - req.prompt_evaluated)
-        chat = kind == "chat.completion"
+            # the prompt counts once, as OpenAI counts it for n > 1
+            return P.usage(first.prompt_tokens, sum(r.completion_tokens for r in reqs),
+                           first.prompt_tokens - first.prompt_evaluated)
 
-        def tool_call(text: str, complete: bool) -> tuple[dict[str, Any], str | None]:
+        def tool_call(req: EngineRequest, text: str, complete: bool) -> tuple[dict[str, Any], str | None]:
             # a finished tool call becomes tool_calls; plain text (tool_choice "auto") or a cut-off call stays text
             call = tools.parse(text) if tools is not None and complete else None
             if call is None:
@@ -147,20 +168,28 @@ def create_app(engine: Engine, embedder: EmbeddingGenerator | None, model_id: st
             return {"role": "assistant", "content": None, "tool_calls": [call]}, "tool_calls"
 
         if not gen.stream:
+            async def answer(req: EngineRequest) -> tuple[str, bool]:
+                try:
+                    return await _unless_gone(request, req), True
+                except GrammarIncompleteError as e:  # OpenAI's convention: finish_reason "length", the text so far
+                    return e.text, False
             try:
-                text, complete = await _unless_gone(request, req), True
-            except GrammarIncompleteError as e:  # OpenAI's convention: finish_reason "length", the text so far
-                text, complete = e.text, False
-            c: dict[str, Any] = {"index": 0, "finish_reason": req.finish_reason}
-            if chat:
-                c["message"], c["finish_reason"] = tool_call(text, complete)
-            else:
-                c.update({"text": text, "logprobs": None})
-            return JSONResponse({**head, "object": kind, "choices": [c],
-                                 "usage": usage()})
+                answers = await asyncio.gather(*(answer(r) for r in reqs))
+            finally:
+                for r in reqs:
+                    r.cancel()  # no-op for those that ended
+            choices: list[dict[str, Any]] = []
+            for i, (req, (text, complete)) in enumerate(zip(reqs, answers)):
+                c: dict[str, Any] = {"index": i, "finish_reason": req.finish_reason}
+                if chat:
+                    c["message"], c["finish_reason"] = tool_call(req, text, complete)
+                else:
+                    c.update({"text": text, "logprobs": None})
+                choices.append(c)
+            return JSONResponse({**head, "object": kind, "choices": choices, "usage": usage()})
 
-        def chunk(delta: dict[str, Any] | None, finish: str | None) -> str:
-            c: dict[str, Any] = {"index": 0, "finish_reason": finish}
+        def chunk(i: int, delta: dict[str, Any] | None, finish: str | None) -> str:
+            c: dict[str, Any] = {"index": i, "finish_reason": finish}
             if chat:
                 c["delta"] = delta or {}
             else:
@@ -170,37 +199,59 @@ def create_app(engine: Engine, embedder: EmbeddingGenerator | None, model_id: st
                 obj["usage"] = None
             return f"data: {json.dumps(obj, ensure_ascii=False)}\n\n"
 
+        Item = tuple[int, "list[str] | bool | Exception"]
+
+        async def pump(i: int, req: EngineRequest, out: asyncio.Queue[Item]) -> None:
+            """Each choice's pieces into one queue; last, whether its text completed its grammar (or what failed)."""
+            end: bool | Exception = True
+            try:
+                async for pieces in req.batches():  # what arrived since the last event, as one event
+                    await out.put((i, pieces))
+            except GrammarIncompleteError:
+                end = False
+            except Exception as e:  # noqa: BLE001 - an engine failure ends the stream, as it did with one choice
+                end = e
+            await out.put((i, end))
+
         async def events() -> AsyncIterator[str]:
+            out: asyncio.Queue[Item] = asyncio.Queue()
+            pumps = [asyncio.ensure_future(pump(i, r, out)) for i, r in enumerate(reqs)]
             try:
                 if chat:
-                    yield chunk({"role": "assistant", "content": ""}, None)
-                held: list[str] = []  # with tools, the answer is sent once it is known to be a call or text
-                complete = True
-                try:
-                    async for pieces in req.batches():  # what arrived since the last event, as one event
+                    for i in range(len(reqs)):
+                        yield chunk(i, {"role": "assistant", "content": ""}, None)
+                held: list[list[str]] = [[] for _ in reqs]  # with tools, sent once known to be a call or text
+                running = len(reqs)
+                while running:
+                    i, item = await out.get()
+                    if isinstance(item, list):
                         if tools is not None:
-                            held += pieces
+                            held[i] += item
                             continue
-                        text = "".join(pieces)
-                        yield chunk({"content": text} if chat else {"text": text}, None)
-                except GrammarIncompleteError:
-                    complete = False
-                finish = req.finish_reason
-                if tools is not None:
-                    message, finish = tool_call("".join(held), complete)
-                    if "tool_calls" in message:
-                        calls = [{"index": 0, **call} for call in message["tool_calls"]]
-                        yield chunk({"tool_calls": calls}, None)
-                    elif message["content"]:
-                        yield chunk({"content": message["content"]}, None)
-                yield chunk({}, finish)
+                        text = "".join(item)
+                        yield chunk(i, {"content": text} if chat else {"text": text}, None)
+                        continue
+                    if isinstance(item, Exception):
+                        raise item
+                    running -= 1
+                    req, finish = reqs[i], reqs[i].finish_reason
+                    if tools is not None:
+                        message, finish = tool_call(req, "".join(held[i]), item)
+                        if "tool_calls" in message:
+                            calls = [{"index": 0, **call} for call in message["tool_calls"]]
+                            yield chunk(i, {"tool_calls": calls}, None)
+                        elif message["content"]:
+                            yield chunk(i, {"content": message["content"]}, None)
+                    yield chunk(i, {}, finish)
                 if gen.include_usage:
-                    tail = {**head, "object": f"{kind}.chunk" if chat else kind, "choices": [],
-                            "usage": usage()}
+                    tail = {**head, "object": f"{kind}.chunk" if chat else kind, "choices": [], "usage": usage()}
                     yield f"data: {json.dumps(tail)}\n\n"
                 yield "data: [DONE]\n\n"
             finally:
-                req.cancel()  # a client gone mid-stream: the engine frees the sequence at its next step
+                for r in reqs:
+                    r.cancel()  # a client gone mid-stream: the engine frees the sequences at its next step
+                for p in pumps:
+                    p.cancel()
 
         return _EventStream(events(), media_type="text/event-stream",
                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})

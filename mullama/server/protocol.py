@@ -17,6 +17,7 @@ from typing import Any, overload
 from ..sampling import SamplerParams
 
 MAX_STOPS = 16
+MAX_N = 16  # choices per request
 
 
 class ApiError(Exception):
@@ -79,9 +80,8 @@ class Generation:
     """The generation arguments common to both completion routes."""
 
     def __init__(self, body: dict[str, Any]) -> None:
-        n = _integer(body, "n", 1, 1)
-        if n != 1:
-            raise ApiError(400, "'n' > 1 is not supported: send one request per choice", param="n")
+        # choices of one prompt: each its own sequence and seed, sharing the prompt's cache
+        self.n = _integer(body, "n", 1, 1, MAX_N)
         # Refused rather than ignored: a client asking for these would get something else.
         for name, harmless in (("logprobs", (None, False, 0)), ("top_logprobs", (None, 0)), ("echo", (None, False)),
                                ("best_of", (None, 1)), ("logit_bias", (None, {})), ("suffix", (None, ""))):
@@ -124,6 +124,15 @@ class Generation:
             penalty_present=presence, penalty_freq=frequency,
             # every OpenAI seed is a fixed seed; mullama's 0 means "draw one", so they are shifted by one
             seed=0 if seed is None else seed % 0xFFFFFFFE + 1)
+        self._seed = seed
+
+    def choice_params(self, i: int) -> SamplerParams:
+        """Choice ``i``'s parameters: with a seed, choice i draws from seed + i (each reproducible, each other)."""
+        if i == 0 or self._seed is None:
+            return self.params
+        params = self.params.copy()
+        params.seed = (self._seed + i) % 0xFFFFFFFE + 1
+        return params
 
 
 def prompt_text(body: dict[str, Any]) -> str | list[int]:
