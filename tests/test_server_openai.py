@@ -170,3 +170,72 @@ def test_n_choices_share_the_prompt(server: Server) -> None:
                                           max_tokens=8, temperature=0, n=2)
     assert [c.index for c in chat.choices] == [0, 1]
     assert chat.choices[0].message.content == chat.choices[1].message.content  # greedy: the same answer twice
+
+
+def _lone_chat(model: Model, messages: list[dict[str, str]], n: int) -> str:
+    from mullama import Context, SamplerParams
+    with Context(model, n_ctx=1024) as ctx:
+        return ctx.generate(model.apply_chat_template(messages), max_tokens=n, params=SamplerParams.greedy())
+
+
+def test_responses_api_text_and_stream(server: Server, model: Model) -> None:
+    client = server.client()
+    msgs = [{"role": "system", "content": "You are terse."}, {"role": "user", "content": "Name a fruit."}]
+    expected = _lone_chat(model, msgs, 40)
+    r = client.responses.create(model="smollm2", instructions="You are terse.", input="Name a fruit.",
+                                max_output_tokens=40, temperature=0)
+    assert r.output_text == expected
+    assert r.output[0].type == "message" and r.output[0].role == "assistant"
+    assert r.usage.input_tokens > 0 and r.usage.output_tokens < 40
+    assert r.status == "completed"  # ended by the model, within max_output_tokens
+    cut = client.responses.create(model="smollm2", input="Count from one to fifty.", max_output_tokens=5,
+                                  temperature=0)
+    assert cut.status == "incomplete" and cut.incomplete_details.reason == "max_output_tokens"
+    # the same conversation as input items
+    r2 = client.responses.create(model="smollm2", input=[
+        {"role": "developer", "content": "You are terse."},
+        {"role": "user", "content": [{"type": "input_text", "text": "Name a fruit."}]}],
+        max_output_tokens=40, temperature=0)
+    assert r2.output_text == expected
+    deltas: list[str] = []
+    with client.responses.stream(model="smollm2", instructions="You are terse.", input="Name a fruit.",
+                                 max_output_tokens=40, temperature=0) as stream:
+        kinds = []
+        for event in stream:
+            kinds.append(event.type)
+            if event.type == "response.output_text.delta":
+                deltas.append(event.delta)
+        final = stream.get_final_response()
+    assert "".join(deltas) == expected == final.output_text
+    assert kinds[:2] == ["response.created", "response.in_progress"]
+    assert kinds[-1] in ("response.completed", "response.incomplete")
+
+
+def test_responses_api_tools_and_structured_output(server: Server) -> None:
+    client = server.client()
+    tools = [{"type": "function", "name": "get_weather", "description": "The weather in a city",
+              "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}]
+    r = client.responses.create(model="smollm2", input="What is the weather in Paris?", tools=tools,
+                                tool_choice="required", max_output_tokens=60, temperature=0)
+    call = r.output[0]
+    assert call.type == "function_call" and call.name == "get_weather"
+    assert isinstance(json.loads(call.arguments)["city"], str)
+    # the call's result goes back as input items
+    r2 = client.responses.create(model="smollm2", tools=tools, max_output_tokens=20, temperature=0, input=[
+        {"role": "user", "content": "What is the weather in Paris?"},
+        {"type": "function_call", "call_id": call.call_id, "name": call.name, "arguments": call.arguments},
+        {"type": "function_call_output", "call_id": call.call_id, "output": "sunny, 21 C"}], tool_choice="none")
+    assert r2.output[0].type == "message" and r2.output_text
+    with client.responses.stream(model="smollm2", input="What is the weather in Paris?", tools=tools,
+                                 tool_choice="required", max_output_tokens=60, temperature=0) as stream:
+        final = stream.get_final_response()
+    assert final.output[0].type == "function_call" and final.output[0].arguments == call.arguments
+    schema = {"type": "object", "properties": {"name": {"type": "string"}, "age": {"type": "integer"}},
+              "required": ["name", "age"], "additionalProperties": False}
+    s = client.responses.create(model="smollm2", input="Invent a person.", max_output_tokens=60, temperature=0,
+                                text={"format": {"type": "json_schema", "name": "person", "schema": schema,
+                                                 "strict": True}})
+    person = json.loads(s.output_text)
+    assert set(person) == {"name", "age"} and isinstance(person["age"], int)
+    status, _, raw = request(server, "POST", "/v1/responses", {"input": "hi", "previous_response_id": "resp_1"}, AUTH)
+    assert status == 400 and json.loads(raw)["error"]["param"] == "previous_response_id"

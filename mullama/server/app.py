@@ -28,6 +28,7 @@ from ..engine import Engine
 from ..engine import Request as EngineRequest
 from ..grammar import Grammar, GrammarIncompleteError
 from . import protocol as P
+from . import responses as R
 from . import structured as S
 from .metrics import Metrics
 
@@ -126,8 +127,8 @@ def create_app(engine: Engine, embedder: EmbeddingGenerator | None, model_id: st
         reqs = await submit(prompt, gen, grammar)
         return await respond(request, reqs, gen, "text_completion", None)
 
-    async def chat_completions(request: Request) -> Response:
-        body = P.parse_json(await request.body())
+    def chat_request(body: dict[str, Any]) -> tuple[str, P.Generation, Grammar | None, S.Tools]:
+        """A chat request's prompt (the model's template), generation arguments, grammar and tools."""
         messages = P.chat_messages(body)
         gen = P.Generation(body)
         tools = S.Tools(body)
@@ -142,8 +143,68 @@ def create_app(engine: Engine, embedder: EmbeddingGenerator | None, model_id: st
             prompt = engine.model.apply_chat_template(messages, True, tools=tools.tools if tools.active else None)
         except (ValueError, RuntimeError, TypeError) as e:
             raise P.ApiError(400, str(e), param="messages") from None
+        return prompt, gen, grammar, tools
+
+    async def chat_completions(request: Request) -> Response:
+        prompt, gen, grammar, tools = chat_request(P.parse_json(await request.body()))
         reqs = await submit(prompt, gen, grammar)
         return await respond(request, reqs, gen, "chat.completion", tools if tools.active else None)
+
+    async def responses(request: Request) -> Response:
+        body = P.parse_json(await request.body())
+        prompt, gen, grammar, tools = chat_request(R.chat_body(body))
+        req = (await submit(prompt, gen, grammar))[0]
+        answer = R.Answer(body, model_id)
+
+        def item(text: str, complete: bool) -> dict[str, Any]:
+            call = tools.parse(text) if tools.active and complete else None
+            return R.call_item(call) if call is not None else R.message_item(text)
+
+        def finish() -> None:
+            answer.finish(req.finish_reason, req.prompt_tokens, req.prompt_tokens - req.prompt_evaluated,
+                          req.completion_tokens)
+
+        if not gen.stream:
+            try:
+                text, complete = await _unless_gone(request, req), True
+            except GrammarIncompleteError as e:
+                text, complete = e.text, False
+            answer.output.append(item(text, complete))
+            finish()
+            return JSONResponse(answer.body())
+
+        async def events() -> AsyncIterator[str]:
+            ev = R.Events(answer)
+            try:
+                for e in ev.start():
+                    yield e
+                if tools.active:  # sent once it is known to be a call or text
+                    held: list[str] = []
+                    complete = True
+                    try:
+                        async for pieces in req.batches():
+                            held += pieces
+                    except GrammarIncompleteError:
+                        complete = False
+                    out = item("".join(held), complete)
+                    answer.output.append(out)
+                    if out["type"] == "function_call":
+                        for e in ev.function_call(0, out):
+                            yield e
+                    else:
+                        for e in [*ev.open_message(0, out), ev.delta(0, out, out["content"][0]["text"]),
+                                  *ev.close_message(0, out)]:
+                            yield e
+                else:
+                    async for e in R.stream_text(ev, req.batches()):
+                        yield e
+                finish()
+                yield ev.end()
+            finally:
+                req.cancel()
+
+        return _EventStream(events(), media_type="text/event-stream",
+                            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
     async def respond(request: Request, reqs: list[EngineRequest], gen: P.Generation, kind: str,
                       tools: S.Tools | None) -> Response:
@@ -291,6 +352,7 @@ def create_app(engine: Engine, embedder: EmbeddingGenerator | None, model_id: st
                                        code=code).body, status_code=exc.status_code)
 
     openai_routes = [("/completions", completions, "POST"), ("/chat/completions", chat_completions, "POST"),
+                     ("/responses", responses, "POST"),
                      ("/embeddings", embeddings, "POST"), ("/models", models, "GET")]
     app = Starlette(
         routes=[Route(prefix + path, endpoint, methods=[method])
