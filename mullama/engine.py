@@ -10,7 +10,11 @@ argmax at once and queues the next decode first; their loops then take those
 tokens while the device works.  Requests join and leave at any step; more
 requests than ``parallel`` wait in a queue.  Each sequence has its own sampler
 chain, stop strings, ``max_tokens`` and cancellation, and streams its pieces
-to its own consumer (a blocking iterator or an ``async for``).
+to its own consumer (a blocking iterator or an ``async for``).  Any way of
+consuming them is as fast: ``req.text()`` in turn, ``for piece in req`` in a
+thread per request, or ``async for`` in one event loop all ran at 0.78–0.81× of
+llama-batched-bench with 32 sequences on a GPU (BENCHMARKS.md); the GIL that the
+consumers take is not what separates the two.
 
 The busy sequences are kept one run of consecutive ids.  Each sequence has a
 KV stream of its own, and llama.cpp decodes the sequences of a batch in one
