@@ -280,7 +280,7 @@ def create_app(engine: Engine, embedder: EmbeddingGenerator | None, model_id: st
             try:
                 if chat:
                     for i in range(len(reqs)):
-                        yield chunk(i, {"role": "assistant", "content": ""}, None)
+                        yield chunk(i, {"role": "assistant", "content": None}, None)
                 held: list[list[str]] = [[] for _ in reqs]  # with tools, sent once known to be a call or text
                 running = len(reqs)
                 while running:
