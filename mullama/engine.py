@@ -390,7 +390,7 @@ class Engine:
             if req._cancelled:
                 self._end(req, FINISH_CANCELLED)
                 continue
-            slot = idle[0]
+            slot = self._first_slot(req) if len(idle) == len(self._slots) else idle[0]
             common = _common_prefix(slot.tokens, req.prompt)
             best, best_common = slot, common
             for s in self._slots:  # busy ones too: requests that share a prompt share its cache
@@ -414,6 +414,25 @@ class Engine:
             slot.chain.start(req.prompt)
             slot.grammar = req.grammar.state(self._model) if req.grammar is not None else None
             slot.finish, slot.loop, slot.pending = _sequence.Finish(), None, None
+
+    def _first_slot(self, req: Request) -> _Slot:
+        """With every slot idle, sequence 0 or 1, whichever keeps the device chains as they are.
+
+        Attaching a device chain, or detaching one for a host chain, makes
+        llama.cpp reserve its graphs again at the next decode (tens of ms on a
+        GPU): a lone client alternating greedy and sampled requests would pay
+        it each time.  Either sequence keeps the busy ones one run, since the
+        next request takes sequence 0 or the one after it.
+        """
+        attached = self._ctx._attached
+        device = self._ctx._on_device(req.params, req.grammar)
+
+        def cost(s: _Slot) -> int:
+            chain = attached.get(s.seq)
+            if device:
+                return 0 if chain is not None and chain.params_key == req.params.key() else 1 if chain is None else 2
+            return 0 if chain is None else 1
+        return min(self._slots[:2], key=cost)
 
     def _compact(self) -> None:
         """Close the gaps that finished requests left among running ones (see the module doc)."""

@@ -283,3 +283,20 @@ def test_a_request_copies_the_prompt_a_busy_sequence_has_decoded(model: Model) -
         assert second.prompt_evaluated == 1  # only the last prompt token, for its logits
         assert eng.stats["cache_copies"] == 1 and eng.stats["split_steps"] == 0
         _cache_matches_record(eng)
+
+
+def test_a_lone_client_keeps_its_device_chain_across_parameter_changes(model: Model) -> None:
+    """With every slot idle, a request takes sequence 0 or 1, whichever keeps the attached device chains:
+    a lone client alternating two parameter sets reuses each chain instead of attaching it again (each
+    attach makes llama.cpp reserve its graphs)."""
+    a, b = SamplerParams(temperature=0.7, seed=3), SamplerParams(temperature=1.1, top_k=20, seed=4)
+    with Engine(model, parallel=4, n_ctx=256, sampling="device") as eng:
+        eng.generate(BURST[0], 4, a)
+        chain_a = eng._ctx._attached[0]
+        eng.generate(BURST[1], 4, b)
+        chain_b = eng._ctx._attached[1]  # slot 0 keeps a's chain
+        for p in BURST[2:4]:
+            eng.generate(p, 4, a)
+            eng.generate(p, 4, b)
+        assert eng._ctx._attached[0] is chain_a and eng._ctx._attached[1] is chain_b
+        assert eng.stats["split_steps"] == 0
