@@ -72,7 +72,11 @@ class JsEmbeddingGenerator {
   embedMatrix(texts, options = undefined) {
     if (!Array.isArray(texts)) throw new TypeError(`texts must be an array of strings, not ${v.typeName(texts)}`);
     const truncate = v.boolean('truncate', v.options('options', options, EMBED_OPTIONS).truncate ?? false);
-    const tokenLists = texts.map((t, i) => this._tokens(i, t, truncate));
+    return this._embedTokens(texts.map((t, i) => this._tokens(i, t, truncate)));
+  }
+
+  /** @internal Token lists (each non-empty, at most maxTokens, ids of this model) -> one row each. */
+  _embedTokens(tokenLists) {
     const n = this._nEmbd;
     const out = new Float32Array(tokenLists.length * n);
     let start = 0;
