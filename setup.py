@@ -3,12 +3,18 @@
 Set LLAMA_CUDA=1 (or --backend through MULLAMA_BUILD_ARGS, e.g. "--backend cuda
 --cuda-arch 90") for a GPU build, and MULLAMA_PORTABLE=1 for a build that runs
 on any CPU of the architecture (all variants, picked at run time).
+
+scripts/build_dist.py makes the prebuilt wheels through the same hook:
+MULLAMA_PREBUILT_LIBS names a folder of libraries built for another platform
+(copied instead of building here) and MULLAMA_WHEEL_PLATFORM the platform tag
+they really need (e.g. manylinux2014_x86_64).
 """
 
 from __future__ import annotations
 
 import os
 import shlex
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -29,6 +35,11 @@ class BuildPyWithLibrary(build_py):
     def run(self) -> None:
         super().run()
         target = Path(self.build_lib) / "mullama" / "lib"
+        prebuilt = os.environ.get("MULLAMA_PREBUILT_LIBS")
+        if prebuilt:
+            shutil.rmtree(target, ignore_errors=True)
+            shutil.copytree(prebuilt, target)
+            return
         args = shlex.split(os.environ.get("MULLAMA_BUILD_ARGS", ""))
         if os.environ.get("MULLAMA_PORTABLE", "") not in ("", "0") and "--portable" not in args:
             args.append("--portable")
@@ -45,7 +56,7 @@ class PlatformWheel(bdist_wheel):
 
     def get_tag(self) -> tuple[str, str, str]:
         _, _, plat = super().get_tag()
-        return "py3", "none", plat
+        return "py3", "none", os.environ.get("MULLAMA_WHEEL_PLATFORM") or plat
 
 
 class BinaryDistribution(Distribution):

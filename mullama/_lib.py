@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import atexit
 import ctypes
+import importlib.util
 import json
 import logging
 import os
@@ -44,6 +45,8 @@ PINNED_COMMIT: Final = "0c1e57098bba43ac29e6e3b677cdceebdd22334f"
 ENV_LIB: Final = "MULLAMA_LIB"
 ENV_SKIP_ABI: Final = "MULLAMA_SKIP_ABI_CHECK"
 PACKAGE_LIB_DIR: Final = Path(__file__).resolve().parent / "lib"
+# Packages of GPU backends that plug into the prebuilt CPU package's libraries.
+PLUGIN_PACKAGES: Final = ("mullama_cuda12",)
 
 if sys.platform == "win32":
     LIB_NAMES: Final = ("llama.dll", "libllama.dll")
@@ -382,6 +385,7 @@ _FUNCTIONS: Final[dict[str, tuple[Any, tuple[Any, ...]]]] = {
 # for loading the backends of a build made with GGML_BACKEND_DL.
 _GGML_FUNCTIONS: Final[dict[str, tuple[Any, tuple[Any, ...]]]] = {
     "ggml_backend_load_all_from_path": (None, (c_char_p,)),
+    "ggml_backend_load": (_p, (c_char_p,)),
     "ggml_backend_reg_count": (c_size_t, ()),
     "ggml_backend_reg_get": (_p, (c_size_t,)),
     "ggml_backend_reg_name": (c_char_p, (_p,)),
@@ -491,6 +495,38 @@ def _candidates() -> list[Path]:
         return out  # an explicit choice is never silently replaced by another build
     out += [PACKAGE_LIB_DIR / n for n in LIB_NAMES]
     return out
+
+
+def _plugin_backends() -> list[Path]:
+    """GPU backends installed as packages of their own (``pip install mullama[cuda12]``).
+
+    Each such package holds ggml backends built as plugins for the prebuilt
+    CPU package's libraries; it is found by import name, without importing it.
+    """
+    found: list[Path] = []
+    for name in PLUGIN_PACKAGES:
+        spec = importlib.util.find_spec(name)
+        for folder in (spec.submodule_search_locations or []) if spec is not None else []:
+            lib_dir = Path(folder) / "lib"
+            found += sorted(p for p in lib_dir.glob("*ggml-*") if p.suffix in (".so", ".dll", ".dylib"))
+    return found
+
+
+def _load_plugins(lib: _Lib) -> None:
+    """Register every installed plugin backend; one that cannot load is an error, never a quiet CPU run."""
+    for plugin in _plugin_backends():
+        commit = _read_build_info(plugin.parent).get("llama_cpp_commit")
+        if commit != PINNED_COMMIT:
+            raise LibraryLoadError(
+                f"{plugin} was built from llama.cpp {commit}, but this mullama is written for {PINNED_COMMIT}; "
+                f"install the {plugin.parent.parent.name.replace('_', '-')} release that matches mullama's")
+        take_errors()
+        if not lib.ggml_backend_load(str(plugin).encode()):
+            why = take_errors() or "no reason given"
+            raise LibraryLoadError(
+                f"{plugin.parent.parent.name.replace('_', '-')} is installed, but its backend {plugin.name} could not "
+                f"be loaded ({why}). Check the GPU driver, or uninstall that package to run on the CPU."
+            )
 
 
 def _read_build_info(folder: Path) -> dict[str, Any]:
@@ -662,6 +698,8 @@ def load() -> _Lib:
             # Builds with loadable backends (--portable) register them from their folder.
             if lib.ggml_backend_reg_count() == 0:
                 lib.ggml_backend_load_all_from_path(str(path.parent).encode())
+                if not os.environ.get(ENV_LIB):
+                    _load_plugins(lib)
             _lib = lib
             return lib
         where = f"${ENV_LIB}" if os.environ.get(ENV_LIB) else "the package"

@@ -450,9 +450,9 @@ def ensure_cccl(cfg: BuildConfig, pin: Mapping[str, object], nvcc: str | None) -
 # --------------------------------------------------------------------------
 
 
-def run(cmd: list[str]) -> None:
+def run(cmd: list[str], env: Mapping[str, str] | None = None) -> None:
     log("$ " + " ".join(shlex.quote(c) for c in cmd))
-    proc = subprocess.run(cmd)
+    proc = subprocess.run(cmd, env=env)
     if proc.returncode != 0:
         raise BuildError(f"command failed with exit code {proc.returncode}: {cmd[0]} {cmd[1]} ...; see the output above")
 

