@@ -46,7 +46,7 @@ ENV_LIB: Final = "MULLAMA_LIB"
 ENV_SKIP_ABI: Final = "MULLAMA_SKIP_ABI_CHECK"
 PACKAGE_LIB_DIR: Final = Path(__file__).resolve().parent / "lib"
 # Packages of GPU backends that plug into the prebuilt CPU package's libraries.
-PLUGIN_PACKAGES: Final = ("mullama_cuda12",)
+PLUGIN_PACKAGES: Final = ("mullama_cuda12", "mullama_cuda13")
 
 if sys.platform == "win32":
     LIB_NAMES: Final = ("llama.dll", "libllama.dll")

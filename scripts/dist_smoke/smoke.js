@@ -38,12 +38,16 @@ function main() {
   const prompt = model.applyChatTemplate([['user', 'Name three colours.']]);
   const t0 = seconds();
   const pieces = [];
-  for (const piece of ctx.generateStream(prompt, 24, samplerParamsGreedy())) {
+  // ignoreEos: a model with random weights may well end at once
+  for (const piece of ctx.generateStream(prompt, 24, samplerParamsGreedy(), { ignoreEos: true })) {
     if (pieces.length === 0) report.first_token_s = seconds();
     pieces.push(piece);
   }
   report.generate_s = Math.round((seconds() - t0) * 1e3) / 1e3;
-  report.greedy = [pieces.join(''), ctx.generate(prompt, 24, samplerParamsGreedy())];
+  // again in a fresh context, so that the same kernels see the same input
+  const again = new JsContext(model, { nCtx: 512 });
+  report.greedy = [pieces.join(''), again.generate(prompt, 24, samplerParamsGreedy(), { ignoreEos: true })];
+  again.close();
   report.system_info = systemInfo().split('\n')[0];
   ctx.close();
   model.close();

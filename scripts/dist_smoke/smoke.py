@@ -1,6 +1,6 @@
 """Exercise an installed mullama the way a new user would, and print what happened as JSON.
 
-    python smoke.py MODEL.gguf VOCAB_DIR
+    python smoke.py MODEL.gguf VOCAB_DIR [N_GPU_LAYERS]
 
 Run on every platform a prebuilt package is made for (natively, under qemu or
 Wine) by scripts/check_dist.py, which compares the outputs across platforms:
@@ -39,22 +39,29 @@ def main() -> None:
     from mullama import Context, Model, SamplerParams
 
     model_path, vocab_dir = Path(sys.argv[1]), Path(sys.argv[2])
+    n_gpu_layers = int(sys.argv[3]) if len(sys.argv) > 3 else 0
     report: dict[str, object] = {"import_s": round(time.monotonic() - started, 3)}
     lib = mullama._lib.load()
     report["library"] = str(lib.path)
     report["build_info"] = {k: lib.build_info.get(k) for k in ("target", "backend", "toolchain")}
-    with Model.load(model_path) as model, Context(model, n_ctx=512) as ctx:
-        prompt = model.apply_chat_template([("user", "Name three colours.")])
+    with Model.load(model_path, n_gpu_layers=n_gpu_layers) as model, Context(model, n_ctx=512) as ctx:
+        try:
+            prompt = model.apply_chat_template([("user", "Name three colours.")])
+        except RuntimeError:  # a model without a chat template (random weights)
+            prompt = "Name three colours:"
         t0 = time.monotonic()
         pieces = []
         first = None
-        for piece in ctx.generate_stream(prompt, 24, SamplerParams.greedy()):
+        # ignore_eos: a model with random weights may well end at once
+        for piece in ctx.generate_stream(prompt, 24, SamplerParams.greedy(), ignore_eos=True):
             if first is None:
                 first = time.monotonic() - started
             pieces.append(piece)
         report["first_token_s"] = round(first or 0.0, 3)
         report["generate_s"] = round(time.monotonic() - t0, 3)
-        report["greedy"] = ["".join(pieces), ctx.generate(prompt, 24, SamplerParams.greedy())]
+        # again in a fresh context, so that the same kernels see the same input
+        with Context(model, n_ctx=512) as again:
+            report["greedy"] = ["".join(pieces), again.generate(prompt, 24, SamplerParams.greedy(), ignore_eos=True)]
         report["devices"] = [f"{d['name']} ({d['type']})" for d in mullama._backend.devices()]
         report["system_info"] = mullama._backend.system_info().splitlines()[0]
     tokens: dict[str, list[list[int]]] = {}
