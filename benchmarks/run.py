@@ -46,7 +46,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 BENCH_MD = ROOT / "BENCHMARKS.md"
 PROTO = "@@BENCH "  # worker protocol lines on stdout start with this
-TOOLS = ("llama-bench", "mullama", "mullama-node", "mullama-node-async", "llama-cpp-python")
+TOOLS = ("llama-bench", "mullama", "mullama-portable", "mullama-node", "mullama-node-async", "llama-cpp-python")
 NODE_TOOLS = {"mullama-node": "sync", "mullama-node-async": "async"}  # benchmarks/node_worker.js modes
 
 
@@ -390,14 +390,19 @@ class Worker:
         self.tool = tool
         common = ["--model", a.model, "--threads", str(a.threads), "--ngl", str(a.ngl_int), "--n-ctx", str(a.n_ctx),
                   "--n-prompt", str(a.n_prompt), "--n-gen", str(a.n_gen)]
+        env = None
         if tool in NODE_TOOLS:
             cmd = ["node", str(Path(__file__).resolve().parent / "node_worker.js"), "--mode", NODE_TOOLS[tool], *common]
+        elif tool == "mullama-portable":
+            # the same worker over another libllama (a prebuilt package's, all CPU variants)
+            cmd = [sys.executable, "-u", str(Path(__file__).resolve()), "--worker", "mullama", *common]
+            env = dict(os.environ, MULLAMA_LIB=str(Path(a.portable_lib).resolve()))
         else:
             cmd = [sys.executable, "-u", str(Path(__file__).resolve()), "--worker", tool, *common]
         self.stderr_path = Path(a.log_dir) / f"{tool}.stderr.log"
         self.stderr = open(self.stderr_path, "w")
         self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.stderr,
-                                     text=True, bufsize=1)
+                                     text=True, bufsize=1, env=env)
         self.info = self.read()
 
     def read(self) -> dict[str, Any]:
@@ -517,7 +522,9 @@ def measure(a: argparse.Namespace) -> dict[str, Any]:
         "argv": sys.argv[1:], "notes": a.note or [], "repro": a.repro, "tools": {}, "skipped": {},
     }
     workers: dict[str, Worker] = {}
-    for tool in ("mullama", *NODE_TOOLS, "llama-cpp-python"):
+    for tool in ("mullama", "mullama-portable", *NODE_TOOLS, "llama-cpp-python"):
+        if tool == "mullama-portable" and not a.portable_lib:
+            continue
         if tool == "llama-cpp-python" and a.no_llama_cpp_python:
             raw["skipped"][tool] = "--no-llama-cpp-python"
             continue
@@ -773,6 +780,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                          "(default 0.1)")
     ap.add_argument("--retries", type=int, default=4, help="repeats of a disturbed measurement (default 4)")
     ap.add_argument("--no-llama-bench", action="store_true")
+    ap.add_argument("--portable-lib", default=None, metavar="DIR",
+                    help="also measure mullama over this libllama folder (e.g. dist/lib/linux-x64, a prebuilt package's)")
     ap.add_argument("--no-llama-cpp-python", action="store_true")
     ap.add_argument("--no-node", action="store_true", help="leave out mullama's Node.js binding")
     ap.add_argument("--label", default=None, help="section key in the markdown (default: backend-model-threads)")
