@@ -425,12 +425,18 @@ class LibraryLoadError(RuntimeError):
 HELD_GIL: Final = ("llama_get_logits", "llama_get_logits_ith", "llama_sampler_accept", "llama_sampler_apply")
 
 
-def _declare(target: object, handle: ctypes.CDLL, table: dict[str, tuple[Any, tuple[Any, ...]]],
-             names: tuple[str, ...] | None = None) -> None:
-    """Bind ``names`` (default: all) of ``table`` from ``handle`` as attributes of ``target``, typed."""
+def _declare(target: object, handle: ctypes.CDLL | tuple[ctypes.CDLL, ...],
+             table: dict[str, tuple[Any, tuple[Any, ...]]], names: tuple[str, ...] | None = None) -> None:
+    """Bind ``names`` (default: all) of ``table`` from ``handle`` as attributes of ``target``, typed.
+
+    Given several handles, each function comes from the first that exports it
+    (on Windows a DLL's lookup sees only its own exports, not its dependencies').
+    """
+    handles = handle if isinstance(handle, tuple) else (handle,)
     for name in table if names is None else names:
         restype, argtypes = table[name]
-        fn = getattr(handle, name)
+        owner = next((h for h in handles[:-1] if hasattr(h, name)), handles[-1])
+        fn = getattr(owner, name)
         fn.restype = restype
         fn.argtypes = list(argtypes)
         setattr(target, name, fn)
@@ -450,7 +456,7 @@ class _Held:
 class _Lib:
     """The loaded libraries, with every declared function as an attribute."""
 
-    def __init__(self, llama: ctypes.CDLL, ggml: ctypes.CDLL, path: Path, build_info: dict[str, Any],
+    def __init__(self, llama: ctypes.CDLL, ggml: tuple[ctypes.CDLL, ...], path: Path, build_info: dict[str, Any],
                  rpc: ctypes.CDLL | None = None) -> None:
         self.path = path
         self.build_info = build_info
@@ -556,7 +562,7 @@ def _open_rpc(folder: Path, mode: int, ggml: ctypes.CDLL) -> ctypes.CDLL | None:
     return ggml if hasattr(ggml, "ggml_backend_rpc_add_server") else None
 
 
-def _open(path: Path) -> tuple[ctypes.CDLL, ctypes.CDLL]:
+def _open(path: Path) -> tuple[ctypes.CDLL, tuple[ctypes.CDLL, ...]]:
     folder = path.parent
     # RTLD_LOCAL: our libraries never supply symbols to anything else loaded
     # in the process (another libllama, say), nor take theirs.
@@ -580,8 +586,13 @@ def _open(path: Path) -> tuple[ctypes.CDLL, ctypes.CDLL]:
             ggml = ctypes.CDLL(str(folder / n), mode=mode)
             break
     if ggml is None:
-        ggml = llama  # a monolithic build exports the ggml symbols itself
-    return llama, ggml
+        return llama, (llama,)  # a monolithic build exports the ggml symbols itself
+    # ggml's backend registry is in libggml, the backend and device functions in
+    # libggml-base; Windows finds each only in the DLL that defines it
+    base_name = {"win32": "ggml-base.dll", "darwin": "libggml-base.dylib"}.get(sys.platform, "libggml-base.so")
+    if (folder / base_name).exists():
+        return llama, (ggml, ctypes.CDLL(str(folder / base_name), mode=mode))
+    return llama, (ggml,)
 
 
 def _check_abi(lib: _Lib) -> None:
@@ -685,7 +696,7 @@ def load() -> _Lib:
                 tried.append(f"{path}: {e}")
                 continue
             try:
-                rpc = _open_rpc(path.parent, getattr(os, "RTLD_NOW", 0) | getattr(os, "RTLD_LOCAL", 0), ggml)
+                rpc = _open_rpc(path.parent, getattr(os, "RTLD_NOW", 0) | getattr(os, "RTLD_LOCAL", 0), ggml[0])
                 lib = _Lib(llama, ggml, path, _read_build_info(path.parent), rpc)
             except AttributeError as e:
                 raise LibraryLoadError(

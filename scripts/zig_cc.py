@@ -8,13 +8,17 @@ mends the few it does not:
 
 * AArch64: ggml names each CPU variant with GCC's `-march=armv8.2-a+dotprod+fp16`;
   zig reads -march as a CPU model name, so it becomes
-  `-mcpu=generic+v8_2a+dotprod+fullfp16` (the same features in zig's names).
+  `-mcpu=generic+v8_2a+dotprod+fullfp16` (the same features in zig's names;
+  on macOS from the Apple M1 up rather than a generic core).
 * x86-64: zig spells out every feature of its baseline CPU, 512-bit vectors
   (evex512) among those turned off, and -mavx512f alone does not bring them
   back; -mevex512 does, and enables nothing by itself.
 * macOS: CMake links ggml's loadable backends with -bundle, which zig's Mach-O
   linker does not make; they are linked as ordinary dylibs (-shared), which
-  dlopen loads the same way.
+  dlopen loads the same way.  CMake names each library by its absolute path
+  in the build tree (-install_name) and adds no RPATH for a cross build;
+  each gets `@rpath/<its file name>` and the RPATH `@loader_path`, so that
+  the libraries find each other in whatever folder they are installed.
 * Windows (MinGW ABI): every symbol of a DLL is exported, so the C runtime's
   startup symbols (atexit, ...) linked into each DLL appear in its import
   library, and the next DLL linked against it meets them twice.  After a DLL
@@ -38,14 +42,18 @@ MINGW_CRT_EXPORTS = {"atexit", "_CRT_INIT", "___chkstk", "__chkstk", "__mingw_mo
                      "__unw_getcontext", "unw_getcontext"}
 
 
-def aarch64_march(value: str) -> str:
-    """`armv8.2-a+dotprod+nosve` -> `generic+v8_2a+dotprod-sve`."""
+def aarch64_march(value: str, base_cpu: str = "generic") -> str:
+    """`armv8.2-a+dotprod+nosve` -> `generic+v8_2a+dotprod-sve`.
+
+    On macOS the base is the Apple M1, the oldest Apple Silicon, whose
+    features zig's intrinsic headers expect there (AES and the rest).
+    """
     base, *tags = value.split("+")
     m = re.fullmatch(r"armv(\d+)(?:\.(\d+))?-a", base)
     if not m:
         raise SystemExit(f"zig_cc: cannot translate -march={value}")
     version = f"v{m.group(1)}" + (f"_{m.group(2)}" if m.group(2) and m.group(2) != "0" else "") + "a"
-    out = f"generic+{version}"
+    out = f"{base_cpu}+{version}"
     for tag in tags:
         if tag.startswith("no"):
             out += "-" + AARCH64_FEATURES.get(tag[2:], tag[2:])
@@ -55,16 +63,29 @@ def aarch64_march(value: str) -> str:
 
 
 def translate(target: str, args: list[str]) -> list[str]:
+    macos = "macos" in target
+    linking = macos and ("-shared" in args or "-bundle" in args or "-dynamiclib" in args) and "-o" in args
     out = []
+    skip = False
     for a in args:
+        if skip:  # the value of -install_name, replaced below
+            skip = False
+            continue
+        if linking and a == "-install_name":
+            skip = True
+            continue
         if target.startswith("aarch64") and a.startswith("-march=armv"):
-            out.append("-mcpu=" + aarch64_march(a.split("=", 1)[1]))
+            out.append("-mcpu=" + aarch64_march(a.split("=", 1)[1], "apple_m1" if "macos" in target else "generic"))
         elif "macos" in target and a == "-bundle":
             out.append("-shared")
         else:
             out.append(a)
     if target.startswith("x86_64"):
         out.insert(0, "-mevex512")
+    if linking:
+        # found through the loading library's own folder wherever the package is installed
+        name = Path(args[args.index("-o") + 1]).name
+        out += ["-Wl,-install_name,@rpath/" + name, "-Wl,-rpath,@loader_path"]
     return out
 
 

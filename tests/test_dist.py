@@ -81,6 +81,9 @@ def test_cpu_builds_are_portable() -> None:
 def test_aarch64_march_becomes_zig_cpu_features(march: str, mcpu: str) -> None:
     assert zig_cc.aarch64_march(march) == mcpu
     assert zig_cc.translate("aarch64-linux-gnu.2.17", ["-O3", f"-march={march}", "-c"]) == ["-O3", f"-mcpu={mcpu}", "-c"]
+    # Apple Silicon starts at the M1
+    apple = "apple_m1" + mcpu[len("generic"):]
+    assert zig_cc.translate("aarch64-macos.11.0", [f"-march={march}"]) == [f"-mcpu={apple}"]
 
 
 def test_x86_gets_512_bit_vectors_and_macos_modules_become_dylibs() -> None:

@@ -23,6 +23,8 @@ const PACKAGE_LIB_DIRS = [
 ];
 const LIB_NAMES = process.platform === 'win32' ? ['llama.dll', 'libllama.dll']
   : process.platform === 'darwin' ? ['libllama.dylib'] : ['libllama.so'];
+const GGML_BASE_NAME = process.platform === 'win32' ? 'ggml-base.dll'
+  : process.platform === 'darwin' ? 'libggml-base.dylib' : 'libggml-base.so';
 const GGML_NAMES = process.platform === 'win32' ? ['ggml.dll']
   : process.platform === 'darwin' ? ['libggml.dylib'] : ['libggml.so'];
 
@@ -456,8 +458,11 @@ function open(file) {
   }
   const llama = koffi.load(file);
   const ggmlFile = GGML_NAMES.map((n) => path.join(folder, n)).find((f) => fs.existsSync(f));
-  // a monolithic build exports the ggml symbols itself
-  const ggml = ggmlFile ? koffi.load(ggmlFile) : llama;
+  // a monolithic build exports the ggml symbols itself; otherwise the backend
+  // registry is in libggml and the backend and device functions in libggml-base
+  const baseFile = path.join(folder, GGML_BASE_NAME);
+  const ggml = !ggmlFile ? [llama]
+    : fs.existsSync(baseFile) ? [koffi.load(ggmlFile), koffi.load(baseFile)] : [koffi.load(ggmlFile)];
   const rpcFile = RPC_NAMES.map((n) => path.join(folder, n)).find((f) => fs.existsSync(f));
   let rpc = null;
   try {
@@ -468,9 +473,19 @@ function open(file) {
   return { llama, ggml, rpc };
 }
 
+// Given several handles, each function comes from the first that exports it
+// (on Windows a DLL's lookup sees only its own exports, not its dependencies').
 function declare(handle, table, into) {
+  const handles = Array.isArray(handle) ? handle : [handle];
   for (const [name, [ret, params]] of Object.entries(table)) {
-    into[name] = handle.func(name, ret, params);
+    for (let i = 0; i < handles.length; i++) {
+      try {
+        into[name] = handles[i].func(name, ret, params);
+        break;
+      } catch (e) {
+        if (i === handles.length - 1) throw e;
+      }
+    }
   }
 }
 

@@ -53,7 +53,10 @@ function main() {
   model.close();
   report.tokens = {};
   report.vocab_mismatches = [];
-  for (const file of fs.readdirSync(vocabDir).filter((f) => /^ggml-vocab-.*\.gguf$/.test(f)).sort()) {
+  // MULLAMA_SMOKE_SKIP: vocabularies left out (comma-separated), for a platform where one is known to fail
+  const skip = new Set((process.env.MULLAMA_SMOKE_SKIP || '').split(',').filter(Boolean));
+  report.skipped = [...skip];
+  for (const file of fs.readdirSync(vocabDir).filter((f) => /^ggml-vocab-.*\.gguf$/.test(f) && !skip.has(f)).sort()) {
     const vocab = path.join(vocabDir, file);
     if (!fs.existsSync(`${vocab}.inp`)) continue;
     const m = JsModel.load(vocab, { vocabOnly: true });
