@@ -88,7 +88,10 @@ def test_aarch64_march_becomes_zig_cpu_features(march: str, mcpu: str) -> None:
 
 def test_x86_gets_512_bit_vectors_and_macos_modules_become_dylibs() -> None:
     assert zig_cc.translate("x86_64-linux-gnu.2.17", ["-mavx512f"]) == ["-mevex512", "-mavx512f"]
-    assert zig_cc.translate("aarch64-macos.11.0", ["-bundle", "-o", "x.so"]) == ["-shared", "-o", "x.so"]
+    # and find each other wherever they are installed: named @rpath/<file>, RPATH @loader_path
+    assert zig_cc.translate("aarch64-macos.11.0", ["-bundle", "-o", "bin/x.so", "-install_name", "/abs/bin/x.so"]) == [
+        "-shared", "-o", "bin/x.so", "-Wl,-install_name,@rpath/x.so", "-Wl,-rpath,@loader_path"]
+    assert zig_cc.translate("aarch64-macos.11.0", ["-c", "x.c", "-o", "x.o"]) == ["-c", "x.c", "-o", "x.o"]
     assert zig_cc.translate("x86_64-windows-gnu", ["-bundle"]) == ["-mevex512", "-bundle"]
 
 
