@@ -91,6 +91,9 @@ def test_native_calls_release_the_gil(model: Model) -> None:
 SIGINT_CHILD = """
 import os, signal, sys, threading, time
 from mullama import Model, Context, SamplerParams
+# Python's own Ctrl-C handler, as in a terminal: a process started in the
+# background by a non-interactive shell inherits SIGINT ignored instead.
+signal.signal(signal.SIGINT, signal.default_int_handler)
 m = Model.load(sys.argv[1])
 ctx = Context(m, n_ctx=8192, n_batch=512)
 phase = sys.argv[2]
