@@ -29,8 +29,10 @@ __all__ = [
 
 from .context import Context, ContextFullError, GenerationCancelled  # noqa: E402
 from .sampling import SamplerParams  # noqa: E402
+from .completion import Completion, CompletionChunk, TokenLogprob, TopLogprob  # noqa: E402
 
-__all__ += ["Context", "ContextFullError", "GenerationCancelled", "SamplerParams"]
+__all__ += ["Completion", "CompletionChunk", "Context", "ContextFullError", "GenerationCancelled", "SamplerParams",
+            "TokenLogprob", "TopLogprob"]
 
 from .embedding import EmbeddingGenerator, cosine_similarity  # noqa: E402
 

@@ -346,6 +346,10 @@ _FUNCTIONS: Final[dict[str, tuple[Any, tuple[Any, ...]]]] = {
     "llama_get_embeddings_ith": (POINTER(c_float), (_p, c_int32)),
     "llama_get_embeddings_seq": (POINTER(c_float), (_p, llama_seq_id)),
     "llama_perf_context": (llama_perf_context_data, (_p,)),
+    # saved state of one sequence (its KV cache); like every call here they run without the GIL
+    "llama_state_seq_get_size": (c_size_t, (_p, llama_seq_id)),
+    "llama_state_seq_get_data": (c_size_t, (_p, _p, c_size_t, llama_seq_id)),
+    "llama_state_seq_set_data": (c_size_t, (_p, _p, c_size_t, llama_seq_id)),
     # backend (device) sampling: a sampler chain attached to a sequence runs inside the decode graph
     "llama_set_sampler": (c_bool, (_p, llama_seq_id, _p)),
     "llama_get_sampled_token_ith": (llama_token, (_p, c_int32)),

@@ -3,18 +3,20 @@
 from __future__ import annotations
 
 import ctypes
+import os
 import signal
 import threading
 import weakref
-from collections.abc import AsyncIterator, Generator, Sequence
-from typing import Any
+from collections.abc import AsyncIterator, Generator, Iterator, Sequence
+from typing import Any, cast
 
 import numpy as np
 
-from . import _backend, _lib, _sequence, _validate
+from . import _backend, _lib, _sequence, _state, _validate
 from ._batch import Batch
 from ._cpus import usable_cpus
 from ._handle import NativeHandle
+from .completion import Completion, CompletionChunk, Recorder, TokenLogprob, check_logprobs
 from .grammar import Grammar, GrammarIncompleteError, check_grammar
 from .model import Model
 from .sampling import SamplerChain, SamplerParams, check_sampling
@@ -145,7 +147,7 @@ class Context(NativeHandle):
         self._abort_cb = _make_abort_callback(self._cancel)
         self._owner: int | None = None
         self._owner_lock = threading.Lock()
-        self._active_stream: weakref.ref[Generator[str, None, None]] | None = None
+        self._active_stream: weakref.ref[Generator[Any, None, None]] | None = None
 
     # -- properties --------------------------------------------------------------
 
@@ -334,6 +336,122 @@ class Context(NativeHandle):
             return None
         return np.ctypeslib.as_array(p, shape=(n,)).copy()
 
+    # -- saved state ----------------------------------------------------------------
+
+    def state_bytes(self) -> bytes:
+        """The state of this Context as bytes: its KV cache and the tokens it holds.
+
+        What is saved is sequence 0 (a Context's only one, unless ``n_seq_max
+        > 1``): llama.cpp's copy of its cache (positions, keys and values of
+        every cell), the token ids that :attr:`tokens` lists, and a
+        fingerprint of the model.  Sampler state, the logits of the last
+        token and the parameters of the Context are not saved.  After
+        :meth:`load_state_bytes` of these bytes into a Context over the same
+        model, a prompt that starts with the saved tokens continues exactly as
+        it would have here, evaluating only its last token again.  The format
+        (magic, version, fingerprint, tokens, checksum, llama.cpp's blob) is
+        the Node binding's too.  RuntimeError while another thread uses this
+        Context.
+        """
+        self._acquire()
+        try:
+            head, blob = self._state_parts()
+            return b"".join((head, _state.checksum(head, blob), blob))
+        finally:
+            self._release()
+
+    def save_state(self, path: str | os.PathLike[str]) -> None:
+        """Write :meth:`state_bytes` to the file ``path``, atomically (a temporary file, then a rename).
+
+        The file is created readable by its owner only; an existing one is
+        replaced.  OSError when it cannot be written.
+        """
+        fspath = _state_path(path)
+        self._acquire()
+        try:
+            head, blob = self._state_parts()
+            _state.write_file(fspath, (head, _state.checksum(head, blob), blob))
+        finally:
+            self._release()
+
+    def load_state_bytes(self, data: bytes | bytearray | memoryview) -> None:
+        """Replace this Context's cache (sequence 0) with a state from :meth:`state_bytes`.
+
+        Everything is checked before llama.cpp reads it: ValueError for data
+        that is not a mullama state, is truncated or corrupted (checksum), or
+        was saved from another model (naming the fields that differ);
+        :class:`ContextFullError` (a ValueError) when it holds more tokens
+        than this Context's ``n_ctx``; RuntimeError when llama.cpp refuses it
+        (a cache of another type or layout), and then the cache is left
+        empty.  After any error the Context still generates.  TypeError when
+        ``data`` is not bytes-like.
+        """
+        if not isinstance(data, (bytes, bytearray, memoryview)):
+            raise TypeError(f"data must be bytes, bytearray or memoryview, not {type(data).__name__}")
+        self._load_state(data if isinstance(data, bytes) else bytes(data), "the state bytes")
+
+    def load_state(self, path: str | os.PathLike[str]) -> None:
+        """Load a state file written by :meth:`save_state` (errors as for :meth:`load_state_bytes`).
+
+        OSError when the file cannot be read.
+        """
+        fspath = _state_path(path)
+        with open(fspath, "rb") as f:
+            data = f.read()
+        self._load_state(data, f"the state file {fspath!r}")
+
+    def _fingerprint(self) -> dict[str, _state.Field]:
+        return _state.fingerprint(self._model.ptr(), self._model._n_vocab)
+
+    def _state_parts(self) -> tuple[bytes, Any]:
+        """The header (before the checksum) and llama.cpp's blob of sequence 0."""
+        ctx = self.ptr()
+        if not self._mem:
+            raise RuntimeError("this Context keeps no KV cache (an embedding model's): it has no state to save")
+        L = _backend.lib()
+        if int(L.llama_memory_seq_pos_max(self._mem, 0)) != len(self._tokens) - 1:
+            raise RuntimeError("the KV cache and the tokens this Context tracks disagree; call clear_cache()")
+        _lib.take_errors()
+        n = int(L.llama_state_seq_get_size(ctx, 0))
+        blob = (ctypes.c_ubyte * n)()
+        if n == 0 or int(L.llama_state_seq_get_data(ctx, ctypes.addressof(blob), n, 0)) != n:
+            raise RuntimeError(f"llama.cpp could not save the state: {_lib.take_errors() or 'see the mullama log'}")
+        return _state.header(self._fingerprint(), self._tokens, n), blob
+
+    def _load_state(self, data: bytes, what: str) -> None:
+        self._acquire()
+        try:
+            ctx = self.ptr()
+            parsed = _state.parse(data, self._fingerprint(), what)
+            n_tokens = len(parsed.tokens)
+            if n_tokens > self._n_ctx:
+                raise ContextFullError(f"{what} holds {n_tokens} tokens, more than this Context's "
+                                       f"n_ctx={self._n_ctx}; load it into a Context with n_ctx >= {n_tokens}")
+            if not self._mem:
+                raise RuntimeError("this Context keeps no KV cache (an embedding model's): it cannot load a state")
+            L = _backend.lib()
+            keep = ctypes.c_char_p(data)  # points into data, no copy
+            src = (ctypes.cast(keep, ctypes.c_void_p).value or 0) + parsed.blob_offset
+            # sequence 0 is emptied first: llama.cpp leaves it as it was when the state holds no cell
+            L.llama_memory_seq_rm(self._mem, 0, -1, -1)
+            self._tokens.clear()
+            _lib.take_errors()
+            read = int(L.llama_state_seq_set_data(ctx, src, parsed.blob_len, 0))
+            n_cached = int(L.llama_memory_seq_pos_max(self._mem, 0)) + 1
+            if read != parsed.blob_len or n_cached != n_tokens:
+                L.llama_memory_seq_rm(self._mem, 0, -1, -1)
+                if not read:
+                    why = _lib.take_errors() or "see the mullama log"
+                elif read != parsed.blob_len:
+                    why = f"it read {read} of {parsed.blob_len} bytes"
+                else:
+                    why = f"the state lists {n_tokens} tokens but its cache holds {n_cached}"
+                raise RuntimeError(f"llama.cpp could not load {what} into this Context ({why}); "
+                                   f"its cache is now empty")
+            self._tokens[:] = parsed.tokens
+        finally:
+            self._release()
+
     # -- generation ---------------------------------------------------------------
 
     def _prompt_tokens(self, prompt: str | Sequence[int]) -> list[int]:
@@ -353,7 +471,7 @@ class Context(NativeHandle):
             raise TypeError(f"params must be a SamplerParams or None, not {type(params).__name__}")
         return params
 
-    def _on_device(self, params: SamplerParams, grammar: Grammar | None) -> bool:
+    def _on_device(self, params: SamplerParams, grammar: Grammar | None, logprobs: bool = False) -> bool:
         """Whether this generation's chain runs inside the decode graph (see ``sampling``)."""
         if self._sampling == "cpu":
             return False
@@ -361,6 +479,13 @@ class Context(NativeHandle):
             if self._sampling == "device":
                 raise ValueError("sampling='device' cannot apply a grammar: the grammar sampler runs on the host "
                                  "(use sampling='auto', which samples grammars on the host)")
+            return False
+        if logprobs:
+            # The log-probabilities need the raw logits on the host, which a
+            # device chain keeps on the device.
+            if self._sampling == "device":
+                raise ValueError("sampling='device' cannot report logprobs: they are read from the logits on the "
+                                 "host (use sampling='auto', which samples such requests on the host)")
             return False
         if self._sampling == "device":
             return True
@@ -446,7 +571,7 @@ class Context(NativeHandle):
         and raises :class:`~mullama.grammar.GrammarIncompleteError` if
         ``max_tokens`` runs out before (a stop string ends it as asked).
         """
-        return "".join(self._stream(prompt, max_tokens, params, stop, cancel, ignore_eos, grammar))
+        return "".join(cast(Iterator[str], self._stream(prompt, max_tokens, params, stop, cancel, ignore_eos, grammar)))
 
     def generate_stream(
         self,
@@ -464,9 +589,66 @@ class Context(NativeHandle):
         Pieces never split a UTF-8 character, and ``"".join(pieces)`` equals
         what :meth:`generate` returns.  Leaving the loop early is fine.
         """
-        gen = self._stream(prompt, max_tokens, params, stop, cancel, ignore_eos, grammar)
+        gen = cast(Generator[str, None, None], self._stream(prompt, max_tokens, params, stop, cancel, ignore_eos,
+                                                            grammar))
         self._active_stream = weakref.ref(gen)
         return gen
+
+    def complete(
+        self,
+        prompt: str | Sequence[int],
+        max_tokens: int = 100,
+        params: SamplerParams | None = None,
+        *,
+        logprobs: int = 0,
+        stop: Sequence[str] | None = None,
+        cancel: threading.Event | None = None,
+        ignore_eos: bool = False,
+        grammar: Grammar | None = None,
+    ) -> Completion:
+        """Like :meth:`generate`, but returns a :class:`~mullama.Completion`: the text, its tokens, why it ended.
+
+        ``logprobs=k`` (1 to 20) adds each token's log-probability and the
+        ``k`` most probable tokens at its position: the model's own
+        distribution (a log-softmax of the logits, before the samplers), as
+        OpenAI reports it.  Such a generation samples on the host (with
+        ``sampling="device"`` it raises ValueError).
+        """
+        text: list[str] = []
+        tokens: list[int] = []
+        probs: list[TokenLogprob] | None = [] if logprobs else None
+        reason = _sequence.FINISH_LENGTH
+        for chunk in self.complete_stream(prompt, max_tokens, params, logprobs=logprobs, stop=stop, cancel=cancel,
+                                          ignore_eos=ignore_eos, grammar=grammar):
+            text.append(chunk.text)
+            tokens += chunk.tokens
+            if probs is not None and chunk.logprobs is not None:
+                probs += chunk.logprobs
+            reason = chunk.finish_reason or reason
+        return Completion("".join(text), tokens, reason, probs)
+
+    def complete_stream(
+        self,
+        prompt: str | Sequence[int],
+        max_tokens: int = 100,
+        params: SamplerParams | None = None,
+        *,
+        logprobs: int = 0,
+        stop: Sequence[str] | None = None,
+        cancel: threading.Event | None = None,
+        ignore_eos: bool = False,
+        grammar: Grammar | None = None,
+    ) -> Generator[CompletionChunk, None, None]:
+        """:meth:`complete`, one :class:`~mullama.CompletionChunk` per token as it is sampled.
+
+        Each chunk holds one token (its log-probabilities with ``logprobs``)
+        and the text released with it; the last chunk has ``finish_reason``.
+        """
+        outcome = _Outcome(check_logprobs(logprobs) or None)
+        gen = self._stream(prompt, max_tokens, params, stop, cancel, ignore_eos, grammar, outcome)
+        chunks = _chunks(gen, outcome)
+        self._active_stream = weakref.ref(chunks)
+        return chunks
 
     def _stream(
         self,
@@ -477,7 +659,8 @@ class Context(NativeHandle):
         cancel: threading.Event | None,
         ignore_eos: bool = False,
         grammar: Grammar | None = None,
-    ) -> Generator[str, None, None]:
+        outcome: _Outcome | None = None,
+    ) -> Generator[str | None, None, None]:
         # Arguments are checked before the first piece is asked for, so that
         # generate_stream() raises at the call for bad input.
         max_tokens = _validate.integer("max_tokens", max_tokens, 0)
@@ -489,15 +672,16 @@ class Context(NativeHandle):
         self.ptr()
         tokens = self._prompt_tokens(prompt)
         params = self._check_params(params)
-        device = self._on_device(params, grammar)
+        device = self._on_device(params, grammar, outcome is not None and outcome.k is not None)
         if len(tokens) > self._n_ctx:
             raise ContextFullError(f"the prompt has {len(tokens)} tokens but the context holds n_ctx={self._n_ctx}; "
                                    f"use a larger n_ctx or a shorter prompt")
-        return self._generate(tokens, max_tokens, params, device, stops, cancel, ignore_eos, grammar)
+        return self._generate(tokens, max_tokens, params, device, stops, cancel, ignore_eos, grammar, outcome)
 
     def _generate(self, tokens: list[int], max_tokens: int, params: SamplerParams, device: bool,
                   stops: tuple[str, ...], cancel: threading.Event | None,
-                  ignore_eos: bool, grammar: Grammar | None) -> Generator[str, None, None]:
+                  ignore_eos: bool, grammar: Grammar | None,
+                  outcome: _Outcome | None = None) -> Generator[str | None, None, None]:
         ctx = self._acquire()
         self._cancel.event = cancel
         state = None
@@ -509,17 +693,24 @@ class Context(NativeHandle):
             if max_tokens == 0:
                 return
             state = grammar.state(self._model) if grammar is not None else None
-            sample = _sequence.sampler(ctx, chain, _sequence.LogitRows(ctx, self._model._n_vocab), state)
+            rows = _sequence.LogitRows(ctx, self._model._n_vocab)
+            sample = _sequence.sampler(ctx, chain, rows, state)
             finish = _sequence.Finish()
             # Under a grammar the end-of-generation token means "the text is complete": it always ends.
-            loop = _sequence.token_loop(self._model, sample, -1, max_tokens, stops,
-                                        ignore_eos and state is None, finish)
+            ignore_eos = ignore_eos and state is None
+            if outcome is not None:
+                outcome.finish = finish
+                outcome.recorder = rec = Recorder(self._model, outcome.k, rows.view, not ignore_eos)
+                sample = rec.wrap(sample)
+            loop = _sequence.token_loop(self._model, sample, -1, max_tokens, stops, ignore_eos, finish)
+            marks = outcome is not None
             if state is None:
-                yield from self._drive(ctx, loop, finish)
+                yield from self._drive(ctx, loop, finish, marks)
                 return
             pieces: list[str] = []
-            for piece in self._drive(ctx, loop, finish):
-                pieces.append(piece)
+            for piece in self._drive(ctx, loop, finish, marks):
+                if piece is not None:
+                    pieces.append(piece)
                 yield piece
             if finish.reason == _sequence.FINISH_LENGTH and not state.complete():
                 raise GrammarIncompleteError(
@@ -543,8 +734,13 @@ class Context(NativeHandle):
         self._decode_chunks(ctx, tokens[kept:])
 
     def _drive(self, ctx: int, loop: Generator[_sequence.Step, int, None],
-               finish: _sequence.Finish) -> Generator[str, None, None]:
-        """Run one sequence's token loop, decoding each token it asks for alone."""
+               finish: _sequence.Finish, marks: bool = False) -> Generator[str | None, None, None]:
+        """Run one sequence's token loop, decoding each token it asks for alone.
+
+        With ``marks``, also yields None each time a token's text is done
+        (before the next token is sampled): :meth:`complete_stream` cuts
+        its chunks there.
+        """
         L = _backend.lib()
         run = L.llama_decode
         batch = self._batch
@@ -560,6 +756,8 @@ class Context(NativeHandle):
                         step = next(loop)
                         continue
                     if step is None:  # ready to sample: at once, with one sequence
+                        if marks:
+                            yield None
                         step = next(loop)
                         continue
                     if cancel.requested or cancel.interrupted or (cancel.event is not None and cancel.event.is_set()):
@@ -600,6 +798,57 @@ class Context(NativeHandle):
 
 
 _DEFAULT_PARAMS = SamplerParams()
+
+
+class _Outcome:
+    """What a completion records beside its text, filled in by ``Context._generate``."""
+
+    __slots__ = ("k", "recorder", "finish")
+
+    def __init__(self, k: int | None) -> None:
+        self.k = k  # alternatives per token; None: no log-probabilities
+        self.recorder: Recorder | None = None
+        self.finish: _sequence.Finish | None = None
+
+
+def _chunks(gen: Generator[str | None, None, None], outcome: _Outcome) -> Generator[CompletionChunk, None, None]:
+    """Cut a marked text stream into one chunk per token (see ``Context._drive``)."""
+    sent = 0
+    text: list[str] = []
+
+    def cut(finish_reason: str | None) -> CompletionChunk:
+        nonlocal sent
+        rec = outcome.recorder
+        tokens = rec.tokens[sent:] if rec is not None else []
+        probs = rec.logprobs[sent:] if rec is not None and rec.logprobs is not None else None
+        if outcome.k is not None and probs is None:
+            probs = []
+        sent += len(tokens)
+        chunk = CompletionChunk("".join(text), tokens, probs, finish_reason)
+        text.clear()
+        return chunk
+
+    try:
+        for item in gen:
+            if item is None:
+                yield cut(None)
+            else:
+                text.append(item)
+    finally:
+        gen.close()
+    finish = outcome.finish
+    yield cut(finish.reason if finish is not None and finish.reason else _sequence.FINISH_LENGTH)
+
+
+def _state_path(path: Any) -> str:
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"path must be a str or os.PathLike, not {type(path).__name__}")
+    fspath = os.fspath(path)
+    if not isinstance(fspath, str):
+        raise TypeError(f"path must be a str or os.PathLike of str, not {type(fspath).__name__}")
+    if not fspath:
+        raise ValueError("path is empty")
+    return fspath
 
 
 def _free_context_then(free_context: Any, chains: list[int], free_chain: Any) -> Any:

@@ -37,13 +37,14 @@ import asyncio
 import collections
 import threading
 import time
-from collections.abc import AsyncIterator, Generator, Iterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Generator, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from . import _backend, _lib, _sequence, _validate
+from .completion import Completion, Recorder, TokenLogprob, check_logprobs
 from .context import Context, ContextFullError
 from .grammar import Grammar, GrammarIncompleteError, check_grammar
 from .model import Model
@@ -67,15 +68,23 @@ class Request:
     awaits it without blocking the event loop.  ``text()`` waits for the
     whole answer.  Once it has ended, ``finish_reason`` says why ("stop",
     "length" or "cancelled"), and ``prompt_tokens`` / ``completion_tokens``
-    are the usage counts.  A request with a grammar that runs out of tokens
+    are the usage counts, ``tokens`` the sampled tokens (as
+    :attr:`~mullama.Completion.tokens`) and, for a request submitted with
+    ``logprobs``, ``logprobs`` their :class:`~mullama.TokenLogprob` entries;
+    :meth:`completion` waits and returns all of it as a
+    :class:`~mullama.Completion`.  A request with a grammar that runs out of tokens
     before the grammar's text is complete raises
     :class:`~mullama.grammar.GrammarIncompleteError` after its last piece
     (finish_reason "length").
     """
 
     def __init__(self, prompt: list[int], max_tokens: int, params: SamplerParams, stops: tuple[str, ...],
-                 ignore_eos: bool, grammar: Grammar | None = None) -> None:
+                 ignore_eos: bool, grammar: Grammar | None = None, logprobs: int | None = None) -> None:
         self.prompt = prompt
+        self.logprobs_k = logprobs  # alternatives per token; None: no log-probabilities
+        self.tokens: list[int] = []
+        self.logprobs: list[TokenLogprob] | None = [] if logprobs is not None else None
+        self._logprobs_sent = 0  # entries queued for the consumer
         self.max_tokens = max_tokens
         self.params = params
         self.stops = stops
@@ -96,6 +105,11 @@ class Request:
         self._waker: tuple[asyncio.AbstractEventLoop, asyncio.Event] | None = None  # an async consumer's
 
     # -- for the engine --------------------------------------------------------------
+
+    def _push_all(self, items: list[str | TokenLogprob]) -> None:
+        with self._cond:
+            for item in items:
+                self._push(item)
 
     def _push(self, item: Any) -> None:
         """Queue an item; consumers are woken by ``_flush`` (once per engine step)."""
@@ -133,11 +147,18 @@ class Request:
                 return
             if isinstance(item, BaseException):
                 raise item
-            yield item
+            if isinstance(item, str):
+                yield item
 
     def text(self) -> str:
         """Wait for the whole answer."""
         return "".join(self)
+
+    def completion(self) -> Completion:
+        """Wait for the whole answer: its text, tokens, finish_reason and (if asked) logprobs."""
+        text = self.text()
+        return Completion(text, list(self.tokens), self.finish_reason or _sequence.FINISH_LENGTH,
+                          list(self.logprobs) if self.logprobs is not None else None)
 
     async def __aiter__(self) -> AsyncIterator[str]:
         async for pieces in self.batches():
@@ -151,6 +172,18 @@ class Request:
         that keeps up gets one piece at a time, and one that falls behind
         catches up in a single item (a server sends it as one event).
         """
+        items = self.items()
+        try:
+            async for batch in items:
+                pieces = [x for x in batch if isinstance(x, str)]
+                if pieces:
+                    yield pieces
+        finally:
+            await items.aclose()  # at once: a consumer that leaves early frees its sequence
+
+    async def items(self) -> AsyncGenerator[list[str | TokenLogprob], None]:
+        """Like :meth:`batches`, with each token's :class:`~mullama.TokenLogprob` (for a request with
+        ``logprobs``) among the pieces: it follows the token's text, in the same list."""
         loop = asyncio.get_running_loop()
         ready = asyncio.Event()
         with self._cond:
@@ -295,12 +328,14 @@ class Engine:
 
     def submit(self, prompt: str | Sequence[int], max_tokens: int = 100, params: SamplerParams | None = None, *,
                stop: Sequence[str] | None = None, ignore_eos: bool = False,
-               grammar: Grammar | None = None) -> Request:
+               grammar: Grammar | None = None, logprobs: int = 0) -> Request:
         """Queue a generation; returns its :class:`Request` at once (iterate it for the pieces).
 
         A prompt longer than ``n_ctx`` raises ContextFullError here; a
         generation that reaches ``n_ctx`` ends with finish_reason "length".
+        ``logprobs`` as for :meth:`Context.complete`.
         """
+        k = check_logprobs(logprobs) or None
         max_tokens = _validate.integer("max_tokens", max_tokens, 0)
         ignore_eos = _validate.boolean("ignore_eos", ignore_eos)
         stops = _sequence.check_stops(stop)
@@ -309,12 +344,12 @@ class Engine:
             params = SamplerParams()
         elif not isinstance(params, SamplerParams):
             raise TypeError(f"params must be a SamplerParams or None, not {type(params).__name__}")
-        self._ctx._on_device(params, grammar)  # sampling='device' with a grammar is refused here
+        self._ctx._on_device(params, grammar, k is not None)  # what sampling='device' cannot do is refused here
         tokens = self._ctx._prompt_tokens(prompt)
         if len(tokens) >= self._n_ctx_seq:
             raise ContextFullError(f"the prompt has {len(tokens)} tokens but a sequence holds n_ctx="
                                    f"{self._n_ctx_seq}; use a larger n_ctx or a shorter prompt")
-        req = Request(tokens, max_tokens, params.copy(), stops, ignore_eos, grammar)
+        req = Request(tokens, max_tokens, params.copy(), stops, ignore_eos, grammar, k)
         with self._cond:
             if self._closed:
                 raise RuntimeError("this Engine is closed")
@@ -409,8 +444,8 @@ class Engine:
             slot.request, slot.todo = req, req.prompt[common:]
             req.prompt_evaluated = len(slot.todo)
             self.stats["prompt_tokens_evaluated"] += len(slot.todo)
-            slot.chain = self._ctx._chain(req.params, slot.seq, self._ctx._on_device(req.params, req.grammar),
-                                          shared=False)
+            device = self._ctx._on_device(req.params, req.grammar, req.logprobs_k is not None)
+            slot.chain = self._ctx._chain(req.params, slot.seq, device, shared=False)
             slot.chain.start(req.prompt)
             slot.grammar = req.grammar.state(self._model) if req.grammar is not None else None
             slot.finish, slot.loop, slot.pending = _sequence.Finish(), None, None
@@ -425,7 +460,7 @@ class Engine:
         next request takes sequence 0 or the one after it.
         """
         attached = self._ctx._attached
-        device = self._ctx._on_device(req.params, req.grammar)
+        device = self._ctx._on_device(req.params, req.grammar, req.logprobs_k is not None)
 
         def cost(s: _Slot) -> int:
             chain = attached.get(s.seq)
@@ -572,8 +607,8 @@ class Engine:
         """
         req, chain, finish = s.request, s.chain, s.finish
         assert req is not None and chain is not None and finish is not None
-        if s.loop is None or s.grammar is not None or not chain.argmax_only:
-            return False
+        if s.loop is None or s.grammar is not None or not chain.argmax_only or req.logprobs is not None:
+            return False  # (log-probabilities are read from the row, which the next decode overwrites)
         if finish.n_sampled + 1 >= req.max_tokens or len(s.tokens) >= self._n_ctx_seq:
             return False
         tok = rows.argmax(idx)
@@ -626,8 +661,11 @@ class Engine:
             assert self._rows is not None
             sample = _sequence.sampler(ctx, s.chain, self._rows, s.grammar)
             # Under a grammar the end-of-generation token means "the text is complete": it always ends.
-            s.loop = _sequence.token_loop(self._model, sample, s.first_idx, req.max_tokens, req.stops,
-                                          req.ignore_eos and s.grammar is None, s.finish)
+            ignore_eos = req.ignore_eos and s.grammar is None
+            rec = Recorder(self._model, req.logprobs_k, self._rows.view, not ignore_eos)
+            rec.tokens, rec.logprobs = req.tokens, req.logprobs  # filled in place, for the consumer
+            s.loop = _sequence.token_loop(self._model, rec.wrap(sample), s.first_idx, req.max_tokens, req.stops,
+                                          ignore_eos, s.finish)
         s.pending = self._pump(s, None)  # send(None) is next()
 
     def _pump(self, s: _Slot, value: int | None) -> int | None:
@@ -638,20 +676,35 @@ class Engine:
         """
         req, loop, finish = s.request, s.loop, s.finish
         assert req is not None and loop is not None and finish is not None
+        made: list[str | TokenLogprob] = []
         try:
             step = loop.send(value)
             while isinstance(step, str):
-                req._push(step)
+                made.append(step)
                 step = next(loop)
             req.completion_tokens = finish.n_sampled
+            self._pass_on(req, made, isinstance(step, int))
             return step
         except StopIteration:
             req.completion_tokens = finish.n_sampled
+            self._pass_on(req, made, False)
             if finish.overran:
                 _backend.lib().llama_memory_seq_rm(self._ctx._mem, s.seq, len(s.tokens) - 1, -1)
                 s.tokens.pop()
             self._finish(s, finish.reason or _sequence.FINISH_LENGTH)
             return None
+
+    @staticmethod
+    def _pass_on(req: Request, made: list[str | TokenLogprob], sampled: bool) -> None:
+        """Queue the text just made, with the log-probabilities of the tokens whose text is now done
+        (all recorded but one the loop has just ``sampled``), in one go: a consumer gets them together."""
+        probs = req.logprobs
+        if probs is not None:
+            done = len(probs) - (1 if sampled and req._logprobs_sent < len(probs) else 0)
+            made += probs[req._logprobs_sent:done]
+            req._logprobs_sent = done
+        if made:
+            req._push_all(made)
 
     def _finish(self, s: _Slot, reason: str) -> None:
         req = s.request

@@ -93,13 +93,69 @@ export interface JsGenerateOptions {
   stop?: string | string[];
   /** Keep generating past end-of-generation tokens. Default false. */
   ignoreEos?: boolean;
-  /** Cancels generateAsync / generateStreamAsync (not accepted by the synchronous methods). */
+  /** Cancels the async methods (generateAsync, completeAsync, ...); not accepted by the synchronous ones. */
   signal?: MullamaAbortSignal;
   /**
    * Constrain the text to this grammar's language; generation then ends when the text is complete,
    * and throws GrammarIncompleteError if maxTokens runs out first. Sampled on the host.
    */
   grammar?: Grammar;
+}
+
+/** Options of the completion methods: those of generation, and `logprobs`. */
+export interface JsCompleteOptions extends JsGenerateOptions {
+  /**
+   * Report each token's log-probability and this many (0 to 20) most probable tokens at its position.
+   * Default 0: no log-probabilities (`logprobs` of the result is null). Such a completion samples on the
+   * host; with sampling 'device' it throws. A non-integer is a TypeError, out of range a RangeError.
+   */
+  logprobs?: number;
+}
+
+/** One of the most probable tokens at a position. */
+export interface JsTopLogprob {
+  readonly token: number;
+  /** Its text (special tokens rendered); a token that is part of a UTF-8 character shows U+FFFD. */
+  readonly piece: string;
+  /** Its exact bytes. */
+  readonly bytes: MullamaBuffer;
+  /** Its log-probability: the model's log-softmax of the logits, before any sampler. */
+  readonly logprob: number;
+}
+
+/** A generated token, its log-probability, and the k most probable tokens at its position. */
+export interface JsTokenLogprob extends JsTopLogprob {
+  /** The k most probable tokens, most probable first (ties: lowest id first). */
+  readonly top: readonly JsTopLogprob[];
+}
+
+/** Why a completion ended: an end-of-generation token or a stop string, or maxTokens. */
+export type JsFinishReason = 'stop' | 'length';
+
+/** A whole completion: its text, the tokens it sampled, and why it ended. */
+export interface JsCompletion {
+  readonly text: string;
+  /**
+   * The sampled tokens, without an end-of-generation token that ended the text (a token whose text
+   * completed a stop string is in them).
+   */
+  readonly tokens: number[];
+  readonly finishReason: JsFinishReason;
+  /** One entry per token of `tokens` with options.logprobs, else null. */
+  readonly logprobs: JsTokenLogprob[] | null;
+}
+
+/**
+ * One step of a streamed completion: one token and the text released with it (possibly empty, or
+ * holding text of earlier tokens held back until now). The last chunk has finishReason (null before)
+ * and may carry no token. Joined, the chunks' texts and tokens are the completion's.
+ */
+export interface JsCompletionChunk {
+  readonly text: string;
+  readonly tokens: number[];
+  /** The entries of this chunk's tokens with options.logprobs, else null. */
+  readonly logprobs: JsTokenLogprob[] | null;
+  readonly finishReason: JsFinishReason | null;
 }
 
 /** Options of the embedding methods. */
@@ -208,6 +264,22 @@ export class JsContext implements JsDisposable {
   /** Async iterator over the pieces, each as soon as its token is sampled. */
   generateStreamAsync(prompt: string | number[], maxTokens?: number, params?: JsSamplerParams,
     options?: JsGenerateOptions): AsyncGenerator<string, void, undefined>;
+  /**
+   * Like generate(), but returns the text, its tokens, why it ended and, with options.logprobs = k,
+   * each token's log-probability and the k most probable tokens at its position (the model's own
+   * distribution, before the samplers, as OpenAI reports it).
+   */
+  complete(prompt: string | number[], maxTokens?: number, params?: JsSamplerParams,
+    options?: JsCompleteOptions): JsCompletion;
+  /** complete() as its chunks, one per token; the last has finishReason. */
+  completeStream(prompt: string | number[], maxTokens?: number, params?: JsSamplerParams,
+    options?: JsCompleteOptions): JsCompletionChunk[];
+  /** complete() with the native work on a worker thread; options.signal cancels it (AbortError). */
+  completeAsync(prompt: string | number[], maxTokens?: number, params?: JsSamplerParams,
+    options?: JsCompleteOptions): Promise<JsCompletion>;
+  /** Async iterator over the chunks of completeStream(), each as soon as its token is sampled. */
+  completeStreamAsync(prompt: string | number[], maxTokens?: number, params?: JsSamplerParams,
+    options?: JsCompleteOptions): AsyncGenerator<JsCompletionChunk, void, undefined>;
   /** Append tokens to the context and evaluate them. */
   decode(tokens: number[] | Int32Array): void;
   /** Clear the KV cache (a new, unrelated conversation). */
@@ -216,6 +288,23 @@ export class JsContext implements JsDisposable {
   getEmbeddings(): number[] | null;
   /** Stop the async generation under way (it ends with an AbortError). */
   cancel(): void;
+  /**
+   * The state of this context (sequence 0): its KV cache, the tokens it holds and a fingerprint of the
+   * model, in the format the Python binding reads and writes too.  Sampler state is not saved.
+   * Throws while an async generation runs on this context.
+   */
+  stateBytes(): MullamaBuffer;
+  /** Write stateBytes() to a file, atomically; the file is readable by its owner only. */
+  saveState(path: string): void;
+  /**
+   * Replace the cache (sequence 0) with a saved state; the next prompt that starts with its tokens
+   * evaluates only its last token again.  An Error for bytes that are not a state, truncated,
+   * corrupted or from another model; a ContextFullError when it holds more tokens than nCtx; the
+   * context stays usable after any error.
+   */
+  loadStateBytes(data: Uint8Array): void;
+  /** Load a state file written by saveState() (errors as for loadStateBytes()). */
+  loadState(path: string): void;
   readonly nCtx: number;
   readonly nBatch: number;
   readonly nThreads: number;

@@ -22,6 +22,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 from starlette.routing import Route
 
+from ..completion import TokenLogprob
 from ..context import ContextFullError
 from ..embedding import EmbeddingGenerator
 from ..engine import Engine
@@ -93,7 +94,7 @@ def create_app(engine: Engine, embedder: EmbeddingGenerator | None, model_id: st
         max_tokens = engine.n_ctx if gen.max_tokens is None else gen.max_tokens
         try:
             return engine.submit(prompt, max_tokens, gen.choice_params(i), stop=gen.stop, ignore_eos=gen.ignore_eos,
-                                 grammar=grammar)
+                                 grammar=grammar, logprobs=P.engine_logprobs(gen.top_logprobs))
         except ContextFullError as e:
             raise P.ApiError(400, str(e), param="messages", code="context_length_exceeded") from None
         except (ValueError, TypeError) as e:
@@ -120,7 +121,7 @@ def create_app(engine: Engine, embedder: EmbeddingGenerator | None, model_id: st
     async def completions(request: Request) -> Response:
         body = P.parse_json(await request.body())
         prompt = P.prompt_text(body)
-        gen = P.Generation(body)
+        gen = P.Generation(body, chat=False)
         if body.get("tools") is not None:
             raise P.ApiError(400, "'tools' are for /v1/chat/completions", param="tools")
         grammar = S.response_format(body)
@@ -228,6 +229,18 @@ def create_app(engine: Engine, embedder: EmbeddingGenerator | None, model_id: st
                 return {"role": "assistant", "content": text}, req.finish_reason
             return {"role": "assistant", "content": None, "tool_calls": [call]}, "tool_calls"
 
+        top = gen.top_logprobs
+        text_offsets = [0] * len(reqs)
+
+        def logprobs(entries: list[TokenLogprob] | None, i: int) -> dict[str, Any] | None:
+            if top is None or entries is None:
+                return None
+            if chat:
+                return P.chat_logprobs(entries, top)
+            lp = P.completion_logprobs(entries, top, text_offsets[i])
+            text_offsets[i] += sum(len(e.piece) for e in entries)
+            return lp
+
         if not gen.stream:
             async def answer(req: EngineRequest) -> tuple[str, bool]:
                 try:
@@ -244,29 +257,33 @@ def create_app(engine: Engine, embedder: EmbeddingGenerator | None, model_id: st
                 c: dict[str, Any] = {"index": i, "finish_reason": req.finish_reason}
                 if chat:
                     c["message"], c["finish_reason"] = tool_call(req, text, complete)
+                    c["logprobs"] = logprobs(req.logprobs, i)
                 else:
-                    c.update({"text": text, "logprobs": None})
+                    c.update({"text": text, "logprobs": logprobs(req.logprobs, i)})
                 choices.append(c)
             return JSONResponse({**head, "object": kind, "choices": choices, "usage": usage()})
 
-        def chunk(i: int, delta: dict[str, Any] | None, finish: str | None) -> str:
+        def chunk(i: int, delta: dict[str, Any] | None, finish: str | None,
+                  entries: list[TokenLogprob] | None = None) -> str:
             c: dict[str, Any] = {"index": i, "finish_reason": finish}
             if chat:
                 c["delta"] = delta or {}
+                if entries:
+                    c["logprobs"] = logprobs(entries, i)
             else:
-                c.update({"text": (delta or {}).get("text", ""), "logprobs": None})
+                c.update({"text": (delta or {}).get("text", ""), "logprobs": logprobs(entries, i) if entries else None})
             obj = {**head, "object": f"{kind}.chunk" if chat else kind, "choices": [c]}
             if gen.include_usage:
                 obj["usage"] = None
             return f"data: {json.dumps(obj, ensure_ascii=False)}\n\n"
 
-        Item = tuple[int, "list[str] | bool | Exception"]
+        Item = tuple[int, "list[str | TokenLogprob] | bool | Exception"]
 
         async def pump(i: int, req: EngineRequest, out: asyncio.Queue[Item]) -> None:
             """Each choice's pieces into one queue; last, whether its text completed its grammar (or what failed)."""
             end: bool | Exception = True
             try:
-                async for pieces in req.batches():  # what arrived since the last event, as one event
+                async for pieces in req.items():  # what arrived since the last event, as one event
                     await out.put((i, pieces))
             except GrammarIncompleteError:
                 end = False
@@ -282,15 +299,19 @@ def create_app(engine: Engine, embedder: EmbeddingGenerator | None, model_id: st
                     for i in range(len(reqs)):
                         yield chunk(i, {"role": "assistant", "content": None}, None)
                 held: list[list[str]] = [[] for _ in reqs]  # with tools, sent once known to be a call or text
+                held_entries: list[list[TokenLogprob]] = [[] for _ in reqs]
                 running = len(reqs)
                 while running:
                     i, item = await out.get()
                     if isinstance(item, list):
+                        pieces = [x for x in item if isinstance(x, str)]
+                        entries = [x for x in item if not isinstance(x, str)]
                         if tools is not None:
-                            held[i] += item
+                            held[i] += pieces
+                            held_entries[i] += entries
                             continue
-                        text = "".join(item)
-                        yield chunk(i, {"content": text} if chat else {"text": text}, None)
+                        text = "".join(pieces)
+                        yield chunk(i, {"content": text} if chat else {"text": text}, None, entries)
                         continue
                     if isinstance(item, Exception):
                         raise item
@@ -302,7 +323,7 @@ def create_app(engine: Engine, embedder: EmbeddingGenerator | None, model_id: st
                             calls = [{"index": 0, **call} for call in message["tool_calls"]]
                             yield chunk(i, {"tool_calls": calls}, None)
                         elif message["content"]:
-                            yield chunk(i, {"content": message["content"]}, None)
+                            yield chunk(i, {"content": message["content"]}, None, held_entries[i])
                     yield chunk(i, {}, finish)
                 if gen.include_usage:
                     tail = {**head, "object": f"{kind}.chunk" if chat else kind, "choices": [], "usage": usage()}

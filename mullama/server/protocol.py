@@ -14,6 +14,7 @@ import time
 import uuid
 from typing import Any, overload
 
+from ..completion import MAX_LOGPROBS, TokenLogprob
 from ..sampling import SamplerParams
 
 MAX_STOPS = 16
@@ -77,13 +78,15 @@ def _boolean(body: dict[str, Any], name: str, default: bool) -> bool:
 
 
 class Generation:
-    """The generation arguments common to both completion routes."""
+    """The generation arguments common to both completion routes (``chat``: /v1/chat/completions' dialect)."""
 
-    def __init__(self, body: dict[str, Any]) -> None:
+    def __init__(self, body: dict[str, Any], chat: bool = True) -> None:
         # choices of one prompt: each its own sequence and seed, sharing the prompt's cache
         self.n = _integer(body, "n", 1, 1, MAX_N)
+        # alternatives to report per token; None: no logprobs
+        self.top_logprobs = _chat_logprobs(body) if chat else _integer(body, "logprobs", None, 0, MAX_LOGPROBS)
         # Refused rather than ignored: a client asking for these would get something else.
-        for name, harmless in (("logprobs", (None, False, 0)), ("top_logprobs", (None, 0)), ("echo", (None, False)),
+        for name, harmless in (("echo", (None, False)),
                                ("best_of", (None, 1)), ("logit_bias", (None, {})), ("suffix", (None, ""))):
             if body.get(name) not in harmless:
                 raise ApiError(400, f"'{name}' is not supported by this server", param=name)
@@ -133,6 +136,40 @@ class Generation:
         params = self.params.copy()
         params.seed = (self._seed + i) % 0xFFFFFFFE + 1
         return params
+
+
+def _chat_logprobs(body: dict[str, Any]) -> int | None:
+    """/v1/chat/completions: ``logprobs: true`` and ``top_logprobs`` (0 to 20, only with logprobs)."""
+    on = _boolean(body, "logprobs", False)
+    top = _integer(body, "top_logprobs", None, 0, MAX_LOGPROBS)
+    if top is not None and not on:
+        raise ApiError(400, "'top_logprobs' needs 'logprobs': true", param="top_logprobs", code="invalid_value")
+    return (top or 0) if on else None
+
+
+def engine_logprobs(top_logprobs: int | None) -> int:
+    """What to ask the engine for: it reports at least one alternative whenever it reports anything."""
+    return 0 if top_logprobs is None else max(top_logprobs, 1)
+
+
+def chat_logprobs(entries: list[TokenLogprob], top: int) -> dict[str, Any]:
+    """A chat choice's ``logprobs``: one entry per token, as OpenAI writes it."""
+    def one(token: str, raw: bytes, logprob: float) -> dict[str, Any]:
+        return {"token": token, "logprob": logprob, "bytes": list(raw)}
+    return {"content": [{**one(e.piece, e.bytes, e.logprob),
+                         "top_logprobs": [one(t.piece, t.bytes, t.logprob) for t in e.top[:top]]}
+                        for e in entries],
+            "refusal": None}
+
+
+def completion_logprobs(entries: list[TokenLogprob], top: int, offset: int) -> dict[str, Any]:
+    """A /v1/completions choice's ``logprobs`` (OpenAI's legacy layout); ``offset``: where the text starts."""
+    offsets = []
+    for e in entries:
+        offsets.append(offset)
+        offset += len(e.piece)
+    return {"tokens": [e.piece for e in entries], "token_logprobs": [e.logprob for e in entries],
+            "top_logprobs": [{t.piece: t.logprob for t in e.top[:top]} for e in entries], "text_offset": offsets}
 
 
 def prompt_text(body: dict[str, Any]) -> str | list[int]:

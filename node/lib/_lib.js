@@ -263,6 +263,10 @@ const FUNCTIONS = {
   llama_get_embeddings_seq: [P, [P, 'int32_t']],
   llama_perf_context: ['llama_perf_context_data', [P]],
   llama_perf_context_reset: ['void', [P]],
+  // saved state of one sequence (its KV cache)
+  llama_state_seq_get_size: ['size_t', [P, 'int32_t']],
+  llama_state_seq_get_data: ['size_t', [P, P, 'size_t', 'int32_t']],
+  llama_state_seq_set_data: ['size_t', [P, P, 'size_t', 'int32_t']],
   // backend (device) sampling: a sampler chain attached to a sequence runs inside the decode graph
   llama_set_sampler: ['bool', [P, 'int32_t', P]],
   llama_get_sampled_token_ith: ['int32_t', [P, 'int32_t']],

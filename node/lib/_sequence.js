@@ -31,10 +31,10 @@ class Finish {
   }
 }
 
-/** sample(idx): the chain's token from the logits at output idx (within `grammar`, a GrammarState, if any). */
-function sampler(ctx, chain, nVocab, views, grammar = null) {
+/** logitsAt(idx): the logits at output idx of the last decode, a Float32Array view (no copy) kept in `views`. */
+function logitRows(ctx, nVocab, views) {
   const L = lib();
-  const logitsAt = (idx) => {
+  return (idx) => {
     const addr = L.llama_get_logits_ith(ctx, idx);
     let logits = views.get(addr);
     if (!logits) {
@@ -43,6 +43,12 @@ function sampler(ctx, chain, nVocab, views, grammar = null) {
     }
     return logits;
   };
+}
+
+/** sample(idx): the chain's token from the logits at output idx (within `grammar`, a GrammarState, if any). */
+function sampler(ctx, chain, nVocab, views, grammar = null) {
+  const L = lib();
+  const logitsAt = logitRows(ctx, nVocab, views);
   if (grammar) return grammarSampler(chain, nVocab, grammar, logitsAt);
   if (chain.topK && !chain.device) {
     // The host chain over the few candidates that can survive its top-k (SamplerChain.candidates).
@@ -215,4 +221,4 @@ function holdBack(text, stops) {
   return keep ? [text.slice(0, -keep), text.slice(-keep)] : [text, ''];
 }
 
-module.exports = { FINISH_LENGTH, FINISH_STOP, Finish, checkStops, sampler, tokenLoop };
+module.exports = { FINISH_LENGTH, FINISH_STOP, Finish, checkStops, logitRows, sampler, tokenLoop };

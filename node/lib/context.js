@@ -9,6 +9,7 @@
 // running.  The token loop, stop strings, UTF-8 handling and cache
 // bookkeeping exist once, for both.
 
+const fs = require('node:fs');
 const koffi = require('koffi');
 const _lib = require('./_lib');
 const { lib } = require('./_backend');
@@ -18,6 +19,8 @@ const { NativeHandle } = require('./_handle');
 const { JsModel } = require('./model');
 const rpc = require('./rpc');
 const sequence = require('./_sequence');
+const { Recorder, checkLogprobs, completion, completionChunk } = require('./completion');
+const state = require('./_state');
 const { GrammarIncompleteError, checkGrammar } = require('./grammar');
 const { SamplerChain, checkSampling, isGreedy, paramsKey, resolveParams, usesPenalties } = require('./sampling');
 const v = require('./_validate');
@@ -30,6 +33,7 @@ const POOLING = { none: C.LLAMA_POOLING_TYPE_NONE, mean: C.LLAMA_POOLING_TYPE_ME
   cls: C.LLAMA_POOLING_TYPE_CLS, last: C.LLAMA_POOLING_TYPE_LAST };
 const CONTEXT_OPTIONS = ['nCtx', 'nBatch', 'nThreads', 'embeddings', 'nUbatch', 'nSeqMax', 'pooling', 'sampling'];
 const GENERATE_OPTIONS = ['stop', 'ignoreEos', 'signal', 'grammar'];
+const COMPLETE_OPTIONS = [...GENERATE_OPTIONS, 'logprobs'];
 const DECODE = Symbol('decode'); // what _steps yields when the batch must be evaluated
 
 /** The tokens do not fit in the context window. */
@@ -275,6 +279,105 @@ class JsContext extends NativeHandle {
     return Array.from(new Float32Array(koffi.view(p, n * 4)));
   }
 
+  // -- saved state ---------------------------------------------------------------------------
+
+  /**
+   * The state of this context as a Buffer: its KV cache and the tokens it
+   * holds.  What is saved is sequence 0 (a context's only one, unless
+   * nSeqMax > 1): llama.cpp's copy of its cache (positions, keys and values
+   * of every cell), the token ids `tokens` lists, and a fingerprint of the
+   * model.  Sampler state, the logits of the last token and the context's
+   * parameters are not saved.  After loadStateBytes() of it into a context
+   * over the same model, a prompt that starts with the saved tokens
+   * continues exactly as it would have here, evaluating only its last token
+   * again.  The format is the Python binding's too.  Throws while an async
+   * generation runs on this context.
+   */
+  stateBytes() {
+    const ctx = this._acquire();
+    if (!this._mem) throw new Error("this JsContext keeps no KV cache (an embedding model's): it has no state to save");
+    const L = lib();
+    if (L.llama_memory_seq_pos_max(this._mem, 0) !== this._tokens.length - 1) {
+      throw new Error('the KV cache and the tokens this JsContext tracks disagree; call clearCache()');
+    }
+    _lib.takeErrors();
+    const n = Number(L.llama_state_seq_get_size(ctx, 0));
+    const head = state.header(this._fingerprint(), this._tokens, n);
+    const out = Buffer.allocUnsafe(head.length + state.SHA_LEN + n);
+    head.copy(out, 0);
+    const blob = out.subarray(head.length + state.SHA_LEN);
+    if (n === 0 || Number(L.llama_state_seq_get_data(ctx, blob, n, 0)) !== n) {
+      throw new Error(`llama.cpp could not save the state: ${_lib.takeErrors() || 'set a log handler for details'}`);
+    }
+    state.checksum(head, blob).copy(out, head.length);
+    return out;
+  }
+
+  /**
+   * Write stateBytes() to the file `path`, atomically (a temporary file, then
+   * a rename); the file is readable by its owner only, and an existing one
+   * is replaced.
+   */
+  saveState(path) {
+    statePath(path);
+    state.writeFile(path, this.stateBytes());
+  }
+
+  /**
+   * Replace this context's cache (sequence 0) with a state from
+   * stateBytes().  Everything is checked before llama.cpp reads it: an Error
+   * for data that is not a mullama state, is truncated or corrupted
+   * (checksum), or was saved from another model (naming the fields that
+   * differ); a ContextFullError (a RangeError) when it holds more tokens
+   * than nCtx; an Error when llama.cpp refuses it, and then the cache is
+   * left empty.  After any error the context still generates.  A TypeError
+   * when `data` is not a Buffer or Uint8Array.
+   */
+  loadStateBytes(data) {
+    if (!(data instanceof Uint8Array)) {
+      throw new TypeError(`data must be a Buffer or Uint8Array, not ${v.typeName(data)}`);
+    }
+    const buf = Buffer.isBuffer(data) ? data : Buffer.from(data.buffer, data.byteOffset, data.byteLength);
+    this._loadState(buf, 'the state bytes');
+  }
+
+  /** Load a state file written by saveState() (errors as for loadStateBytes()). */
+  loadState(path) {
+    statePath(path);
+    this.ptr();
+    this._loadState(fs.readFileSync(path), `the state file ${JSON.stringify(path)}`);
+  }
+
+  _fingerprint() {
+    return state.fingerprint(this._model.ptr(), this._model._nVocab);
+  }
+
+  _loadState(data, what) {
+    const ctx = this._acquire();
+    const { tokens, blobOffset, blobLen } = state.parse(data, this._fingerprint(), what);
+    const n = tokens.length;
+    if (n > this._nCtx) {
+      throw new ContextFullError(`${what} holds ${n} tokens, more than this JsContext's nCtx=${this._nCtx}; `
+        + `load it into a context with nCtx >= ${n}`);
+    }
+    if (!this._mem) throw new Error("this JsContext keeps no KV cache (an embedding model's): it cannot load a state");
+    const L = lib();
+    // sequence 0 is emptied first: llama.cpp leaves it as it was when the state holds no cell
+    L.llama_memory_seq_rm(this._mem, 0, -1, -1);
+    this._tokens.length = 0; // in place, like _clear()
+    _lib.takeErrors();
+    const read = Number(L.llama_state_seq_set_data(ctx, data.subarray(blobOffset), blobLen, 0));
+    const nCached = L.llama_memory_seq_pos_max(this._mem, 0) + 1;
+    if (read !== blobLen || nCached !== n) {
+      L.llama_memory_seq_rm(this._mem, 0, -1, -1);
+      const why = !read ? (_lib.takeErrors() || 'set a log handler for details')
+        : read !== blobLen ? `it read ${read} of ${blobLen} bytes`
+          : `the state lists ${n} tokens but its cache holds ${nCached}`;
+      throw new Error(`llama.cpp could not load ${what} into this JsContext (${why}); its cache is now empty`);
+    }
+    for (const t of tokens) this._tokens.push(t);
+  }
+
   // -- generation ------------------------------------------------------------------------
 
   /** Generate up to maxTokens tokens after a text prompt; returns the text. */
@@ -311,7 +414,84 @@ class JsContext extends NativeHandle {
    */
   generateStreamAsync(prompt, maxTokens = 100, params = undefined, options = undefined) {
     // Arguments are checked here, so that bad input throws at the call.
-    const steps = this._start(prompt, maxTokens, params, options, true);
+    return this._streamAsync(this._start(prompt, maxTokens, params, options, true), options);
+  }
+
+  /**
+   * Like generate(), but returns a Completion: { text, tokens, finishReason,
+   * logprobs }.  The prompt is text or token ids.  options.logprobs = k (1 to
+   * 20) adds each token's log-probability and the k most probable tokens at
+   * its position: the model's own distribution (a log-softmax of the logits,
+   * before the samplers), as OpenAI reports it.  Such a generation samples on
+   * the host (with sampling 'device' it throws).
+   */
+  complete(prompt, maxTokens = 100, params = undefined, options = undefined) {
+    return joinChunks(this.completeStream(prompt, maxTokens, params, options));
+  }
+
+  /**
+   * complete() as an array of CompletionChunks, one per token: each holds one
+   * token (its log-probabilities with options.logprobs) and the text released
+   * with it; the last has finishReason.  Joined, their texts equal complete()'s.
+   */
+  completeStream(prompt, maxTokens = 100, params = undefined, options = undefined) {
+    const outcome = { k: null, recorder: null, finish: null };
+    return this._drive(this._chunks(this._start(prompt, maxTokens, params, options, false, outcome), outcome));
+  }
+
+  /** complete() with the native work on a worker thread; options.signal cancels it. */
+  async completeAsync(prompt, maxTokens = 100, params = undefined, options = undefined) {
+    const chunks = [];
+    for await (const chunk of this.completeStreamAsync(prompt, maxTokens, params, options)) chunks.push(chunk);
+    // a stream closed by cancel() between two chunks ends without the last one
+    if (!chunks.length || chunks[chunks.length - 1].finishReason === null) throw new GenerationCancelledError();
+    return joinChunks(chunks);
+  }
+
+  /** Async iterator over completeStream()'s chunks, each as soon as its token is sampled. */
+  completeStreamAsync(prompt, maxTokens = 100, params = undefined, options = undefined) {
+    const outcome = { k: null, recorder: null, finish: null };
+    const steps = this._start(prompt, maxTokens, params, options, true, outcome);
+    return this._streamAsync(this._chunks(steps, outcome), options);
+  }
+
+  /**
+   * Cut a generation's text into one chunk per token: the token loop marks
+   * (null) where each token's text is done (see _drive1).
+   */
+  * _chunks(steps, outcome) {
+    let sent = 0;
+    let text = [];
+    const cut = (finishReason) => {
+      const rec = outcome.recorder;
+      const tokens = rec ? rec.tokens.slice(sent) : [];
+      let probs = rec && rec.logprobs ? rec.logprobs.slice(sent) : null;
+      if (outcome.k !== null && probs === null) probs = [];
+      sent += tokens.length;
+      const chunk = completionChunk(text.join(''), tokens, probs, finishReason);
+      text = [];
+      return chunk;
+    };
+    try {
+      let r = steps.next();
+      while (!r.done) {
+        if (r.value === DECODE) {
+          r = steps.next(yield DECODE);
+          continue;
+        }
+        if (r.value === null) yield cut(null);
+        else text.push(r.value);
+        r = steps.next();
+      }
+    } finally {
+      steps.return();
+    }
+    const finish = outcome.finish;
+    yield cut(finish && finish.reason ? finish.reason : sequence.FINISH_LENGTH);
+  }
+
+  /** Run steps asynchronously as this context's one generation under way; yields what they yield. */
+  _streamAsync(steps, options) {
     const run = this._driveAsync(steps, options && options.signal);
     const active = { done: false, ref: null };
     const self = this;
@@ -328,27 +508,32 @@ class JsContext extends NativeHandle {
     return stream;
   }
 
-  /** Validate everything, take the context, and return the steps of one generation. */
-  _start(prompt, maxTokens, params, options, isAsync) {
+  /**
+   * Validate everything, take the context, and return the steps of one
+   * generation (a completion's when `outcome` is given: it is filled in as it runs).
+   */
+  _start(prompt, maxTokens, params, options, isAsync, outcome = null) {
     v.integer('maxTokens', maxTokens, 0);
-    const o = v.options('options', options, GENERATE_OPTIONS);
+    const o = v.options('options', options, outcome ? COMPLETE_OPTIONS : GENERATE_OPTIONS);
+    if (outcome) outcome.k = checkLogprobs(o.logprobs ?? 0) || null;
     const stops = sequence.checkStops(o.stop);
     const ignoreEos = v.boolean('ignoreEos', o.ignoreEos ?? false);
     const grammar = checkGrammar(o.grammar);
     if (o.signal !== undefined && !(o.signal instanceof AbortSignal)) throw new TypeError('signal must be an AbortSignal');
     if (o.signal !== undefined && !isAsync) {
-      throw new TypeError('signal applies to generateAsync/generateStreamAsync; the synchronous API cannot be interrupted');
+      throw new TypeError('signal applies to the async methods (generateAsync, completeAsync, ...); '
+        + 'the synchronous API cannot be interrupted');
     }
     this.ptr();
     const tokens = this._promptTokens(prompt);
     const p = resolveParams(params);
-    const device = this._onDevice(p, grammar);
+    const device = this._onDevice(p, grammar, outcome !== null && outcome.k !== null);
     if (tokens.length > this._nCtx) {
       throw new ContextFullError(`the prompt has ${tokens.length} tokens but the context holds nCtx=${this._nCtx}; `
         + 'use a larger nCtx or a shorter prompt');
     }
     this._acquire();
-    return this._steps(tokens, maxTokens, p, device, stops, ignoreEos, grammar, isAsync);
+    return this._steps(tokens, maxTokens, p, device, stops, ignoreEos, grammar, isAsync, outcome);
   }
 
   _promptTokens(prompt) {
@@ -365,12 +550,21 @@ class JsContext extends NativeHandle {
   }
 
   /** Whether this generation's chain runs inside the decode graph (see `sampling`). */
-  _onDevice(p, grammar = null) {
+  _onDevice(p, grammar = null, logprobs = false) {
     if (this._sampling === 'cpu') return false;
     if (grammar) {
       if (this._sampling === 'device') {
         throw new Error("sampling 'device' cannot apply a grammar: the grammar sampler runs on the host "
           + "(use sampling 'auto', which samples grammars on the host)");
+      }
+      return false;
+    }
+    if (logprobs) {
+      // The log-probabilities need the raw logits on the host, which a device
+      // chain keeps on the device.
+      if (this._sampling === 'device') {
+        throw new Error("sampling 'device' cannot report logprobs: they are read from the logits on the host "
+          + "(use sampling 'auto', which samples such requests on the host)");
       }
       return false;
     }
@@ -437,7 +631,7 @@ class JsContext extends NativeHandle {
   }
 
   /** The whole generation: prompt evaluation, then one piece of text per sampled token. */
-  * _steps(tokens, maxTokens, params, device, stops, ignoreEos, grammar, isAsync) {
+  * _steps(tokens, maxTokens, params, device, stops, ignoreEos, grammar, isAsync, outcome = null) {
     // before the prompt: with the chain in the graph, the prompt's decode samples the first token
     const chain = this._chain(params, 0, device);
     chain.start(tokens);
@@ -455,23 +649,31 @@ class JsContext extends NativeHandle {
     if (maxTokens === 0) return;
     const state = grammar ? grammar.state(this._model) : null;
     try {
-      const sample = sequence.sampler(this.ptr(), chain, this._model._nVocab, this._logitViews, state);
+      let sample = sequence.sampler(this.ptr(), chain, this._model._nVocab, this._logitViews, state);
       const finish = new sequence.Finish();
       // Under a grammar the end-of-generation token means "the text is complete": it always ends.
-      const loop = sequence.tokenLoop(this._model, sample, -1, maxTokens, stops, ignoreEos && !state, finish);
+      const pastEos = ignoreEos && !state;
+      if (outcome) {
+        outcome.finish = finish;
+        const rows = sequence.logitRows(this.ptr(), this._model._nVocab, this._logitViews);
+        outcome.recorder = new Recorder(this._model, outcome.k, rows, !pastEos);
+        sample = outcome.recorder.wrap(sample);
+      }
+      const loop = sequence.tokenLoop(this._model, sample, -1, maxTokens, stops, pastEos, finish);
+      const marks = outcome !== null;
       if (!state) {
-        yield* this._drive1(loop, finish);
+        yield* this._drive1(loop, finish, marks);
         return;
       }
       // as yield* would, keeping the pieces for GrammarIncompleteError
       const pieces = [];
-      const inner = this._drive1(loop, finish);
+      const inner = this._drive1(loop, finish, marks);
       let r = inner.next();
       while (!r.done) {
         if (r.value === DECODE) {
           r = inner.next(yield DECODE);
         } else {
-          pieces.push(r.value);
+          if (r.value !== null) pieces.push(r.value);
           yield r.value;
           r = inner.next();
         }
@@ -485,8 +687,12 @@ class JsContext extends NativeHandle {
     }
   }
 
-  /** One sequence's token loop (lib/_sequence.js), each token it asks for decoded alone. */
-  * _drive1(loop, finish) {
+  /**
+   * One sequence's token loop (lib/_sequence.js), each token it asks for
+   * decoded alone.  With `marks`, also yields null each time a token's text is
+   * done (before the next token is sampled): _chunks cuts its chunks there.
+   */
+  * _drive1(loop, finish, marks = false) {
     const cached = this._tokens;
     const nCtx = this._nCtx;
     let r = loop.next();
@@ -497,6 +703,7 @@ class JsContext extends NativeHandle {
         continue;
       }
       if (r.value === null) { // ready to sample: at once, with one sequence
+        if (marks) yield null;
         r = loop.next();
         continue;
       }
@@ -569,6 +776,23 @@ class JsContext extends NativeHandle {
     if (this.closed) return 'JsContext(closed)';
     return `JsContext(nCtx=${this._nCtx}, nBatch=${this._nBatch}, nPast=${this._tokens.length})`;
   }
+}
+
+function statePath(path) {
+  v.string('path', path);
+  if (!path) throw new Error('path is empty');
+}
+
+/** The Completion that a completion's chunks make together. */
+function joinChunks(chunks) {
+  const tokens = [];
+  const probs = chunks[0].logprobs === null ? null : [];
+  for (const c of chunks) {
+    for (const t of c.tokens) tokens.push(t);
+    if (probs !== null) for (const e of c.logprobs) probs.push(e);
+  }
+  const reason = chunks[chunks.length - 1].finishReason || sequence.FINISH_LENGTH;
+  return completion(chunks.map((c) => c.text).join(''), tokens, reason, probs);
 }
 
 /** The f16 KV cache of nCtx cells (most of a context's memory), for the garbage collector's accounting. */

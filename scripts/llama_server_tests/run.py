@@ -36,7 +36,6 @@ FILES = ["test_basic.py", "test_chat_completion.py", "test_completion.py", "test
 
 THEIR_MODELS = "asserts text or token counts of the model it downloads (SmolLM2 answers otherwise)"
 NATIVE = "llama-server's own /completion API, not OpenAI's"
-LOGPROBS = "logprobs: not implemented yet"
 FINGERPRINT = "asserts llama-server's system_fingerprint format (b<build number>)"
 CORS = "llama-server's --cors-origins semantics (localhost allowed by default; mullama allows no origin unless named)"
 
@@ -63,8 +62,6 @@ DESELECTED: dict[str, str] = {
     "test_chat_completion.py::test_completion_with_grammar": "llama-server's 'grammar' request field",
     "test_chat_completion.py::test_completion_with_invalid_grammar": "llama-server's 'grammar' request field",
     "test_chat_completion.py::test_chat_completion_with_timings_per_token": "llama-server's timings extension",
-    "test_chat_completion.py::test_logprobs": LOGPROBS,
-    "test_chat_completion.py::test_logprobs_stream": LOGPROBS,
     "test_chat_completion.py::test_logit_bias": "logit_bias is refused (not implemented)",
     "test_chat_completion.py::test_context_size_exceeded": THEIR_MODELS,
     "test_chat_completion.py::test_context_size_exceeded_stream": THEIR_MODELS,
