@@ -47,5 +47,6 @@ from .grammar import Grammar, GrammarIncompleteError  # noqa: E402
 __all__ += ["Grammar", "GrammarIncompleteError"]
 
 from .rpc import RPCError  # noqa: E402
+from .lora import LoraAdapter  # noqa: E402
 
-__all__ += ["RPCError"]
+__all__ += ["LoraAdapter", "RPCError"]

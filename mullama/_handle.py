@@ -63,6 +63,19 @@ class NativeHandle:
         self.close()
 
 
+def hold(handle: NativeHandle) -> None:
+    """Keep ``handle``'s native object alive while another native object refers to it
+    (a context using a LoRA adapter): ``close()`` then frees it only after :func:`let_go`."""
+    handle._live_children += 1
+
+
+def let_go(handle: NativeHandle) -> None:
+    """End a :func:`hold` (or a child's life); a handle closed meanwhile is freed now."""
+    handle._live_children -= 1
+    if handle._close_requested and handle._live_children == 0 and handle._finalizer is not None:
+        handle._finalizer()
+
+
 def _release(free: Callable[[int], None], pointer: int, pid: int, parent: NativeHandle | None) -> None:
     # A child made by fork() inherits the parent's objects but must never free
     # the parent process's native memory (thread pools and GPU state do not
@@ -70,6 +83,4 @@ def _release(free: Callable[[int], None], pointer: int, pid: int, parent: Native
     if os.getpid() == pid:
         free(pointer)
     if parent is not None:
-        parent._live_children -= 1
-        if parent._close_requested and parent._live_children == 0 and parent._finalizer is not None:
-            parent._finalizer()
+        let_go(parent)

@@ -350,6 +350,11 @@ _FUNCTIONS: Final[dict[str, tuple[Any, tuple[Any, ...]]]] = {
     "llama_state_seq_get_size": (c_size_t, (_p, llama_seq_id)),
     "llama_state_seq_get_data": (c_size_t, (_p, _p, c_size_t, llama_seq_id)),
     "llama_state_seq_set_data": (c_size_t, (_p, _p, c_size_t, llama_seq_id)),
+    # LoRA adapters: loaded per model, applied per context (a set of adapters with their scales)
+    "llama_adapter_lora_init": (_p, (_p, c_char_p)),
+    "llama_adapter_lora_free": (None, (_p,)),
+    "llama_adapter_meta_val_str": (c_int32, (_p, c_char_p, c_char_p, c_size_t)),
+    "llama_set_adapters_lora": (c_int32, (_p, _p, c_size_t, POINTER(c_float))),
     # backend (device) sampling: a sampler chain attached to a sequence runs inside the decode graph
     "llama_set_sampler": (c_bool, (_p, llama_seq_id, _p)),
     "llama_get_sampled_token_ith": (llama_token, (_p, c_int32)),

@@ -149,7 +149,18 @@ def cmd_serve(args: argparse.Namespace) -> int:
                               n_ctx=args.n_ctx, n_gpu_layers=args.n_gpu_layers, n_threads=args.threads,
                               embedding_model=Path(args.embedding_model) if args.embedding_model else None,
                               api_key=args.api_key, model_id=args.model_id,
-                              cors_origins=tuple(args.cors_origin or ())))
+                              cors_origins=tuple(args.cors_origin or ()),
+                              loras=tuple(_lora_arg(a) for a in args.lora or ())))
+
+
+def _lora_arg(arg: str) -> tuple[str, Path]:
+    """``NAME=PATH`` (or a bare PATH, named after its file)."""
+    name, sep, path = arg.partition("=")
+    if not sep:
+        name, path = Path(arg).stem, arg
+    if not name or not path:
+        raise SystemExit(f"mullama serve: --lora {arg!r}: expected NAME=PATH")
+    return name, Path(path)
 
 
 def cmd_rpc_server(args: argparse.Namespace) -> int:
@@ -234,6 +245,9 @@ def build_parser() -> argparse.ArgumentParser:
     srv.add_argument("--cors-origin", action="append", metavar="ORIGIN",
                      help="let browser pages from ORIGIN (e.g. http://localhost:3000, or *) call the server; "
                           "repeatable (default: none)")
+    srv.add_argument("--lora", action="append", metavar="NAME=PATH",
+                     help="a LoRA adapter (GGUF) requests may apply: with \"lora\": {\"NAME\": scale} or "
+                          "\"model\": \"NAME\"; repeatable (default: none)")
     srv.set_defaults(func=cmd_serve)
 
     rs = sub.add_parser("rpc-server", help="serve this host's devices to other hosts' models (llama.cpp RPC)",

@@ -15,9 +15,11 @@ import numpy as np
 from . import _backend, _lib, _sequence, _state, _validate
 from ._batch import Batch
 from ._cpus import usable_cpus
-from ._handle import NativeHandle
+from ._handle import NativeHandle, hold, let_go
 from .completion import Completion, CompletionChunk, Recorder, TokenLogprob, check_logprobs
 from .grammar import Grammar, GrammarIncompleteError, check_grammar
+from .lora import LoraAdapter, LoraSet, check_loras
+from .lora import apply as apply_loras
 from .model import Model
 from .sampling import SamplerChain, SamplerParams, check_sampling
 
@@ -130,8 +132,13 @@ class Context(NativeHandle):
         # the context: its finalizer frees them after it (the list holds raw
         # pointers, not this object).
         self._device_chains: list[int] = []
-        self._attach(ptr, _free_context_then(model._free_guard(L.llama_free), self._device_chains, L.llama_sampler_free),
+        # The LoRA adapters the context refers to: held until it is freed (or they are replaced).
+        self._held_loras: list[LoraAdapter] = []
+        self._attach(ptr, _free_context_then(model._free_guard(L.llama_free), self._device_chains, L.llama_sampler_free,
+                                             self._held_loras),
                      parent=model)
+        self._loras: LoraSet = ()  # the adapters applied from the next decode on
+        self._kv_loras: LoraSet | None = ()  # those the cached tokens were decoded with (None: a mix)
         self._sampling = sampling
         self._attached: dict[int, SamplerChain] = {}  # sequence -> its device chain
         self._mem = L.llama_get_memory(ptr)
@@ -242,6 +249,38 @@ class Context(NativeHandle):
         finally:
             self._release()
 
+    @property
+    def loras(self) -> dict[LoraAdapter, float]:
+        """The LoRA adapters this context applies, with their scales."""
+        return dict(self._loras)
+
+    def set_loras(self, loras: dict[LoraAdapter, float] | None) -> None:
+        """Apply these LoRA adapters (``{adapter: scale}``; None or ``{}``: none) from the next token on.
+
+        Scale 0 leaves an adapter out.  Tokens already in the cache keep
+        what they were computed with; a later prompt that starts with them
+        is evaluated again when the adapters differ, so its output is what
+        these adapters give.
+        """
+        loras_set = check_loras(self._model, loras)
+        self._acquire()
+        try:
+            self._set_loras(loras_set)
+        finally:
+            self._release()
+
+    def _set_loras(self, loras: LoraSet) -> None:
+        if loras == self._loras:
+            return
+        apply_loras(self.ptr(), loras)
+        old = list(self._held_loras)
+        self._held_loras[:] = [a for a, _ in loras]
+        for a in self._held_loras:
+            hold(a)
+        for a in old:  # llama.cpp refers to them no more
+            let_go(a)
+        self._loras = loras
+
     def _clear(self) -> None:
         if self._mem:
             _backend.lib().llama_memory_clear(self._mem, True)
@@ -271,6 +310,10 @@ class Context(NativeHandle):
         if self._is_encoder and n > self._n_batch:
             raise ContextFullError(f"{n} tokens exceed n_batch={self._n_batch}, which an embedding model "
                                    f"must evaluate at once; use a larger n_batch")
+        if n and self._tokens and self._kv_loras != self._loras:
+            self._kv_loras = None  # a cache decoded partly with other adapters: no prompt may reuse it
+        elif n and not self._tokens:
+            self._kv_loras = self._loras
         interruptible = _SigintGuard(self._cancel)
         L.llama_set_abort_callback(ctx, self._abort_cb, None)
         try:
@@ -724,9 +767,10 @@ class Context(NativeHandle):
     def _eval_prompt(self, ctx: int, tokens: list[int]) -> None:
         # Reuse the longest cached prefix; the last prompt token is always
         # evaluated again so that its logits are fresh.
+        # (only from a cache decoded with the adapters applied now)
         common = 0
         cached = self._tokens
-        limit = min(len(cached), len(tokens) - 1)
+        limit = min(len(cached), len(tokens) - 1) if self._kv_loras == self._loras else 0
         while common < limit and cached[common] == tokens[common]:
             common += 1
         kept = self._truncate_cache(common)
@@ -851,13 +895,16 @@ def _state_path(path: Any) -> str:
     return fspath
 
 
-def _free_context_then(free_context: Any, chains: list[int], free_chain: Any) -> Any:
-    """The context's free function: the context first, then the chains attached to it."""
+def _free_context_then(free_context: Any, chains: list[int], free_chain: Any, loras: list[LoraAdapter]) -> Any:
+    """The context's free function: the context first, then the chains attached to it, then its adapters' hold."""
     def free(pointer: int) -> None:
         free_context(pointer)
         for c in chains:
             free_chain(c)
         chains.clear()
+        for a in loras:
+            let_go(a)
+        loras.clear()
     return free
 
 

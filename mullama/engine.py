@@ -47,6 +47,7 @@ from . import _backend, _lib, _sequence, _validate
 from .completion import Completion, Recorder, TokenLogprob, check_logprobs
 from .context import Context, ContextFullError
 from .grammar import Grammar, GrammarIncompleteError, check_grammar
+from .lora import LoraAdapter, LoraSet, check_loras
 from .model import Model
 from .sampling import GrammarState, SamplerChain, SamplerParams
 
@@ -79,8 +80,10 @@ class Request:
     """
 
     def __init__(self, prompt: list[int], max_tokens: int, params: SamplerParams, stops: tuple[str, ...],
-                 ignore_eos: bool, grammar: Grammar | None = None, logprobs: int | None = None) -> None:
+                 ignore_eos: bool, grammar: Grammar | None = None, logprobs: int | None = None,
+                 loras: LoraSet = ()) -> None:
         self.prompt = prompt
+        self.loras = loras
         self.logprobs_k = logprobs  # alternatives per token; None: no log-probabilities
         self.tokens: list[int] = []
         self.logprobs: list[TokenLogprob] | None = [] if logprobs is not None else None
@@ -231,10 +234,11 @@ class _Slot:
     picked: bool = False  # ``pending`` was picked by the engine; the loop takes it after the next decode
     first_idx: int = -1  # output index of the prompt's last token, for the loop's first sample
     idle_since: int = 0  # the engine's step count when the slot last went idle
+    kv_loras: LoraSet = ()  # the LoRA adapters ``tokens`` were decoded with
 
     def take_over(self, src: _Slot) -> None:
         """Take ``src``'s running request and its state; ``src`` goes idle, its cache kept."""
-        self.tokens = list(src.tokens)
+        self.tokens, self.kv_loras = list(src.tokens), src.kv_loras
         self.request, self.todo, self.loop, self.finish = src.request, src.todo, src.loop, src.finish
         self.chain, self.grammar, self.pending, self.picked = src.chain, src.grammar, src.pending, src.picked
         self.first_idx = src.first_idx
@@ -297,7 +301,9 @@ class Engine:
         self._thread: threading.Thread | None = None
         # split_steps: steps whose sequences were not one run of ids (llama.cpp then makes one pass per run)
         self.stats = {"requests": 0, "requests_finished": 0, "prompt_tokens": 0, "prompt_tokens_evaluated": 0,
-                      "completion_tokens": 0, "steps": 0, "split_steps": 0, "cache_copies": 0, "sequence_moves": 0}
+                      "completion_tokens": 0, "steps": 0, "split_steps": 0, "cache_copies": 0, "sequence_moves": 0,
+                      "lora_switches": 0}
+        self._last_loras: LoraSet = ()  # the adapter set of the last step
         self.finish_reasons: collections.Counter[str] = collections.Counter()
         self.ttft_seconds = [0.0, 0]  # sum and count of submission -> first piece
 
@@ -328,14 +334,19 @@ class Engine:
 
     def submit(self, prompt: str | Sequence[int], max_tokens: int = 100, params: SamplerParams | None = None, *,
                stop: Sequence[str] | None = None, ignore_eos: bool = False,
-               grammar: Grammar | None = None, logprobs: int = 0) -> Request:
+               grammar: Grammar | None = None, logprobs: int = 0,
+               loras: dict[LoraAdapter, float] | None = None) -> Request:
         """Queue a generation; returns its :class:`Request` at once (iterate it for the pieces).
 
         A prompt longer than ``n_ctx`` raises ContextFullError here; a
         generation that reaches ``n_ctx`` ends with finish_reason "length".
-        ``logprobs`` as for :meth:`Context.complete`.
+        ``logprobs`` as for :meth:`Context.complete`.  ``loras``: this
+        request's LoRA adapters (``{adapter: scale}``); requests with
+        different sets are decoded in separate steps (llama.cpp applies
+        adapters to the whole context), in turn.
         """
         k = check_logprobs(logprobs) or None
+        lora_set = check_loras(self._model, loras)
         max_tokens = _validate.integer("max_tokens", max_tokens, 0)
         ignore_eos = _validate.boolean("ignore_eos", ignore_eos)
         stops = _sequence.check_stops(stop)
@@ -349,7 +360,7 @@ class Engine:
         if len(tokens) >= self._n_ctx_seq:
             raise ContextFullError(f"the prompt has {len(tokens)} tokens but a sequence holds n_ctx="
                                    f"{self._n_ctx_seq}; use a larger n_ctx or a shorter prompt")
-        req = Request(tokens, max_tokens, params.copy(), stops, ignore_eos, grammar, k)
+        req = Request(tokens, max_tokens, params.copy(), stops, ignore_eos, grammar, k, lora_set)
         with self._cond:
             if self._closed:
                 raise RuntimeError("this Engine is closed")
@@ -426,10 +437,11 @@ class Engine:
                 self._end(req, FINISH_CANCELLED)
                 continue
             slot = self._first_slot(req) if len(idle) == len(self._slots) else idle[0]
-            common = _common_prefix(slot.tokens, req.prompt)
+            # a cache decoded with other LoRA adapters is no prefix of this request's
+            common = _common_prefix(slot.tokens, req.prompt) if slot.kv_loras == req.loras else 0
             best, best_common = slot, common
             for s in self._slots:  # busy ones too: requests that share a prompt share its cache
-                n = _common_prefix(s.tokens, req.prompt) if s is not slot else 0
+                n = _common_prefix(s.tokens, req.prompt) if s is not slot and s.kv_loras == req.loras else 0
                 if n > best_common:
                     best, best_common = s, n
             if best_common - common >= _COPY_MIN_TOKENS:
@@ -441,6 +453,7 @@ class Engine:
                 L.llama_memory_seq_rm(mem, slot.seq, -1, -1)
                 common = 0
             del slot.tokens[common:]
+            slot.kv_loras = req.loras
             slot.request, slot.todo = req, req.prompt[common:]
             req.prompt_evaluated = len(slot.todo)
             self.stats["prompt_tokens_evaluated"] += len(slot.todo)
@@ -502,12 +515,13 @@ class Engine:
             if s.request is not None and s.request._cancelled:
                 self._finish(s, FINISH_CANCELLED)
         batch = self._ctx._batch
+        loras = self._step_loras()
         # one new token for every generating sequence, then chunks of the prompts
         # still to evaluate; written in sequence order, so that consecutive
         # sequences share llama.cpp's passes (see the module doc)
         generating: dict[int, int] = {}  # seq -> its next token
         for s in self._slots:
-            if s.request is not None and s.pending is not None:
+            if s.request is not None and s.pending is not None and s.request.loras == loras:
                 if len(s.tokens) >= self._n_ctx_seq:
                     self._finish(s, _sequence.FINISH_LENGTH)
                     continue
@@ -517,7 +531,7 @@ class Engine:
         for s in self._slots:
             if budget <= 0:
                 break
-            if s.request is not None and s.todo:
+            if s.request is not None and s.todo and s.request.loras == loras:
                 chunk[s.seq] = k = min(len(s.todo), budget)
                 budget -= k
         outputs: list[tuple[_Slot, int]] = []
@@ -593,6 +607,32 @@ class Engine:
         self._unwoken += touched
         if not self._wake_late:
             self._wake_now()
+
+    def _step_loras(self) -> LoraSet:
+        """The LoRA adapters of this step: llama.cpp applies one set to a whole decode, so requests
+        with different sets take turns, one step each, in the order of their sequences."""
+        sets: list[LoraSet] = []
+        for s in self._slots:
+            req = s.request
+            if req is not None and (s.pending is not None or s.todo) and req.loras not in sets:
+                sets.append(req.loras)
+        if not sets:
+            return self._last_loras
+        i = sets.index(self._last_loras) + 1 if len(sets) > 1 and self._last_loras in sets else 0
+        loras = sets[i % len(sets)]
+        if loras != self._ctx._loras:
+            self._ctx._set_loras(loras)
+            self.stats["lora_switches"] += 1
+        self._last_loras = loras
+        for s in self._slots:
+            if s.picked and s.request is not None and s.request.loras != loras:
+                # sits this step out: its loop must take the picked token while the row it came from is kept
+                s.picked = False
+                tok = self._pump(s, None)
+                if tok != s.pending:
+                    raise RuntimeError(f"sequence {s.seq}: the engine picked token {s.pending} but its loop "
+                                       f"sampled {tok}")
+        return loras
 
     def _pick(self, s: _Slot, idx: int, rows: _sequence.StepRows) -> bool:
         """Pick a greedy sequence's next token without resuming its loop, when the loop would just send it on.

@@ -6,12 +6,15 @@ import ctypes
 import os
 import warnings
 from pathlib import Path
-from typing import Any, Callable, Optional, Sequence, Union
+from typing import TYPE_CHECKING, Any, Callable, Optional, Sequence, Union
 
 from . import _backend, _gguf, _lib, _validate
 from . import rpc as _rpc
 from ._handle import NativeHandle
 from .chat_template import Message, normalize_messages, render
+
+if TYPE_CHECKING:
+    from .lora import LoraAdapter
 
 PathLike = Union[str, "os.PathLike[str]"]
 ProgressCallback = Callable[[float], Optional[bool]]
@@ -430,6 +433,17 @@ class Model(NativeHandle):
             piece = table[token] = None if _backend.lib().llama_vocab_is_eog(self._vocab, token) \
                 else self._piece(token, False)
         return piece  # type: ignore[return-value]
+
+    def load_lora(self, path: str | os.PathLike[str]) -> LoraAdapter:
+        """Load a LoRA adapter for this model (a GGUF from llama.cpp's ``convert_lora_to_gguf.py``).
+
+        One adapter serves any number of contexts (:meth:`Context.set_loras`,
+        ``Engine.submit(..., loras=...)``).  An adapter for another
+        architecture or base model raises RuntimeError naming what does
+        not match.  It is freed by ``close()``, or with this model.
+        """
+        from .lora import LoraAdapter
+        return LoraAdapter(self, path)
 
     def token_is_eog(self, token: int) -> bool:
         """True for end-of-generation tokens (EOS, EOT, <|im_end|>, ...)."""

@@ -145,14 +145,15 @@ def _run(cmd: Sequence[str], what: str, *, cwd: Path | None = None, env: Mapping
          verbose: bool = False) -> str:
     """Run cmd; on failure raise LoraError with the tail of its output."""
     if verbose:
-        proc = subprocess.run(list(cmd), cwd=cwd, env=env)
+        returncode = subprocess.run(list(cmd), cwd=cwd, env=env).returncode
         output = ""
     else:
         proc = subprocess.run(list(cmd), cwd=cwd, env=env, capture_output=True, text=True)
+        returncode = proc.returncode
         output = (proc.stdout or "") + (proc.stderr or "")
-    if proc.returncode != 0:
+    if returncode != 0:
         tail = "\n".join(output.strip().splitlines()[-20:])
-        raise LoraError(f"{what} failed (exit {proc.returncode}): {' '.join(cmd)}" + (f"\n{tail}" if tail else ""))
+        raise LoraError(f"{what} failed (exit {returncode}): {' '.join(cmd)}" + (f"\n{tail}" if tail else ""))
     return output
 
 
@@ -213,7 +214,7 @@ def _gguf_module(source_dir: Path) -> Any:
         raise LoraError(f"{gguf_py} not found; run `python scripts/build_lib.py` first, it fetches the pinned source")
     if str(gguf_py) not in sys.path:
         sys.path.insert(0, str(gguf_py))
-    import gguf  # type: ignore[import-not-found]
+    import gguf  # type: ignore[import-not-found,unused-ignore]
 
     return gguf
 
@@ -319,7 +320,7 @@ def _peft_adapter(config_dir: Path, out_dir: Path, seed: int, b_std: float) -> N
     torch.manual_seed(seed)
     config = LlamaConfig.from_pretrained(str(config_dir))
     # The base weights never reach the adapter file; only its shapes matter.
-    model = LlamaForCausalLM(config).to(torch.float32)
+    model = LlamaForCausalLM(config)
     lora = LoraConfig(r=RANK, lora_alpha=ALPHA, target_modules=list(TARGETS), lora_dropout=0.0, bias="none",
                       init_lora_weights=False, task_type="CAUSAL_LM")
     peft_model = get_peft_model(model, lora)
@@ -328,8 +329,8 @@ def _peft_adapter(config_dir: Path, out_dir: Path, seed: int, b_std: float) -> N
     with torch.no_grad():
         for _, module in peft_model.named_modules():
             if isinstance(module, LoraLayer) and "default" in module.lora_A:
-                a = module.lora_A["default"].weight  # (rank, in_features)
-                b = module.lora_B["default"].weight  # (out_features, rank)
+                a: torch.Tensor = module.lora_A["default"].weight  # type: ignore[assignment]  # (rank, in)
+                b: torch.Tensor = module.lora_B["default"].weight  # type: ignore[assignment]  # (out, rank)
                 a.copy_(torch.randn(tuple(a.shape), generator=gen, dtype=torch.float32) / math.sqrt(a.shape[1]))
                 b.copy_(torch.randn(tuple(b.shape), generator=gen, dtype=torch.float32) * b_std)
                 n += 1

@@ -74,3 +74,11 @@ def unique_stop_piece(model: Any, generated: list[int], text: str) -> tuple[int,
         if len(piece.strip()) >= 3 and text.find(piece) == len(model.detokenize(generated[:k])):
             return k, piece
     raise AssertionError("no token with a unique piece of 3+ characters in the answer")
+
+
+@pytest.fixture(scope="session")
+def lora_files() -> dict[str, Path]:
+    """SmolLM2 as F32, a LoRA adapter for it (PEFT, converted by llama.cpp), the merged model (llama.cpp's
+    llama-export-lora) and an adapter for another shape: made once by scripts/make_lora.py, cached."""
+    from make_lora import ensure_lora
+    return ensure_lora()

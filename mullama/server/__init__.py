@@ -30,6 +30,7 @@ class ServeOptions:
     api_key: str | None = None
     model_id: str | None = None
     cors_origins: tuple[str, ...] = ()
+    loras: tuple[tuple[str, Path], ...] = ()  # (name, GGUF adapter)
 
 
 def build(opts: ServeOptions) -> tuple[Any, Any]:
@@ -40,6 +41,10 @@ def build(opts: ServeOptions) -> tuple[Any, Any]:
     from .app import create_app
 
     model = Model.load(opts.model, n_gpu_layers=opts.n_gpu_layers)
+    names = [name for name, _ in opts.loras]
+    if len(set(names)) < len(names):
+        raise ValueError(f"--lora names must differ: {', '.join(names)}")
+    adapters = {name: model.load_lora(path) for name, path in opts.loras}
     engine = Engine(model, parallel=opts.parallel, n_ctx=opts.n_ctx, n_threads=opts.n_threads)
     if model._output_on_device:
         # The first sampled request on a GPU pays one-time costs (the device's
@@ -54,8 +59,10 @@ def build(opts: ServeOptions) -> tuple[Any, Any]:
     embedder = EmbeddingGenerator(emb_model, n_threads=opts.n_threads)
     model_id = opts.model_id or Path(opts.model).stem
     emb_id = Path(opts.embedding_model).stem if opts.embedding_model else None
+    if model_id in adapters:
+        raise ValueError(f"--lora name {model_id!r} is the model's own name")
     app = create_app(engine, embedder, model_id, emb_id, opts.api_key, cors_origins=opts.cors_origins,
-                     system_fingerprint=fingerprint(Path(opts.model)))
+                     system_fingerprint=fingerprint(Path(opts.model)), loras=adapters)
     return app, engine
 
 

@@ -13,7 +13,7 @@ import base64
 import hmac
 import json
 import threading
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from typing import Any, cast
 
 from starlette.applications import Starlette
@@ -28,6 +28,7 @@ from ..embedding import EmbeddingGenerator
 from ..engine import Engine
 from ..engine import Request as EngineRequest
 from ..grammar import Grammar, GrammarIncompleteError
+from ..lora import LoraAdapter
 from . import protocol as P
 from . import responses as R
 from . import structured as S
@@ -75,26 +76,32 @@ class _Embedder:
 
 def create_app(engine: Engine, embedder: EmbeddingGenerator | None, model_id: str,
                embedding_model_id: str | None = None, api_key: str | None = None, *,
-               cors_origins: Sequence[str] = (), system_fingerprint: str | None = None) -> Any:
+               cors_origins: Sequence[str] = (), system_fingerprint: str | None = None,
+               loras: Mapping[str, LoraAdapter] | None = None) -> Any:
     """The ASGI app (a Starlette app, wrapped by the request counter, the API-key check and CORS).
 
     Every route is served with and without the ``/v1`` prefix, as llama-server
     does, for clients whose ``base_url`` lacks it.  ``cors_origins``: the
     origins whose browser pages may call the server (``*`` for any); none by
-    default.  ``system_fingerprint`` goes into every completion.
+    default.  ``system_fingerprint`` goes into every completion.  ``loras``:
+    the LoRA adapters requests may apply, by name (:func:`.protocol.request_loras`).
     """
+    adapters = dict(loras or {})
     metrics = Metrics(engine)
     emb = _Embedder(embedder, embedding_model_id or model_id) if embedder is not None else None
 
     def model_list() -> list[dict[str, Any]]:
         ids = [model_id] + ([emb.model_id] if emb is not None and emb.model_id != model_id else [])
-        return [{"id": i, "object": "model", "created": P.now(), "owned_by": "mullama"} for i in ids]
+        out = [{"id": i, "object": "model", "created": P.now(), "owned_by": "mullama"} for i in ids]
+        # each adapter also answers as a model of its own name: for clients that send only 'model'
+        return out + [{"id": name, "object": "model", "created": P.now(), "owned_by": "mullama", "parent": model_id}
+                      for name in adapters]
 
     def submit_one(prompt: str | list[int], gen: P.Generation, grammar: Grammar | None, i: int) -> EngineRequest:
         max_tokens = engine.n_ctx if gen.max_tokens is None else gen.max_tokens
         try:
             return engine.submit(prompt, max_tokens, gen.choice_params(i), stop=gen.stop, ignore_eos=gen.ignore_eos,
-                                 grammar=grammar, logprobs=P.engine_logprobs(gen.top_logprobs))
+                                 grammar=grammar, logprobs=P.engine_logprobs(gen.top_logprobs), loras=gen.loras)
         except ContextFullError as e:
             raise P.ApiError(400, str(e), param="messages", code="context_length_exceeded") from None
         except (ValueError, TypeError) as e:
@@ -121,7 +128,7 @@ def create_app(engine: Engine, embedder: EmbeddingGenerator | None, model_id: st
     async def completions(request: Request) -> Response:
         body = P.parse_json(await request.body())
         prompt = P.prompt_text(body)
-        gen = P.Generation(body, chat=False)
+        gen = P.Generation(body, chat=False, loras=adapters)
         if body.get("tools") is not None:
             raise P.ApiError(400, "'tools' are for /v1/chat/completions", param="tools")
         grammar = S.response_format(body)
@@ -131,7 +138,7 @@ def create_app(engine: Engine, embedder: EmbeddingGenerator | None, model_id: st
     def chat_request(body: dict[str, Any]) -> tuple[str, P.Generation, Grammar | None, S.Tools]:
         """A chat request's prompt (the model's template), generation arguments, grammar and tools."""
         messages = P.chat_messages(body)
-        gen = P.Generation(body)
+        gen = P.Generation(body, loras=adapters)
         tools = S.Tools(body)
         grammar = S.response_format(body)
         if tools.active:

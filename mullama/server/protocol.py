@@ -12,9 +12,11 @@ import json
 import math
 import time
 import uuid
+from collections.abc import Mapping
 from typing import Any, overload
 
 from ..completion import MAX_LOGPROBS, TokenLogprob
+from ..lora import LoraAdapter
 from ..sampling import SamplerParams
 
 MAX_STOPS = 16
@@ -80,9 +82,10 @@ def _boolean(body: dict[str, Any], name: str, default: bool) -> bool:
 class Generation:
     """The generation arguments common to both completion routes (``chat``: /v1/chat/completions' dialect)."""
 
-    def __init__(self, body: dict[str, Any], chat: bool = True) -> None:
+    def __init__(self, body: dict[str, Any], chat: bool = True, loras: Mapping[str, LoraAdapter] | None = None) -> None:
         # choices of one prompt: each its own sequence and seed, sharing the prompt's cache
         self.n = _integer(body, "n", 1, 1, MAX_N)
+        self.loras = request_loras(body, loras or {})
         # alternatives to report per token; None: no logprobs
         self.top_logprobs = _chat_logprobs(body) if chat else _integer(body, "logprobs", None, 0, MAX_LOGPROBS)
         # Refused rather than ignored: a client asking for these would get something else.
@@ -136,6 +139,44 @@ class Generation:
         params = self.params.copy()
         params.seed = (self._seed + i) % 0xFFFFFFFE + 1
         return params
+
+
+def request_loras(body: dict[str, Any], adapters: Mapping[str, LoraAdapter]) -> dict[LoraAdapter, float] | None:
+    """The LoRA adapters a request applies.
+
+    ``lora``: ``{"NAME": scale, ...}``, or a list of ``{"name": NAME, "scale": s}`` or of llama-server's
+    ``{"id": i, "scale": s}`` (``i``: the adapter's place among the ``--lora`` options).  Without it,
+    ``model`` naming an adapter applies that one at scale 1; otherwise none.
+    """
+    spec = body.get("lora")
+    names = list(adapters)
+    if spec is None:
+        model = body.get("model")
+        return {adapters[model]: 1.0} if isinstance(model, str) and model in adapters else None
+    entries: list[tuple[Any, Any]]
+    if isinstance(spec, dict):
+        entries = list(spec.items())
+    elif isinstance(spec, list) and all(isinstance(e, dict) for e in spec):
+        entries = []
+        for e in spec:
+            key = e.get("name", e.get("id"))
+            entries.append((key, e.get("scale", 1.0)))
+    else:
+        raise ApiError(400, "'lora' must be an object of adapter names to scales, or a list of "
+                       "{\"name\" (or \"id\"), \"scale\"} objects", param="lora", code="invalid_type")
+    out: dict[LoraAdapter, float] = {}
+    for key, scale in entries:
+        if isinstance(key, int) and not isinstance(key, bool) and 0 <= key < len(names):
+            key = names[key]
+        if not isinstance(key, str) or key not in adapters:
+            have = ", ".join(names) if names else "none (start the server with --lora NAME=PATH)"
+            raise ApiError(400, f"'lora': no adapter {json.dumps(key)} on this server; it has: {have}",
+                           param="lora", code="invalid_value")
+        if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale):
+            raise ApiError(400, f"'lora': the scale of {key!r} must be a finite number, not {json.dumps(scale)}",
+                           param="lora", code="invalid_value")
+        out[adapters[key]] = float(scale)
+    return out
 
 
 def _chat_logprobs(body: dict[str, Any]) -> int | None:

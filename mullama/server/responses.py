@@ -99,7 +99,8 @@ def chat_body(body: dict[str, Any]) -> dict[str, Any]:
     if body.get("background"):
         raise ApiError(400, "'background' responses are not supported", param="background")
     chat: dict[str, Any] = {"messages": _messages(body)}
-    for name in ("temperature", "top_p", "stream", "seed", "top_k", "min_p", "repeat_penalty", "stop"):
+    for name in ("temperature", "top_p", "stream", "seed", "top_k", "min_p", "repeat_penalty", "stop", "model",
+                 "lora"):
         if body.get(name) is not None:
             chat[name] = body[name]
     if body.get("max_output_tokens") is not None:

@@ -268,6 +268,11 @@ const FUNCTIONS = {
   llama_state_seq_get_data: ['size_t', [P, P, 'size_t', 'int32_t']],
   llama_state_seq_set_data: ['size_t', [P, P, 'size_t', 'int32_t']],
   // backend (device) sampling: a sampler chain attached to a sequence runs inside the decode graph
+  // LoRA adapters: loaded per model, applied per context (a set of adapters with their scales)
+  llama_adapter_lora_init: [P, [P, 'const char *']],
+  llama_adapter_lora_free: ['void', [P]],
+  llama_adapter_meta_val_str: ['int32_t', [P, 'const char *', P, 'size_t']],
+  llama_set_adapters_lora: ['int32_t', [P, P, 'size_t', P]],
   llama_set_sampler: ['bool', [P, 'int32_t', P]],
   llama_get_sampled_token_ith: ['int32_t', [P, 'int32_t']],
   llama_get_sampled_probs_ith: [P, [P, 'int32_t']],
