@@ -150,7 +150,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
                               embedding_model=Path(args.embedding_model) if args.embedding_model else None,
                               api_key=args.api_key, model_id=args.model_id,
                               cors_origins=tuple(args.cors_origin or ()),
-                              loras=tuple(_lora_arg(a) for a in args.lora or ())))
+                              loras=tuple(_lora_arg(a) for a in args.lora or ()),
+                              state_dir=Path(args.state_dir) if args.state_dir else None))
 
 
 def _lora_arg(arg: str) -> tuple[str, Path]:
@@ -248,6 +249,9 @@ def build_parser() -> argparse.ArgumentParser:
     srv.add_argument("--lora", action="append", metavar="NAME=PATH",
                      help="a LoRA adapter (GGUF) requests may apply: with \"lora\": {\"NAME\": scale} or "
                           "\"model\": \"NAME\"; repeatable (default: none)")
+    srv.add_argument("--state-dir", metavar="DIR",
+                     help="keep named prompt caches here: POST /v1/cache/save and /v1/cache/restore (a long system "
+                          "prompt evaluated once survives a restart)")
     srv.set_defaults(func=cmd_serve)
 
     rs = sub.add_parser("rpc-server", help="serve this host's devices to other hosts' models (llama.cpp RPC)",

@@ -446,54 +446,64 @@ class Context(NativeHandle):
     def _fingerprint(self) -> dict[str, _state.Field]:
         return _state.fingerprint(self._model.ptr(), self._model._n_vocab)
 
-    def _state_parts(self) -> tuple[bytes, Any]:
-        """The header (before the checksum) and llama.cpp's blob of sequence 0."""
+    def _state_parts(self, seq: int = 0, tokens: list[int] | None = None) -> tuple[bytes, Any]:
+        """The header (before the checksum) and llama.cpp's blob of sequence ``seq``, which holds ``tokens``
+        (the Engine saves its slots through this; a Context, sequence 0 and its tokens)."""
         ctx = self.ptr()
+        tokens = self._tokens if tokens is None else tokens
         if not self._mem:
             raise RuntimeError("this Context keeps no KV cache (an embedding model's): it has no state to save")
         L = _backend.lib()
-        if int(L.llama_memory_seq_pos_max(self._mem, 0)) != len(self._tokens) - 1:
+        if int(L.llama_memory_seq_pos_max(self._mem, seq)) != len(tokens) - 1:
             raise RuntimeError("the KV cache and the tokens this Context tracks disagree; call clear_cache()")
         _lib.take_errors()
-        n = int(L.llama_state_seq_get_size(ctx, 0))
+        n = int(L.llama_state_seq_get_size(ctx, seq))
         blob = (ctypes.c_ubyte * n)()
-        if n == 0 or int(L.llama_state_seq_get_data(ctx, ctypes.addressof(blob), n, 0)) != n:
+        if n == 0 or int(L.llama_state_seq_get_data(ctx, ctypes.addressof(blob), n, seq)) != n:
             raise RuntimeError(f"llama.cpp could not save the state: {_lib.take_errors() or 'see the mullama log'}")
-        return _state.header(self._fingerprint(), self._tokens, n), blob
+        return _state.header(self._fingerprint(), tokens, n), blob
 
     def _load_state(self, data: bytes, what: str) -> None:
         self._acquire()
         try:
-            ctx = self.ptr()
-            parsed = _state.parse(data, self._fingerprint(), what)
-            n_tokens = len(parsed.tokens)
-            if n_tokens > self._n_ctx:
-                raise ContextFullError(f"{what} holds {n_tokens} tokens, more than this Context's "
-                                       f"n_ctx={self._n_ctx}; load it into a Context with n_ctx >= {n_tokens}")
-            if not self._mem:
-                raise RuntimeError("this Context keeps no KV cache (an embedding model's): it cannot load a state")
-            L = _backend.lib()
-            keep = ctypes.c_char_p(data)  # points into data, no copy
-            src = (ctypes.cast(keep, ctypes.c_void_p).value or 0) + parsed.blob_offset
-            # sequence 0 is emptied first: llama.cpp leaves it as it was when the state holds no cell
-            L.llama_memory_seq_rm(self._mem, 0, -1, -1)
-            self._tokens.clear()
-            _lib.take_errors()
-            read = int(L.llama_state_seq_set_data(ctx, src, parsed.blob_len, 0))
-            n_cached = int(L.llama_memory_seq_pos_max(self._mem, 0)) + 1
-            if read != parsed.blob_len or n_cached != n_tokens:
-                L.llama_memory_seq_rm(self._mem, 0, -1, -1)
-                if not read:
-                    why = _lib.take_errors() or "see the mullama log"
-                elif read != parsed.blob_len:
-                    why = f"it read {read} of {parsed.blob_len} bytes"
-                else:
-                    why = f"the state lists {n_tokens} tokens but its cache holds {n_cached}"
-                raise RuntimeError(f"llama.cpp could not load {what} into this Context ({why}); "
-                                   f"its cache is now empty")
-            self._tokens[:] = parsed.tokens
+            self._load_state_into(data, what, 0, self._tokens, self._n_ctx)
+            self._kv_loras = self._loras  # a state does not say which adapters made it: taken as the ones applied
         finally:
             self._release()
+
+    def _load_state_into(self, data: bytes, what: str, seq: int, tokens: list[int], n_ctx: int) -> None:
+        """Replace sequence ``seq``'s cache, whose tokens ``tokens`` lists (updated in place), with a state."""
+        ctx = self.ptr()
+        parsed = _state.parse(data, self._fingerprint(), what)
+        n_tokens = len(parsed.tokens)
+        if n_tokens > n_ctx:
+            raise ContextFullError(f"{what} holds {n_tokens} tokens, more than this Context's "
+                                   f"n_ctx={n_ctx}; load it into a Context with n_ctx >= {n_tokens}")
+        if not self._mem:
+            raise RuntimeError("this Context keeps no KV cache (an embedding model's): it cannot load a state")
+        L = _backend.lib()
+        keep = ctypes.c_char_p(data)  # points into data, no copy
+        src = (ctypes.cast(keep, ctypes.c_void_p).value or 0) + parsed.blob_offset
+        # the sequence is emptied first: llama.cpp leaves it as it was when the state holds no cell
+        L.llama_memory_seq_rm(self._mem, seq, -1, -1)
+        tokens.clear()
+        _lib.take_errors()
+        read = int(L.llama_state_seq_set_data(ctx, src, parsed.blob_len, seq))
+        n_cached = int(L.llama_memory_seq_pos_max(self._mem, seq)) + 1
+        if read != parsed.blob_len or n_cached != n_tokens:
+            L.llama_memory_seq_rm(self._mem, seq, -1, -1)
+            if not read:
+                why = _lib.take_errors() or "see the mullama log"
+            elif read != parsed.blob_len:
+                why = f"it read {read} of {parsed.blob_len} bytes"
+            else:
+                why = f"the state lists {n_tokens} tokens but its cache holds {n_cached}"
+            if "n_stream" in why:
+                why += ("; it was saved from a cache with another number of KV streams: an Engine's cache loads "
+                        "only into an Engine with the same parallel, a Context's only into a Context")
+            raise RuntimeError(f"llama.cpp could not load {what} into this Context ({why}); "
+                               f"its cache is now empty")
+        tokens[:] = parsed.tokens
 
     # -- generation ---------------------------------------------------------------
 

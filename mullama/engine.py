@@ -35,15 +35,17 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import os
 import threading
 import time
+from concurrent.futures import Future
 from collections.abc import AsyncGenerator, AsyncIterator, Generator, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-from . import _backend, _lib, _sequence, _validate
+from . import _backend, _lib, _sequence, _state, _validate
 from .completion import Completion, Recorder, TokenLogprob, check_logprobs
 from .context import Context, ContextFullError
 from .grammar import Grammar, GrammarIncompleteError, check_grammar
@@ -304,6 +306,7 @@ class Engine:
                       "completion_tokens": 0, "steps": 0, "split_steps": 0, "cache_copies": 0, "sequence_moves": 0,
                       "lora_switches": 0}
         self._last_loras: LoraSet = ()  # the adapter set of the last step
+        self._commands: collections.deque[tuple[Any, Future[Any]]] = collections.deque()  # for the scheduler
         self.finish_reasons: collections.Counter[str] = collections.Counter()
         self.ttft_seconds = [0.0, 0]  # sum and count of submission -> first piece
 
@@ -410,11 +413,21 @@ class Engine:
         try:
             while True:
                 with self._cond:
-                    while not self._waiting and not any(s.request for s in self._slots) and not self._closed:
+                    while (not self._waiting and not any(s.request for s in self._slots) and not self._closed
+                           and not self._commands):
                         self._wake_now()
                         self._cond.wait()
-                    if self._closed and not self._waiting and not any(s.request for s in self._slots):
+                    commands = list(self._commands)
+                    self._commands.clear()
+                    if (self._closed and not commands and not self._waiting
+                            and not any(s.request for s in self._slots)):
                         return
+                for fn, done in commands:  # between two steps, where every slot's cache is what it records
+                    try:
+                        done.set_result(fn())
+                    except Exception as e:  # noqa: BLE001 - the caller gets it
+                        done.set_exception(e)
+                with self._cond:
                     self._admit()
                 self._compact()
                 self._release_idle_chains()
@@ -422,7 +435,78 @@ class Engine:
         except BaseException as e:  # noqa: BLE001 - every waiting consumer learns why
             self._fail_all(e)
         finally:
+            with self._cond:
+                left, self._commands = self._commands, collections.deque()
+            for _, done in left:
+                done.set_exception(RuntimeError("this Engine is closed"))
             self._ctx._release()
+
+    # -- saved caches -------------------------------------------------------------------------
+
+    def save_cache(self, path: str | os.PathLike[str], prompt: str | Sequence[int]) -> int:
+        """Evaluate ``prompt`` (unless a sequence's cache holds it) and save that cache to the file ``path``.
+
+        The file has :meth:`Context.save_state`'s format (a Context can load
+        it too).  :meth:`load_cache`, in this process or after a restart,
+        puts it back in an idle sequence: requests whose prompt starts with
+        ``prompt`` (a long system prompt) then evaluate only what follows.
+        Caches are saved without LoRA adapters.  Returns the number of
+        tokens saved (those of the sequence that held the prompt: it may
+        hold more).  Blocks until written.
+        """
+        tokens = self._ctx._prompt_tokens(prompt)
+        fspath = _state_path(path)
+        for _ in range(3):  # another request may take the sequence between the two calls
+            self.submit(tokens, 0).text()
+            saved = int(self._call(lambda: self._save_sequence(fspath, tokens)))
+            if saved:
+                return saved
+        raise RuntimeError("the engine is too busy to keep the prompt's cache until it is saved; try again")
+
+    def load_cache(self, path: str | os.PathLike[str]) -> int:
+        """Load a cache saved by :meth:`save_cache` (or a Context's state) into an idle sequence.
+
+        Returns its number of tokens.  A file that is not a state, is
+        corrupted, or was saved from another model is a ValueError; one with
+        more tokens than ``n_ctx``, ContextFullError; with every sequence
+        busy, RuntimeError.
+        """
+        fspath = _state_path(path)
+        with open(fspath, "rb") as f:
+            data = f.read()
+        return int(self._call(lambda: self._load_sequence(data, f"the cache file {fspath!r}")))
+
+    def _call(self, fn: Any) -> Any:
+        """Run ``fn`` on the scheduler thread between two steps and return its result."""
+        done: Future[Any] = Future()
+        with self._cond:
+            if self._closed:
+                raise RuntimeError("this Engine is closed")
+            self._commands.append((fn, done))
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="mullama-engine", daemon=True)
+                self._thread.start()
+            self._cond.notify()
+        return done.result()
+
+    def _save_sequence(self, path: str, tokens: list[int]) -> int:
+        held = [s for s in self._slots if s.kv_loras == () and s.tokens[:len(tokens)] == tokens]
+        if not held:
+            return 0
+        s = min(held, key=lambda s: (s.request is not None, len(s.tokens)))
+        head, blob = self._ctx._state_parts(s.seq, s.tokens)
+        _state.write_file(path, (head, _state.checksum(head, blob), blob))
+        return len(s.tokens)
+
+    def _load_sequence(self, data: bytes, what: str) -> int:
+        idle = [s for s in self._slots if s.request is None]
+        if not idle:
+            raise RuntimeError("every sequence is busy: the cache can be loaded once one is idle")
+        # the highest idle sequence: new requests take the lowest, and copy a cache that holds their prefix
+        s = idle[-1]
+        self._ctx._load_state_into(data, what, s.seq, s.tokens, self._n_ctx_seq)
+        s.kv_loras = ()
+        return len(s.tokens)
 
     def _admit(self) -> None:
         """Give waiting requests the lowest idle sequences, with the best cached prefix (see the module doc)."""
@@ -789,6 +873,15 @@ class Engine:
             req._push(e if isinstance(e, Exception) else RuntimeError(f"the engine stopped: {e!r}"))
             req._push(_END)
         self._wake(reqs)
+
+
+def _state_path(path: object) -> str:
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"path must be a str or os.PathLike, not {type(path).__name__}")
+    fspath = os.fspath(path)
+    if not isinstance(fspath, str) or not fspath:
+        raise ValueError("path must be a non-empty text path")
+    return fspath
 
 
 def _set_all(events: list[asyncio.Event]) -> None:

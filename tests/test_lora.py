@@ -135,3 +135,33 @@ def test_engine_requests_with_different_adapters_each_equal_their_lone_run(
         with pytest.raises(TypeError):
             eng.submit(PROMPT, 4, loras={"x": 1.0})  # type: ignore[dict-item]
     assert got == [merged[PROMPT], plain[PROMPT], merged[CHAT], plain[CHAT]]
+
+
+def test_the_server_applies_adapters_by_request(lora_files: dict[str, Path], base: Model,
+                                                merged: dict[str, list[int]], plain: dict[str, list[int]]) -> None:
+    pytest.importorskip("openai")
+    import openai
+
+    from mullama.server import ServeOptions
+
+    from .test_server import Server
+    s = Server(ServeOptions(model=lora_files["base_f32"], parallel=2, n_ctx=256, model_id="base",
+                            loras=(("ft", lora_files["adapter"]),)))
+    try:
+        client = s.client()
+        assert [m.id for m in client.models.list().data] == ["base", "ft"]
+
+        def text(**kw: object) -> str:
+            r = client.completions.create(prompt=PROMPT, max_tokens=16, temperature=0, **kw)  # type: ignore
+            return str(r.choices[0].text)
+        want_ft, want_base = base.detokenize(merged[PROMPT]), base.detokenize(plain[PROMPT])
+        extra = {"ignore_eos": True}
+        assert text(model="base", extra_body={**extra, "lora": {"ft": 1.0}}) == want_ft
+        assert text(model="ft", extra_body=extra) == want_ft  # the adapter's name as the model
+        assert text(model="base", extra_body={**extra, "lora": [{"id": 0, "scale": 0.0}]}) == want_base
+        assert text(model="base", extra_body=extra) == want_base
+        for bad in ({"nope": 1.0}, {"ft": "x"}, [{"id": 5, "scale": 1}], "ft"):
+            with pytest.raises(openai.BadRequestError, match="lora"):
+                text(model="base", extra_body={"lora": bad})
+    finally:
+        s.stop()

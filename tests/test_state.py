@@ -368,3 +368,82 @@ def test_a_stream_left_on_this_thread_is_finished_first(ctx: Context, ref: Refer
     with Context(ctx.model, n_ctx=256) as other:
         other.load_state_bytes(state)
         assert other.tokens == ctx.tokens
+
+
+# -- the engine's and the server's named caches ---------------------------------------------------------------
+
+_SYSTEM = "You are a helpful assistant who knows the history of printing in detail. " * 12
+
+
+def _chat(model: Model, question: str) -> str:
+    return model.apply_chat_template([{"role": "system", "content": _SYSTEM}, {"role": "user", "content": question}])
+
+
+def test_an_engine_cache_survives_a_restart(model: Model, tmp_path: Path) -> None:
+    from mullama.engine import Engine
+    prefix = model.apply_chat_template([{"role": "system", "content": _SYSTEM}], False)
+    prompt = _chat(model, "Who invented it?")
+    path = tmp_path / "system.state"
+    with Engine(model, parallel=2, n_ctx=1024) as eng:
+        n = eng.save_cache(path, prefix)
+        assert n >= len(model.tokenize(prefix, add_bos=True, special=True)) > 100
+        want = eng.submit(prompt, 16, SamplerParams.greedy()).text()
+    with Engine(model, parallel=2, n_ctx=1024) as eng:  # "after a restart"
+        assert eng.load_cache(path) == n
+        req = eng.submit(prompt, 16, SamplerParams.greedy())
+        assert req.text() == want
+        assert req.prompt_evaluated < 20  # only the question, not the system prompt
+    with Engine(model, parallel=3, n_ctx=1024) as eng:
+        with pytest.raises(RuntimeError, match="same parallel"):
+            eng.load_cache(path)
+        with pytest.raises(ValueError):
+            bad = tmp_path / "bad.state"
+            bad.write_bytes(path.read_bytes()[:-10])
+            eng.load_cache(bad)
+        assert eng.submit(prompt, 16, SamplerParams.greedy()).text() == want  # still serving
+
+
+def test_the_server_saves_and_restores_named_caches(smollm_path: Path, model: Model, tmp_path: Path) -> None:
+    pytest.importorskip("openai")
+    import json
+
+    from mullama.server import ServeOptions
+
+    from .test_server import Server
+    opts = ServeOptions(model=smollm_path, parallel=2, n_ctx=1024, model_id="smollm2", state_dir=tmp_path)
+    system = {"role": "system", "content": _SYSTEM}
+    msgs = [system, {"role": "user", "content": "Who invented it?"}]
+    s = Server(opts)
+    try:
+        status, body = s.raw("POST", "/v1/cache/save", json.dumps({"name": "printing", "messages": [system]}).encode())
+        assert status == 200, body
+        saved = json.loads(body)
+        assert saved["tokens"] > 100 and (tmp_path / "printing.state").stat().st_size == saved["bytes"]
+        want = s.client().chat.completions.create(model="smollm2", messages=msgs, max_tokens=12, temperature=0)
+        for name, status_want in (("../x", 400), ("", 400), (".hidden", 400)):
+            status, body = s.raw("POST", "/v1/cache/save", json.dumps({"name": name, "prompt": "x"}).encode())
+            assert status == status_want, body
+    finally:
+        s.stop()
+    s = Server(opts)  # a restart
+    try:
+        status, body = s.raw("GET", "/v1/cache")
+        assert [c["name"] for c in json.loads(body)["data"]] == ["printing"]
+        status, body = s.raw("POST", "/v1/cache/restore", b'{"name": "printing"}')
+        assert status == 200 and json.loads(body)["tokens"] == saved["tokens"], body
+        got = s.client().chat.completions.create(model="smollm2", messages=msgs, max_tokens=12, temperature=0)
+        assert got.choices[0].message.content == want.choices[0].message.content
+        assert got.usage.prompt_tokens_details.cached_tokens >= saved["tokens"] - 1
+        status, body = s.raw("POST", "/v1/cache/restore", b'{"name": "missing"}')
+        assert status == 404, body
+        (tmp_path / "broken.state").write_bytes(b"MULLAMA-STATE\0junk")
+        status, body = s.raw("POST", "/v1/cache/restore", b'{"name": "broken"}')
+        assert status == 400 and b"error" in body, body
+    finally:
+        s.stop()
+    s = Server(ServeOptions(model=smollm_path, parallel=2, n_ctx=1024))
+    try:
+        status, body = s.raw("POST", "/v1/cache/save", b'{"name": "x", "prompt": "hello"}')
+        assert status == 404 and b"--state-dir" in body
+    finally:
+        s.stop()

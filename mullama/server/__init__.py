@@ -31,6 +31,7 @@ class ServeOptions:
     model_id: str | None = None
     cors_origins: tuple[str, ...] = ()
     loras: tuple[tuple[str, Path], ...] = ()  # (name, GGUF adapter)
+    state_dir: Path | None = None  # named saved caches (/v1/cache/save, /v1/cache/restore)
 
 
 def build(opts: ServeOptions) -> tuple[Any, Any]:
@@ -45,6 +46,9 @@ def build(opts: ServeOptions) -> tuple[Any, Any]:
     if len(set(names)) < len(names):
         raise ValueError(f"--lora names must differ: {', '.join(names)}")
     adapters = {name: model.load_lora(path) for name, path in opts.loras}
+    state_dir = Path(opts.state_dir) if opts.state_dir is not None else None
+    if state_dir is not None:
+        state_dir.mkdir(parents=True, exist_ok=True)
     engine = Engine(model, parallel=opts.parallel, n_ctx=opts.n_ctx, n_threads=opts.n_threads)
     if model._output_on_device:
         # The first sampled request on a GPU pays one-time costs (the device's
@@ -62,7 +66,7 @@ def build(opts: ServeOptions) -> tuple[Any, Any]:
     if model_id in adapters:
         raise ValueError(f"--lora name {model_id!r} is the model's own name")
     app = create_app(engine, embedder, model_id, emb_id, opts.api_key, cors_origins=opts.cors_origins,
-                     system_fingerprint=fingerprint(Path(opts.model)), loras=adapters)
+                     system_fingerprint=fingerprint(Path(opts.model)), loras=adapters, state_dir=state_dir)
     return app, engine
 
 

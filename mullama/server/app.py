@@ -14,6 +14,7 @@ import hmac
 import json
 import threading
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from pathlib import Path
 from typing import Any, cast
 
 from starlette.applications import Starlette
@@ -77,7 +78,7 @@ class _Embedder:
 def create_app(engine: Engine, embedder: EmbeddingGenerator | None, model_id: str,
                embedding_model_id: str | None = None, api_key: str | None = None, *,
                cors_origins: Sequence[str] = (), system_fingerprint: str | None = None,
-               loras: Mapping[str, LoraAdapter] | None = None) -> Any:
+               loras: Mapping[str, LoraAdapter] | None = None, state_dir: Path | None = None) -> Any:
     """The ASGI app (a Starlette app, wrapped by the request counter, the API-key check and CORS).
 
     Every route is served with and without the ``/v1`` prefix, as llama-server
@@ -85,6 +86,7 @@ def create_app(engine: Engine, embedder: EmbeddingGenerator | None, model_id: st
     origins whose browser pages may call the server (``*`` for any); none by
     default.  ``system_fingerprint`` goes into every completion.  ``loras``:
     the LoRA adapters requests may apply, by name (:func:`.protocol.request_loras`).
+    ``state_dir``: where ``/v1/cache/save`` writes named caches and ``/v1/cache/restore`` reads them.
     """
     adapters = dict(loras or {})
     metrics = Metrics(engine)
@@ -359,6 +361,58 @@ def create_app(engine: Engine, embedder: EmbeddingGenerator | None, model_id: st
         return JSONResponse({"object": "list", "data": data, "model": emb.model_id,
                              "usage": {"prompt_tokens": n_tokens, "total_tokens": n_tokens}})
 
+    def cache_file(body: dict[str, Any]) -> tuple[str, Path]:
+        if state_dir is None:
+            raise P.ApiError(404, "this server keeps no saved caches: start it with --state-dir DIR",
+                             code="not_found")
+        name = body.get("name")
+        if not isinstance(name, str) or not P.CACHE_NAME.fullmatch(name):
+            raise P.ApiError(400, "'name' must be 1 to 64 letters, digits, '_', '-' or '.', not starting with '.'",
+                             param="name", code="invalid_value")
+        return name, state_dir / f"{name}.state"
+
+    async def cache_save(request: Request) -> Response:
+        """Evaluate a prompt (or chat messages, without the assistant's turn) and save its cache by name."""
+        body = P.parse_json(await request.body())
+        name, path = cache_file(body)
+        if body.get("messages") is not None:
+            try:
+                prompt: str | list[int] = engine.model.apply_chat_template(P.chat_messages(body), False)
+            except (ValueError, RuntimeError, TypeError) as e:
+                raise P.ApiError(400, str(e), param="messages") from None
+        else:
+            prompt = P.prompt_text(body)
+        try:
+            n = await asyncio.to_thread(engine.save_cache, path, prompt)
+        except ContextFullError as e:
+            raise P.ApiError(400, str(e), param="prompt", code="context_length_exceeded") from None
+        except (ValueError, TypeError) as e:
+            raise P.ApiError(400, str(e)) from None
+        except RuntimeError as e:
+            raise P.ApiError(503, str(e), type="server_error") from None
+        return JSONResponse({"object": "cache", "name": name, "tokens": n, "bytes": path.stat().st_size})
+
+    async def cache_restore(request: Request) -> Response:
+        """Load a saved cache into an idle sequence: requests that start with its prompt evaluate only the rest."""
+        body = P.parse_json(await request.body())
+        name, path = cache_file(body)
+        if not path.is_file():
+            raise P.ApiError(404, f"no saved cache named {name!r}", param="name", code="not_found")
+        try:
+            n = await asyncio.to_thread(engine.load_cache, path)
+        except ValueError as e:  # not a state, corrupted, another model, too long (ContextFullError)
+            raise P.ApiError(400, str(e), param="name") from None
+        except RuntimeError as e:  # every sequence busy, or llama.cpp refused it
+            raise P.ApiError(409, str(e), param="name", code="conflict") from None
+        return JSONResponse({"object": "cache", "name": name, "tokens": n})
+
+    async def cache_list(request: Request) -> Response:
+        if state_dir is None:
+            return JSONResponse({"object": "list", "data": []})
+        data = [{"object": "cache", "name": f.stem, "bytes": f.stat().st_size}
+                for f in sorted(state_dir.glob("*.state")) if P.CACHE_NAME.fullmatch(f.stem)]
+        return JSONResponse({"object": "list", "data": data})
+
     async def models(request: Request) -> Response:
         return JSONResponse({"object": "list", "data": model_list()})
 
@@ -381,7 +435,9 @@ def create_app(engine: Engine, embedder: EmbeddingGenerator | None, model_id: st
 
     openai_routes = [("/completions", completions, "POST"), ("/chat/completions", chat_completions, "POST"),
                      ("/responses", responses, "POST"),
-                     ("/embeddings", embeddings, "POST"), ("/models", models, "GET")]
+                     ("/embeddings", embeddings, "POST"), ("/models", models, "GET"),
+                     ("/cache", cache_list, "GET"), ("/cache/save", cache_save, "POST"),
+                     ("/cache/restore", cache_restore, "POST")]
     app = Starlette(
         routes=[Route(prefix + path, endpoint, methods=[method])
                 for path, endpoint, method in openai_routes for prefix in ("/v1", "")]

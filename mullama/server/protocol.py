@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import time
 import uuid
 from collections.abc import Mapping
@@ -20,6 +21,7 @@ from ..lora import LoraAdapter
 from ..sampling import SamplerParams
 
 MAX_STOPS = 16
+CACHE_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9_.-]{0,63}")  # a saved cache's name: a file name, no path
 MAX_N = 16  # choices per request
 
 

@@ -25,10 +25,23 @@ function release(held) {
   if (held.freed) return;
   held.freed = true;
   held.free(held.pointer);
-  const parent = held.parent;
-  if (parent) {
-    parent._liveChildren -= 1;
-    if (parent._closeRequested && parent._liveChildren === 0 && parent._held) release(parent._held);
+  if (held.parent) letGo(held.parent);
+}
+
+/**
+ * Keep `handle`'s native object alive while another native object refers to
+ * it (a context using a LoRA adapter): close() then frees it only after letGo().
+ */
+function hold(handle) {
+  handle._liveChildren += 1;
+}
+
+/** End a hold() (or a child's life); a handle closed meanwhile is freed now. */
+function letGo(handle) {
+  handle._liveChildren -= 1;
+  if (handle._closeRequested && handle._liveChildren === 0 && handle._held && !handle._held.freed) {
+    registry.unregister(handle._held);
+    release(handle._held);
   }
 }
 
@@ -91,4 +104,4 @@ class NativeHandle {
   }
 }
 
-module.exports = { NativeHandle };
+module.exports = { NativeHandle, hold, letGo };
