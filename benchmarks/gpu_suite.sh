@@ -14,6 +14,7 @@
 #   sampling:P model:P, then benchmarks/sampling.py (sampled vs greedy, host and device paths) on it
 #   burst:P    model:P, then benchmarks/burst.py (load phases on one server against fresh servers,
 #              and llama-server from the same build) on it
+#   lls:P      model:P, then benchmarks/logprobs_lora_state.py (the cost of logprobs; saved state's size and time)
 #   sampling-tests  tests/test_sampling.py with every layer on the GPU (MULLAMA_TEST_NGL=-1), the
 #              reference comparisons on the 1b model
 # Environment: OUT (results, default /tmp/mullama-bench), MODELS (default
@@ -131,6 +132,13 @@ stage_sampling() {
         --reps "$REPS" --json "$OUT/sampling-$1.json" | tee -a "$OUT/sampling.txt"
 }
 
+stage_lls() {
+    stage_model "$1" || return $?
+    echo "== lls:$1 ($(elapsed)s)"
+    python3 benchmarks/logprobs_lora_state.py --model "$MODELS/llama-$1.Q4_K_M.gguf" --ngl all --threads "$THREADS" \
+        --reps "$REPS" --out "$OUT/logprobs-state-$1.json" | tee -a "$OUT/logprobs-state.txt"
+}
+
 stage_sampling_tests() {
     # a small untied model with peaked logits: the 1b preset ties its output to token
     # embeddings cut from one random pool, so some tokens tie exactly
@@ -157,6 +165,7 @@ for st in "$@"; do
         burst:*) stage_burst "${st#burst:}" || exit $? ;;
         divergence:*) stage_divergence "${st#divergence:}" || exit $? ;;
         sampling:*) stage_sampling "${st#sampling:}" || exit $? ;;
+        lls:*) stage_lls "${st#lls:}" || exit $? ;;
         sampling-tests) stage_sampling_tests || exit $? ;;
         *) echo "unknown stage $st"; exit 2 ;;
     esac

@@ -103,10 +103,12 @@ class LogprobReader:
     def read(self, logits: np.ndarray, token: int) -> TokenLogprob:
         """The log-softmax of ``logits`` at ``token`` and at the ``k`` largest (ties: lowest id first)."""
         m = float(logits.max())
-        lse = m + float(np.log(np.exp(logits - m, dtype=np.float64).sum()))
+        # exp in float32 (vectorised), summed in float64: within 1e-6 of a float64 log-softmax
+        lse = m + float(np.log(np.exp(logits - np.float32(m)).sum(dtype=np.float64)))
         k = self.k
         if k:
-            part = np.argpartition(-logits, k - 1)[:k] if k < len(logits) else np.arange(len(logits))
+            n = len(logits)
+            part = np.argpartition(logits, n - k)[n - k:] if k < n else np.arange(n)
             best = part[np.lexsort((part, -logits[part]))]
             top = tuple(TopLogprob(int(t), *self._piece(int(t)), float(logits[t]) - lse) for t in best)
         else:
@@ -118,38 +120,44 @@ class LogprobReader:
 class Recorder:
     """Wraps a sequence's ``sample(idx)``: keeps each sampled token and, when asked, its log-probabilities.
 
-    It reads the row the token was sampled from right after the sampler
-    chose, before the token is sent to the decoder (the row is still the
-    step's).  ``emit`` receives each entry as it is made (the Engine
-    streams them to the request's consumer).  An end-of-generation token
-    that ends the text (``eog_ends``) is not recorded: it is not part of it.
+    At sampling it copies the row the token was sampled from (the next
+    decode overwrites it); the log-softmax and the top ``k`` are computed
+    by :meth:`settle`, which the drivers call once that decode is under
+    way, so that on a GPU this host work overlaps the device's.  An
+    end-of-generation token that ends the text (``eog_ends``) is not
+    recorded: it is not part of it.
     """
 
-    def __init__(self, model: Model, k: int | None, rows_view: Callable[[int], np.ndarray], eog_ends: bool,
-                 emit: Callable[[TokenLogprob], None] | None = None) -> None:
+    def __init__(self, model: Model, k: int | None, rows_view: Callable[[int], np.ndarray], eog_ends: bool) -> None:
         self.tokens: list[int] = []
         self.logprobs: list[TokenLogprob] | None = [] if k is not None else None
         self._reader = LogprobReader(model, k) if k is not None else None
         self._view = rows_view
-        self._emit = emit
         self._ends = model._piece_or_eog if eog_ends else None
+        self._rows: list[tuple[np.ndarray, int]] = []  # sampled, not yet settled
 
     def wrap(self, sample: Callable[[int], int]) -> Callable[[int], int]:
-        tokens, reader, view, out, emit, ends = \
-            self.tokens, self._reader, self._view, self.logprobs, self._emit, self._ends
+        tokens, view, ends, rows = self.tokens, self._view, self._ends, self._rows
+        keep_rows = self._reader is not None
 
         def record(idx: int) -> int:
             tok = sample(idx)
             if ends is not None and ends(tok) is None:
                 return tok
             tokens.append(tok)
-            if reader is not None and out is not None:
-                entry = reader.read(view(idx), tok)
-                out.append(entry)
-                if emit is not None:
-                    emit(entry)
+            if keep_rows:
+                rows.append((view(idx).copy(), tok))
             return tok
         return record
+
+    def settle(self, keep_last: bool = False) -> None:
+        """Make the entries of the tokens sampled so far (but the last, with ``keep_last``)."""
+        rows, reader, out = self._rows, self._reader, self.logprobs
+        n = len(rows) - (1 if keep_last and rows else 0)
+        if reader is None or out is None or n <= 0:
+            return
+        out += [reader.read(row, tok) for row, tok in rows[:n]]
+        del rows[:n]
 
 
 __all__ = ["Completion", "CompletionChunk", "MAX_LOGPROBS", "TokenLogprob", "TopLogprob"]

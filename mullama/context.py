@@ -873,6 +873,8 @@ def _chunks(gen: Generator[str | None, None, None], outcome: _Outcome) -> Genera
     def cut(finish_reason: str | None) -> CompletionChunk:
         nonlocal sent
         rec = outcome.recorder
+        if rec is not None:
+            rec.settle()  # (the next token's decode is under way)
         tokens = rec.tokens[sent:] if rec is not None else []
         probs = rec.logprobs[sent:] if rec is not None and rec.logprobs is not None else None
         if outcome.k is not None and probs is None:

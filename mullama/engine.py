@@ -62,6 +62,9 @@ _IDLE_CHAIN_STEPS = 64
 # A new request takes the cache of another idle sequence when it shares at
 # least this many more prompt tokens than the lowest idle sequence's own.
 _COPY_MIN_TOKENS = 16
+# Requests with different LoRA adapter sets take turns of up to this many
+# steps: each change of set makes llama.cpp reserve its graphs again.
+_LORA_TURN_STEPS = 8
 
 
 class Request:
@@ -90,6 +93,7 @@ class Request:
         self.tokens: list[int] = []
         self.logprobs: list[TokenLogprob] | None = [] if logprobs is not None else None
         self._logprobs_sent = 0  # entries queued for the consumer
+        self._recorder: Recorder | None = None
         self.max_tokens = max_tokens
         self.params = params
         self.stops = stops
@@ -306,6 +310,7 @@ class Engine:
                       "completion_tokens": 0, "steps": 0, "split_steps": 0, "cache_copies": 0, "sequence_moves": 0,
                       "lora_switches": 0}
         self._last_loras: LoraSet = ()  # the adapter set of the last step
+        self._lora_turn = 0  # steps in a row with that set
         self._commands: collections.deque[tuple[Any, Future[Any]]] = collections.deque()  # for the scheduler
         self.finish_reasons: collections.Counter[str] = collections.Counter()
         self.ttft_seconds = [0.0, 0]  # sum and count of submission -> first piece
@@ -694,7 +699,7 @@ class Engine:
 
     def _step_loras(self) -> LoraSet:
         """The LoRA adapters of this step: llama.cpp applies one set to a whole decode, so requests
-        with different sets take turns, one step each, in the order of their sequences."""
+        with different sets take turns of up to ``_LORA_TURN_STEPS`` steps, in the order of their sequences."""
         sets: list[LoraSet] = []
         for s in self._slots:
             req = s.request
@@ -702,8 +707,13 @@ class Engine:
                 sets.append(req.loras)
         if not sets:
             return self._last_loras
-        i = sets.index(self._last_loras) + 1 if len(sets) > 1 and self._last_loras in sets else 0
-        loras = sets[i % len(sets)]
+        if self._last_loras in sets and (len(sets) == 1 or self._lora_turn < _LORA_TURN_STEPS):
+            loras = self._last_loras
+            self._lora_turn += 1
+        else:
+            i = sets.index(self._last_loras) + 1 if self._last_loras in sets else 0
+            loras = sets[i % len(sets)]
+            self._lora_turn = 1
         if loras != self._ctx._loras:
             self._ctx._set_loras(loras)
             self.stats["lora_switches"] += 1
@@ -788,6 +798,7 @@ class Engine:
             ignore_eos = req.ignore_eos and s.grammar is None
             rec = Recorder(self._model, req.logprobs_k, self._rows.view, not ignore_eos)
             rec.tokens, rec.logprobs = req.tokens, req.logprobs  # filled in place, for the consumer
+            req._recorder = rec
             s.loop = _sequence.token_loop(self._model, rec.wrap(sample), s.first_idx, req.max_tokens, req.stops,
                                           ignore_eos, s.finish)
         s.pending = self._pump(s, None)  # send(None) is next()
@@ -822,11 +833,11 @@ class Engine:
     def _pass_on(req: Request, made: list[str | TokenLogprob], sampled: bool) -> None:
         """Queue the text just made, with the log-probabilities of the tokens whose text is now done
         (all recorded but one the loop has just ``sampled``), in one go: a consumer gets them together."""
-        probs = req.logprobs
-        if probs is not None:
-            done = len(probs) - (1 if sampled and req._logprobs_sent < len(probs) else 0)
-            made += probs[req._logprobs_sent:done]
-            req._logprobs_sent = done
+        probs, rec = req.logprobs, req._recorder
+        if probs is not None and rec is not None:
+            rec.settle(keep_last=sampled)
+            made += probs[req._logprobs_sent:]
+            req._logprobs_sent = len(probs)
         if made:
             req._push_all(made)
 

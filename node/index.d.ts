@@ -223,6 +223,12 @@ export class JsModel implements JsDisposable {
   tokenIsEog(token: number): boolean;
   /** The bytes of one token (may be part of a UTF-8 character). */
   tokenToPiece(token: number, special?: boolean): MullamaBuffer;
+  /**
+   * Load a LoRA adapter for this model (a GGUF from llama.cpp's convert_lora_to_gguf.py), usable by
+   * any number of its contexts (JsContext.setLoras). Throws an Error for a missing or invalid file,
+   * or with llama.cpp's reason for an adapter made for another model.
+   */
+  loadLora(path: string): LoraAdapter;
   readonly nCtxTrain: number;
   readonly nEmbd: number;
   readonly nVocab: number;
@@ -305,6 +311,15 @@ export class JsContext implements JsDisposable {
   loadStateBytes(data: Uint8Array): void;
   /** Load a state file written by saveState() (errors as for loadStateBytes()). */
   loadState(path: string): void;
+  /**
+   * Apply these LoRA adapters (with their scales) from the next token on; null or empty: none. Scale 0
+   * leaves an adapter out. A prompt is evaluated again, not taken from the cache, when the cache was
+   * made with other adapters. TypeError for a wrong type, RangeError for a non-finite scale, Error for
+   * a closed adapter or one loaded for another model.
+   */
+  setLoras(loras: JsLoras): void;
+  /** The LoRA adapters this context applies, with their scales (a new Map; scale 0 ones left out). */
+  readonly loras: Map<LoraAdapter, number>;
   readonly nCtx: number;
   readonly nBatch: number;
   readonly nThreads: number;
@@ -339,6 +354,31 @@ export class JsEmbeddingGenerator {
   dispose(): void;
   [Symbol.dispose](): void;
 }
+
+/**
+ * A LoRA adapter loaded for one model (JsModel.loadLora). Any number of the model's contexts may apply
+ * it; closed while a context still applies it, it is freed once none does (and always before its model).
+ */
+export class LoraAdapter implements JsDisposable {
+  /** The same as model.loadLora(path). */
+  constructor(model: JsModel, path: string);
+  /** The file it was loaded from. */
+  readonly path: string;
+  /** The model it was loaded for. */
+  readonly model: JsModel;
+  /** Its lora_alpha (llama.cpp scales its product by alpha / rank), or null if the file does not say. */
+  readonly alpha: number | null;
+  readonly closed: boolean;
+  close(): void;
+  dispose(): void;
+  [Symbol.dispose](): void;
+}
+
+/**
+ * A context's LoRA adapters: a Map of adapter to scale, or [adapter, scale] pairs; null (or empty) for
+ * none.
+ */
+export type JsLoras = ReadonlyMap<LoraAdapter, number> | ReadonlyArray<readonly [LoraAdapter, number]> | null | undefined;
 
 /** The tokens do not fit in the context window. */
 export class ContextFullError extends RangeError {}

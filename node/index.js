@@ -14,6 +14,7 @@ const { JsEmbeddingGenerator, cosineSimilarity } = require('./lib/embedding');
 const sampling = require('./lib/sampling');
 const { RPCError } = require('./lib/rpc');
 const { Grammar, GrammarIncompleteError } = require('./lib/grammar');
+const { LoraAdapter } = require('./lib/lora');
 
 module.exports = {
   JsModel,
@@ -25,6 +26,7 @@ module.exports = {
   RPCError,
   Grammar,
   GrammarIncompleteError,
+  LoraAdapter,
   samplerParamsGreedy: sampling.samplerParamsGreedy,
   samplerParamsCreative: sampling.samplerParamsCreative,
   samplerParamsPrecise: sampling.samplerParamsPrecise,

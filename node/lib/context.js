@@ -15,8 +15,9 @@ const _lib = require('./_lib');
 const { lib } = require('./_backend');
 const { Batch } = require('./_batch');
 const { usableCpus } = require('./_cpus');
-const { NativeHandle } = require('./_handle');
+const { NativeHandle, hold, letGo } = require('./_handle');
 const { JsModel } = require('./model');
+const lora = require('./lora');
 const rpc = require('./rpc');
 const sequence = require('./_sequence');
 const { Recorder, checkLogprobs, completion, completionChunk } = require('./completion');
@@ -111,14 +112,21 @@ class JsContext extends NativeHandle {
     // context: its free function frees them after it (the array holds raw
     // pointers, not this object).
     const deviceChains = [];
+    // The LoRA adapters the context refers to: held until it is freed (or they are replaced).
+    const heldLoras = [];
     const freeContext = rpc.guardedFree(L.llama_free, model.rpcServers);
     const freeChain = L.llama_sampler_free;
     this._attach(ptr, (p) => {
       freeContext(p);
       for (const c of deviceChains) freeChain(c);
       deviceChains.length = 0;
+      for (const a of heldLoras) letGo(a);
+      heldLoras.length = 0;
     }, model, kvBytes(L, mptr, L.llama_n_ctx(ptr)));
     this._deviceChains = deviceChains;
+    this._heldLoras = heldLoras;
+    this._loras = []; // the adapters applied from the next decode on, as [adapter, scale] pairs
+    this._kvLoras = []; // those the cached tokens were decoded with (null: a mix)
     this._sampling = sampling;
     this._attached = new Map(); // sequence -> its device chain
     this._mem = L.llama_get_memory(ptr);
@@ -197,6 +205,40 @@ class JsContext extends NativeHandle {
     this._active.ref.deref().return().catch(() => {});
   }
 
+  // -- LoRA adapters -----------------------------------------------------------------------
+
+  /** The LoRA adapters this context applies, with their scales (a new Map). */
+  get loras() { return new Map(this._loras); }
+
+  /**
+   * Apply these LoRA adapters from the next token on: a Map of LoraAdapter to
+   * scale, or an array of [adapter, scale] pairs; null, undefined or empty:
+   * none.  Scale 0 leaves an adapter out.  Tokens already in the cache keep
+   * what they were computed with; a later prompt that starts with them is
+   * evaluated again when the adapters differ, so its output is what these
+   * adapters give.  A TypeError for a wrong type, a RangeError for a
+   * non-finite scale, an Error for a closed adapter or one loaded for
+   * another model.
+   */
+  setLoras(loras) {
+    const set = lora.checkLoras(this._model, loras);
+    this._acquire();
+    this._setLoras(set);
+  }
+
+  _setLoras(set) {
+    if (lora.sameLoras(set, this._loras)) return;
+    lora.apply(this.ptr(), set);
+    const old = this._heldLoras.slice();
+    this._heldLoras.length = 0; // in place: the free function holds this array
+    for (const [a] of set) {
+      this._heldLoras.push(a);
+      hold(a);
+    }
+    for (const a of old) letGo(a); // llama.cpp refers to them no more
+    this._loras = set;
+  }
+
   // -- KV cache ----------------------------------------------------------------------------
 
   /** Empty the KV cache (start of a new, unrelated conversation). */
@@ -243,6 +285,11 @@ class JsContext extends NativeHandle {
     if (this._isEncoder && n > this._nBatch) {
       throw new ContextFullError(`${n} tokens exceed nBatch=${this._nBatch}, which an embedding model must `
         + 'evaluate at once; use a larger nBatch');
+    }
+    if (n && this._tokens.length && !lora.sameLoras(this._kvLoras, this._loras)) {
+      this._kvLoras = null; // a cache decoded partly with other adapters: no prompt may reuse it
+    } else if (n && !this._tokens.length) {
+      this._kvLoras = this._loras;
     }
     for (let start = 0; start < n; start += chunk) {
       const part = tokens.subarray ? tokens.subarray(start, start + chunk) : tokens.slice(start, start + chunk);
@@ -376,6 +423,7 @@ class JsContext extends NativeHandle {
       throw new Error(`llama.cpp could not load ${what} into this JsContext (${why}); its cache is now empty`);
     }
     for (const t of tokens) this._tokens.push(t);
+    this._kvLoras = this._loras; // a state does not say which adapters made it: taken as the ones applied
   }
 
   // -- generation ------------------------------------------------------------------------
@@ -636,9 +684,10 @@ class JsContext extends NativeHandle {
     const chain = this._chain(params, 0, device);
     chain.start(tokens);
     // Reuse the longest cached prefix; the last prompt token is always
-    // evaluated again so that its logits are fresh.
+    // evaluated again so that its logits are fresh (only from a cache decoded
+    // with the adapters applied now).
     const cached = this._tokens;
-    const limit = Math.min(cached.length, tokens.length - 1);
+    const limit = lora.sameLoras(this._kvLoras, this._loras) ? Math.min(cached.length, tokens.length - 1) : 0;
     let common = 0;
     while (common < limit && cached[common] === tokens[common]) common++;
     const kept = this._truncateCache(common);

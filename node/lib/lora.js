@@ -40,7 +40,9 @@ class LoraAdapter extends NativeHandle {
     try {
       readHeader(path);
     } catch (e) {
-      if (e instanceof GGUFError) throw new Error(`Failed to load LoRA adapter: ${path} is not a valid GGUF file: ${e.message}`);
+      if (e instanceof GGUFError) {
+        throw new Error(`Failed to load LoRA adapter: ${path} is not a valid GGUF file: ${e.message}`);
+      }
       throw new Error(`Failed to load LoRA adapter: cannot read ${path}: ${e.message}`);
     }
     const L = lib();
@@ -92,18 +94,21 @@ function checkLoras(model, loras) {
   } else if (Array.isArray(loras)) {
     entries = loras.map((e, i) => {
       if (!Array.isArray(e) || e.length !== 2) {
-        throw new TypeError(`loras[${i}] must be an [adapter, scale] pair, not ${Array.isArray(e) ? `an array of ${e.length}` : v.typeName(e)}`);
+        const what = Array.isArray(e) ? `an array of ${e.length}` : v.typeName(e);
+        throw new TypeError(`loras[${i}] must be an [adapter, scale] pair, not ${what}`);
       }
       return e;
     });
   } else {
-    throw new TypeError(`loras must be a Map of LoraAdapter to scale or an array of [adapter, scale] pairs, not ${v.typeName(loras)}`);
+    throw new TypeError('loras must be a Map of LoraAdapter to scale or an array of [adapter, scale] pairs, '
+      + `not ${v.typeName(loras)}`);
   }
   const seen = new Set();
   const out = [];
   for (const [adapter, scale] of entries) {
     if (!(adapter instanceof LoraAdapter)) {
-      throw new TypeError(`loras' adapters must be LoraAdapter objects (from JsModel.loadLora), not ${v.typeName(adapter)}`);
+      throw new TypeError(`loras' adapters must be LoraAdapter objects (from JsModel.loadLora), `
+        + `not ${v.typeName(adapter)}`);
     }
     if (adapter.closed) throw new Error(`${adapter} is closed`);
     if (adapter._model !== model) throw new Error(`${adapter} was loaded for another model`);

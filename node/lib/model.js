@@ -404,6 +404,18 @@ class JsModel extends NativeHandle {
     return buf.toString('utf8', 0, n);
   }
 
+  /**
+   * Load a LoRA adapter for this model (a GGUF from llama.cpp's
+   * convert_lora_to_gguf.py).  One adapter serves any number of contexts
+   * (JsContext.setLoras).  An adapter for another architecture or base model
+   * throws an Error naming what does not match.  It is freed by close(), or
+   * with this model.
+   */
+  loadLora(path) {
+    const { LoraAdapter } = require('./lora'); // lora.js requires this module
+    return new LoraAdapter(this, path);
+  }
+
   toString() {
     if (this.closed) return 'JsModel(closed)';
     return `JsModel(name=${JSON.stringify(this.name)}, arch=${JSON.stringify(this.architecture)}, `

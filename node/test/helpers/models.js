@@ -34,4 +34,11 @@ function minilmPath() {
     'import sys; sys.path.insert(0, "scripts"); from convert_minilm import ensure_minilm; print(ensure_minilm())');
 }
 
-module.exports = { ROOT, LLAMA_SRC, smollmPath, minilmPath, python };
+/** The LoRA test models (scripts/make_lora.py): { base_f32, adapter, merged, wrong_adapter }. */
+function loraPaths() {
+  return JSON.parse(resolve('MULLAMA_TEST_LORA',
+    'import sys, json; sys.path.insert(0, "scripts"); from make_lora import ensure_lora; '
+    + 'print(json.dumps({k: str(v) for k, v in ensure_lora().items()}))'));
+}
+
+module.exports = { ROOT, LLAMA_SRC, smollmPath, minilmPath, loraPaths, python };
