@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from mullama import (Context, EmbeddingGenerator, Model, SamplerParams, backend_free, backend_init,
-                     cosine_similarity, max_devices, supports_gpu_offload, system_info)
+from mullama import (Completion, Context, EmbeddingGenerator, LoraAdapter, Model, SamplerParams, TokenLogprob,
+                     backend_free, backend_init, cosine_similarity, max_devices, supports_gpu_offload, system_info)
 
 
 def snippets() -> None:
@@ -41,4 +41,16 @@ def snippets() -> None:
     backend_init()
     flags: tuple[bool, int, str] = (supports_gpu_offload(), max_devices(), system_info())
     backend_free()
+    done: Completion = ctx.complete("Once", 8, params, logprobs=3, stop=["."])
+    first: TokenLogprob | None = done.logprobs[0] if done.logprobs else None
+    alt: float = first.top[0].logprob if first is not None else 0.0
+    chunk_texts: list[str] = [c.text for c in ctx.complete_stream("Once", 4)]
+    adapter: LoraAdapter = model.load_lora("adapter.gguf")
+    ctx.set_loras({adapter: 0.5})
+    applied: dict[LoraAdapter, float] = ctx.loras
+    saved: bytes = ctx.state_bytes()
+    ctx.load_state_bytes(saved)
+    ctx.save_state("chat.state")
+    ctx.load_state("chat.state")
     del gpu, text, again, back, s, meta, eog, sizes, names, maybe, n, temp, dim, sim, flags
+    del alt, chunk_texts, applied
