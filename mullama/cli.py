@@ -53,9 +53,15 @@ def _params(args: argparse.Namespace) -> SamplerParams:
     return p
 
 
+def _cache_args(args: argparse.Namespace) -> dict[str, Any]:
+    """--cache-type-k, --cache-type-v and --flash-attn as Context's keyword arguments."""
+    fa = {"auto": "auto", "on": True, "off": False}[args.flash_attn]
+    return {"type_k": args.cache_type_k, "type_v": args.cache_type_v, "flash_attn": fa}
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     model = _load(args)
-    ctx = Context(model, n_ctx=args.ctx, n_threads=args.threads)
+    ctx = Context(model, n_ctx=args.ctx, n_threads=args.threads, **_cache_args(args))
     prompt = args.prompt
     if args.chat_template:
         prompt = model.apply_chat_template([("user", prompt)])
@@ -68,7 +74,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_chat(args: argparse.Namespace) -> int:
     model = _load(args)
-    ctx = Context(model, n_ctx=args.ctx, n_threads=args.threads)
+    ctx = Context(model, n_ctx=args.ctx, n_threads=args.threads, **_cache_args(args))
     params = _params(args)
     messages: list[tuple[str, str]] = [("system", args.system)] if args.system else []
     print("Type /quit to exit, /reset to clear history.", file=sys.stderr)
@@ -151,7 +157,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
                               api_key=args.api_key, model_id=args.model_id,
                               cors_origins=tuple(args.cors_origin or ()),
                               loras=tuple(_lora_arg(a) for a in args.lora or ()),
-                              state_dir=Path(args.state_dir) if args.state_dir else None))
+                              state_dir=Path(args.state_dir) if args.state_dir else None, **_cache_args(args)))
 
 
 def _lora_arg(arg: str) -> tuple[str, Path]:
@@ -184,6 +190,14 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--n-gpu-layers", "-ngl", type=int, default=0, help="layers on the GPU (-1 = all)")
         sp.add_argument("--ctx", type=int, default=0, help="context size (0 = model default)")
         sp.add_argument("--threads", "-t", type=int, default=0, help="CPU threads (0 = all usable)")
+        cache_options(sp)
+
+    def cache_options(sp: argparse.ArgumentParser) -> None:
+        from .kv_cache import KV_TYPES
+        sp.add_argument("--cache-type-k", "-ctk", choices=list(KV_TYPES), default="f16", help="KV cache type of keys")
+        sp.add_argument("--cache-type-v", "-ctv", choices=list(KV_TYPES), default="f16",
+                        help="KV cache type of values (quantized ones need flash attention)")
+        sp.add_argument("--flash-attn", "-fa", choices=["auto", "on", "off"], default="auto")
 
     def sampling(sp: argparse.ArgumentParser) -> None:
         sp.add_argument("--preset", choices=sorted(PRESETS), default="default")
@@ -240,6 +254,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="tokens each sequence may hold (default: the model's, at most 4096)")
     srv.add_argument("--n-gpu-layers", "-ngl", type=int, default=0, help="layers on the GPU (-1 = all)")
     srv.add_argument("--threads", "-t", type=int, default=0, help="CPU threads (0 = all usable)")
+    cache_options(srv)
     srv.add_argument("--embedding-model", help="a second GGUF served on /v1/embeddings (default: the main model)")
     srv.add_argument("--api-key", help="require 'Authorization: Bearer KEY' on every route but /health")
     srv.add_argument("--model-id", help="the model name /v1/models reports (default: the file's name)")

@@ -12,7 +12,7 @@ from typing import Any, cast
 
 import numpy as np
 
-from . import _backend, _lib, _sequence, _state, _validate
+from . import _backend, _lib, _sequence, _state, _validate, kv_cache
 from ._batch import Batch
 from ._cpus import usable_cpus
 from ._handle import NativeHandle, hold, let_go
@@ -78,6 +78,9 @@ class Context(NativeHandle):
         pooling: str | None = None,
         kv_unified: bool | None = None,
         sampling: str = "auto",
+        type_k: str = "f16",
+        type_v: str = "f16",
+        flash_attn: bool | str = "auto",
     ) -> None:
         if not isinstance(model, Model):
             raise TypeError(f"model must be a mullama.Model, not {type(model).__name__}")
@@ -87,6 +90,10 @@ class Context(NativeHandle):
         n_threads = _validate.integer("n_threads", n_threads, 0, 4096)
         embeddings = _validate.boolean("embeddings", embeddings)
         sampling = check_sampling(sampling)
+        type_k = kv_cache.check_type("type_k", type_k)
+        type_v = kv_cache.check_type("type_v", type_v)
+        flash_attn = kv_cache.check_flash_attn(flash_attn)
+        kv_cache.check_combination(type_v, flash_attn)
         n_ubatch = _validate.integer("n_ubatch", n_ubatch, 0, MAX_N_BATCH)
         L = _backend.lib()
         n_seq_max = _validate.integer("n_seq_max", n_seq_max, 1, int(L.llama_max_parallel_sequences()))
@@ -111,6 +118,9 @@ class Context(NativeHandle):
         cp.kv_unified = n_seq_max > 1 if kv_unified is None else _validate.boolean("kv_unified", kv_unified)
         cp.n_threads = threads
         cp.n_threads_batch = threads
+        cp.type_k = kv_cache.KV_TYPES[type_k][0]
+        cp.type_v = kv_cache.KV_TYPES[type_v][0]
+        cp.flash_attn_type = kv_cache.FLASH_ATTN[flash_attn]
         cp.embeddings = embeddings
         if embeddings:
             cp.n_outputs_max_per_seq = 0
@@ -145,6 +155,7 @@ class Context(NativeHandle):
         self._n_ctx = int(L.llama_n_ctx(ptr))
         self._n_batch = int(L.llama_n_batch(ptr))
         self._n_threads = threads
+        self._type_k, self._type_v = type_k, type_v
         self._batch = Batch(self._n_batch)
         self._tokens: list[int] = []  # what the KV cache holds, in order (sequence 0)
         self._last_prompt_evaluated = 0
@@ -167,6 +178,28 @@ class Context(NativeHandle):
         """Context size in tokens."""
         self.ptr()
         return self._n_ctx
+
+    @property
+    def type_k(self) -> str:
+        """The type the KV cache stores keys as."""
+        return self._type_k
+
+    @property
+    def type_v(self) -> str:
+        """The type the KV cache stores values as."""
+        return self._type_v
+
+    @property
+    def kv_bytes(self) -> int:
+        """The memory the KV cache takes: ``n_ctx`` cells of every layer's keys and values (0 without one)."""
+        if not self._mem:
+            return 0
+        m = self._model
+        L = _backend.lib()
+        head_k = int(m.meta(f"{m.architecture}.attention.key_length") or 0) or m.n_embd // max(m.n_head, 1)
+        head_v = int(m.meta(f"{m.architecture}.attention.value_length") or 0) or head_k
+        n_kv = int(L.llama_model_n_head_kv(m.ptr()))
+        return kv_cache.cache_bytes(self._n_ctx, m.n_layer, n_kv * head_k, n_kv * head_v, self._type_k, self._type_v)
 
     @property
     def n_batch(self) -> int:

@@ -47,7 +47,7 @@ import numpy as np
 
 from . import _backend, _lib, _sequence, _state, _validate
 from .completion import Completion, Recorder, TokenLogprob, check_logprobs
-from .context import Context, ContextFullError
+from .context import MAX_N_CTX, Context, ContextFullError
 from .grammar import Grammar, GrammarIncompleteError, check_grammar
 from .lora import LoraAdapter, LoraSet, check_loras
 from .model import Model
@@ -271,15 +271,18 @@ class Engine:
     the same parameters).  ``kv_unified=True``
     shares one KV cache among the sequences (llama.cpp's unified cache):
     greedy outputs may then differ from a lone Context's at near-ties.
+    ``type_k``, ``type_v``, ``flash_attn``: the KV cache's types and flash
+    attention, as for :class:`~mullama.Context`.
     """
 
     def __init__(self, model: Model, parallel: int = 4, n_ctx: int = 0, n_batch: int = 2048,
-                 n_threads: int = 0, *, kv_unified: bool = False, sampling: str = "auto") -> None:
+                 n_threads: int = 0, *, kv_unified: bool = False, sampling: str = "auto", type_k: str = "f16",
+                 type_v: str = "f16", flash_attn: bool | str = "auto") -> None:
         if not isinstance(model, Model):
             raise TypeError(f"model must be a mullama.Model, not {type(model).__name__}")
         L = _backend.lib()
         parallel = _validate.integer("parallel", parallel, 1, int(L.llama_max_parallel_sequences()))
-        n_ctx = _validate.integer("n_ctx", n_ctx, 0, 1 << 20)
+        n_ctx = _validate.integer("n_ctx", n_ctx, 0, MAX_N_CTX)
         n_batch = _validate.integer("n_batch", n_batch, parallel, 1 << 20)
         train = model.n_ctx_train
         if train > 0 and n_ctx > train:
@@ -292,7 +295,7 @@ class Engine:
         # cache lets greedy outputs drift at near-ties (benchmarks/divergence.py).
         self._ctx = Context(model, n_ctx=self._n_ctx_seq * parallel, n_batch=n_batch, n_threads=n_threads,
                             n_seq_max=parallel, kv_unified=_validate.boolean("kv_unified", kv_unified),
-                            sampling=sampling)
+                            sampling=sampling, type_k=type_k, type_v=type_v, flash_attn=flash_attn)
         self._slots = [_Slot(i) for i in range(parallel)]
         self._rows: _sequence.StepRows | None = None  # the scheduler thread's reader of each step's logits
         # When the output layer is on a device, llama_decode returns once the

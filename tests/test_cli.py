@@ -69,3 +69,15 @@ def test_errors_are_reported_not_raised(tmp_path: Path) -> None:
     assert r.stderr.strip() == f"mullama: error: Failed to load model: No such file or directory: {tmp_path}/missing.gguf"
     r = cli("run", "-", "Hi", "--temperature", "-1")
     assert r.returncode == 1 and "temperature must be >= 0.0" in r.stderr
+
+
+def test_run_with_a_quantized_cache(smollm_path: Path) -> None:
+    from mullama import Context, Model, SamplerParams
+    expected = Context(Model.load(smollm_path), n_ctx=512, type_k="q8_0", type_v="q8_0", flash_attn=True).generate(
+        "Once upon a time", max_tokens=12, params=SamplerParams.greedy())
+    r = cli("run", str(smollm_path), "Once upon a time", "--preset", "greedy", "-n", "12", "--ctx", "512",
+            "--cache-type-k", "q8_0", "--cache-type-v", "q8_0", "--flash-attn", "on")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == expected + "\n"
+    r = cli("run", str(smollm_path), "Hi", "-n", "2", "--cache-type-v", "q4_0", "--flash-attn", "off")
+    assert r.returncode != 0 and "needs flash attention" in r.stderr

@@ -32,6 +32,9 @@ class ServeOptions:
     cors_origins: tuple[str, ...] = ()
     loras: tuple[tuple[str, Path], ...] = ()  # (name, GGUF adapter)
     state_dir: Path | None = None  # named saved caches (/v1/cache/save, /v1/cache/restore)
+    type_k: str = "f16"
+    type_v: str = "f16"
+    flash_attn: bool | str = "auto"
 
 
 def build(opts: ServeOptions) -> tuple[Any, Any]:
@@ -49,7 +52,8 @@ def build(opts: ServeOptions) -> tuple[Any, Any]:
     state_dir = Path(opts.state_dir) if opts.state_dir is not None else None
     if state_dir is not None:
         state_dir.mkdir(parents=True, exist_ok=True)
-    engine = Engine(model, parallel=opts.parallel, n_ctx=opts.n_ctx, n_threads=opts.n_threads)
+    engine = Engine(model, parallel=opts.parallel, n_ctx=opts.n_ctx, n_threads=opts.n_threads, type_k=opts.type_k,
+                    type_v=opts.type_v, flash_attn=opts.flash_attn)
     if model._output_on_device:
         # The first sampled request on a GPU pays one-time costs (the device's
         # sampling kernels loaded, graphs reserved with a device chain): a short
