@@ -61,7 +61,19 @@ export interface JsContextParams {
    * model's output layer is on a GPU, except plain greedy.
    */
   sampling?: 'auto' | 'cpu' | 'device';
+  /** The type the KV cache stores keys as. Default 'f16'. */
+  typeK?: JsKvCacheType;
+  /**
+   * The type the KV cache stores values as. Default 'f16'. A quantized type needs flash attention:
+   * with flashAttn false it throws an Error.
+   */
+  typeV?: JsKvCacheType;
+  /** Flash attention: true, false or 'auto' (default: llama.cpp decides per device). */
+  flashAttn?: 'auto' | boolean;
 }
+
+/** The types a KV cache may store keys and values as. */
+export type JsKvCacheType = 'f32' | 'f16' | 'bf16' | 'q8_0' | 'q4_0' | 'q4_1' | 'q5_0' | 'q5_1' | 'iq4_nl';
 
 /** Sampling parameters; every field is optional and validated. */
 export interface JsSamplerParams {
@@ -331,6 +343,12 @@ export class JsContext implements JsDisposable {
   readonly lastPromptEvaluated: number;
   /** Where sampler chains run: 'auto', 'cpu' or 'device'. */
   readonly sampling: 'auto' | 'cpu' | 'device';
+  /** The type the KV cache stores keys as. */
+  readonly typeK: JsKvCacheType;
+  /** The type the KV cache stores values as. */
+  readonly typeV: JsKvCacheType;
+  /** The memory the KV cache takes in bytes: nCtx cells of every layer's keys and values (0 without one). */
+  readonly kvBytes: number;
   readonly model: JsModel;
   readonly closed: boolean;
   close(): void;

@@ -25,6 +25,7 @@ const state = require('./_state');
 const { GrammarIncompleteError, checkGrammar } = require('./grammar');
 const { SamplerChain, checkSampling, isGreedy, paramsKey, resolveParams, usesPenalties } = require('./sampling');
 const v = require('./_validate');
+const kvCache = require('./kv_cache');
 
 const { C } = _lib;
 const MAX_N_CTX = 1 << 24;
@@ -32,7 +33,8 @@ const MAX_N_BATCH = 1 << 20;
 const MAX_CHAINS = 8;
 const POOLING = { none: C.LLAMA_POOLING_TYPE_NONE, mean: C.LLAMA_POOLING_TYPE_MEAN,
   cls: C.LLAMA_POOLING_TYPE_CLS, last: C.LLAMA_POOLING_TYPE_LAST };
-const CONTEXT_OPTIONS = ['nCtx', 'nBatch', 'nThreads', 'embeddings', 'nUbatch', 'nSeqMax', 'pooling', 'sampling'];
+const CONTEXT_OPTIONS = ['nCtx', 'nBatch', 'nThreads', 'embeddings', 'nUbatch', 'nSeqMax', 'pooling', 'sampling',
+  'typeK', 'typeV', 'flashAttn'];
 const GENERATE_OPTIONS = ['stop', 'ignoreEos', 'signal', 'grammar'];
 const COMPLETE_OPTIONS = [...GENERATE_OPTIONS, 'logprobs'];
 const DECODE = Symbol('decode'); // what _steps yields when the batch must be evaluated
@@ -70,6 +72,10 @@ class JsContext extends NativeHandle {
     const nThreads = v.integer('nThreads', o.nThreads ?? 0, 0, 4096);
     const embeddings = v.boolean('embeddings', o.embeddings ?? false);
     const sampling = checkSampling(o.sampling ?? 'auto');
+    const typeK = kvCache.checkType('typeK', o.typeK ?? 'f16');
+    const typeV = kvCache.checkType('typeV', o.typeV ?? 'f16');
+    const flashAttn = kvCache.checkFlashAttn(o.flashAttn ?? 'auto');
+    kvCache.checkCombination(typeV, flashAttn);
     const nUbatch = v.integer('nUbatch', o.nUbatch ?? 0, 0, MAX_N_BATCH);
     const L = lib();
     const nSeqMax = v.integer('nSeqMax', o.nSeqMax ?? 1, 1, Number(L.llama_max_parallel_sequences()));
@@ -97,6 +103,9 @@ class JsContext extends NativeHandle {
     cp.kv_unified = nSeqMax > 1;
     cp.n_threads = threads;
     cp.n_threads_batch = threads;
+    cp.type_k = kvCache.KV_TYPES[typeK][0];
+    cp.type_v = kvCache.KV_TYPES[typeV][0];
+    cp.flash_attn_type = kvCache.flashAttnType(flashAttn);
     cp.embeddings = embeddings;
     // One output per sequence per decode is all generation asks for, and what
     // llama.cpp's device penalties sampler requires.
@@ -122,7 +131,7 @@ class JsContext extends NativeHandle {
       deviceChains.length = 0;
       for (const a of heldLoras) letGo(a);
       heldLoras.length = 0;
-    }, model, kvBytes(L, mptr, L.llama_n_ctx(ptr)));
+    }, model, approxKvBytes(L, mptr, L.llama_n_ctx(ptr), typeK, typeV));
     this._deviceChains = deviceChains;
     this._heldLoras = heldLoras;
     this._loras = []; // the adapters applied from the next decode on, as [adapter, scale] pairs
@@ -134,6 +143,8 @@ class JsContext extends NativeHandle {
     this._nBatch = L.llama_n_batch(ptr);
     this._nUbatch = L.llama_n_ubatch(ptr);
     this._nThreads = threads;
+    this._typeK = typeK;
+    this._typeV = typeV;
     this._batch = new Batch(this._nBatch);
     this._tokens = []; // what the KV cache holds, in order (sequence 0)
     this._lastPromptEvaluated = 0;
@@ -160,6 +171,22 @@ class JsContext extends NativeHandle {
   get lastPromptEvaluated() { return this._lastPromptEvaluated; }
   /** Where sampler chains run: 'auto', 'cpu' (host) or 'device' (inside the decode graph). */
   get sampling() { return this._sampling; }
+  /** The type the KV cache stores keys as. */
+  get typeK() { return this._typeK; }
+  /** The type the KV cache stores values as. */
+  get typeV() { return this._typeV; }
+
+  /** The memory the KV cache takes: nCtx cells of every layer's keys and values (0 without one). */
+  get kvBytes() {
+    this.ptr();
+    if (!this._mem) return 0;
+    const m = this._model;
+    const arch = m.architecture;
+    const headK = Number(m.meta(`${arch}.attention.key_length`) || 0) || Math.floor(m.nEmbd / Math.max(m.nHead, 1));
+    const headV = Number(m.meta(`${arch}.attention.value_length`) || 0) || headK;
+    const nKv = lib().llama_model_n_head_kv(m.ptr());
+    return kvCache.cacheBytes(this._nCtx, m.nLayer, nKv * headK, nKv * headV, this._typeK, this._typeV);
+  }
 
   close() {
     if (this._busy()) {
@@ -844,11 +871,12 @@ function joinChunks(chunks) {
   return completion(chunks.map((c) => c.text).join(''), tokens, reason, probs);
 }
 
-/** The f16 KV cache of nCtx cells (most of a context's memory), for the garbage collector's accounting. */
-function kvBytes(L, model, nCtx) {
+/** About the KV cache of nCtx cells (most of a context's memory), for the garbage collector's accounting. */
+function approxKvBytes(L, model, nCtx, typeK, typeV) {
   const nHead = L.llama_model_n_head(model) || 1;
   const kvWidth = (L.llama_model_n_embd(model) / nHead) * L.llama_model_n_head_kv(model);
-  return Math.round(nCtx * L.llama_model_n_layer(model) * 2 * kvWidth * 2);
+  const perElement = (t) => kvCache.KV_TYPES[t][2] / kvCache.KV_TYPES[t][1];
+  return Math.round(nCtx * L.llama_model_n_layer(model) * kvWidth * (perElement(typeK) + perElement(typeV)));
 }
 
 module.exports = { JsContext, ContextFullError, GenerationCancelledError };
