@@ -39,8 +39,9 @@ from .embedding import EmbeddingGenerator, cosine_similarity  # noqa: E402
 __all__ += ["EmbeddingGenerator", "cosine_similarity"]
 
 from .quantize import quantize  # noqa: E402
+from .perplexity import Perplexity, perplexity  # noqa: E402
 
-__all__ += ["quantize"]
+__all__ += ["Perplexity", "perplexity", "quantize"]
 
 from .grammar import Grammar, GrammarIncompleteError  # noqa: E402
 

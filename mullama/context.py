@@ -81,6 +81,7 @@ class Context(NativeHandle):
         type_k: str = "f16",
         type_v: str = "f16",
         flash_attn: bool | str = "auto",
+        _all_outputs: bool = False,
     ) -> None:
         if not isinstance(model, Model):
             raise TypeError(f"model must be a mullama.Model, not {type(model).__name__}")
@@ -122,7 +123,7 @@ class Context(NativeHandle):
         cp.type_v = kv_cache.KV_TYPES[type_v][0]
         cp.flash_attn_type = kv_cache.FLASH_ATTN[flash_attn]
         cp.embeddings = embeddings
-        if embeddings:
+        if embeddings or _all_outputs:  # (_all_outputs: every token's logits, for mullama.perplexity)
             cp.n_outputs_max_per_seq = 0
         else:
             # One output per sequence per decode is all generation asks for, and

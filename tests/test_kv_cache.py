@@ -70,3 +70,40 @@ def test_engine_with_a_quantized_cache_equals_a_lone_context_with_it(model: Mode
     lone = Context(model, n_ctx=256, **kw).complete(PROMPT, 16, GREEDY, ignore_eos=True).tokens  # type: ignore[arg-type]
     with Engine(model, parallel=2, n_ctx=256, **kw) as eng:  # type: ignore[arg-type]
         assert eng.submit(PROMPT, 16, GREEDY, ignore_eos=True).completion().tokens == lone
+
+
+def test_perplexity_follows_llama_cpps_method(model: Model) -> None:
+    """mullama.perplexity against the same quantity made here, one token at a time, with NumPy."""
+    import ctypes
+
+    import numpy as np
+
+    from mullama import _backend
+    from mullama.perplexity import perplexity
+    text = ("The printing press is a mechanical device for applying pressure to an inked surface resting upon a "
+            "print medium, thereby transferring the ink. It marked a dramatic improvement on earlier printing "
+            "methods in which the cloth, paper or other medium was brushed or rubbed repeatedly. ") * 3
+    tokens = model.tokenize(text, add_bos=True)
+    chunk = 64
+    got = perplexity(model, tokens, chunk=chunk)
+    assert got.n_chunks == len(tokens) // chunk and got.n_scored == got.n_chunks * (chunk - 1 - chunk // 2)
+    L = _backend.lib()
+    nll = []
+    for c in range(got.n_chunks):
+        part = tokens[c * chunk:(c + 1) * chunk]
+        ctx = Context(model, n_ctx=256)
+        ctx.decode(part[:chunk // 2 + 1])
+        for i in range(chunk // 2, chunk - 1):
+            row = np.ctypeslib.as_array(ctypes.cast(L.llama_get_logits_ith(ctx.ptr(), -1),
+                                                    ctypes.POINTER(ctypes.c_float)), shape=(model.n_vocab,))
+            x = row.astype(np.float64)
+            nll.append(-(x[part[i + 1]] - x.max() - np.log(np.exp(x - x.max()).sum())))
+            if i + 1 < chunk - 1:
+                ctx.decode([part[i + 1]])
+        ctx.close()
+    # the reference decodes one token at a time, another float path than one batch per chunk: 1% (a token
+    # scored off by one position moves it by far more); benchmarks/perplexity.py matches llama-perplexity
+    assert got.nll == pytest.approx(float(np.mean(nll)), rel=1e-2)
+    assert got.value == pytest.approx(float(np.exp(np.mean(nll))), rel=1e-2)
+    with pytest.raises(ValueError, match="needs at least"):
+        perplexity(model, tokens[:100], chunk=64)
