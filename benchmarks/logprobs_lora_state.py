@@ -168,7 +168,10 @@ def main() -> int:
     ngl = -1 if a.ngl == "all" else int(a.ngl)
     model = Model.load(a.model, n_gpu_layers=ngl)
     out: dict[str, Any] = {"model": Path(a.model).name, "ngl": a.ngl, "threads": a.threads,
-                           "system": mullama.system_info(), "n_gen": a.n_gen, "reps": a.reps}
+                           # the system without the library's local path
+                           "system": "\n".join(line for line in mullama.system_info().splitlines()
+                                                if not line.startswith("library:")),
+                           "n_gen": a.n_gen, "reps": a.reps}
     if "logprobs" in parts:
         out["logprobs"] = bench_logprobs(model, a.threads, a.n_gen, a.reps)
         print(json.dumps(out["logprobs"], indent=1), flush=True)
