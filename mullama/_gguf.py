@@ -98,6 +98,25 @@ class _Reader:
 VOCAB_KEY = "tokenizer.ggml.tokens"
 
 
+def check_file(path: object, what: str) -> str:
+    """``path`` as a text path to a readable GGUF file, or RuntimeError("Failed to load <what>: ...")."""
+    fspath = os.fspath(path)  # type: ignore[call-overload]
+    if not isinstance(fspath, str):
+        raise TypeError("path must be a text path, not bytes")
+    p = Path(fspath)
+    if not p.exists():
+        raise RuntimeError(f"Failed to load {what}: No such file or directory: {fspath}")
+    if p.is_dir():
+        raise RuntimeError(f"Failed to load {what}: {fspath} is a directory, not a GGUF file")
+    try:
+        read_header(p)
+    except GGUFError as e:
+        raise RuntimeError(f"Failed to load {what}: {fspath} is not a valid GGUF file: {e}") from None
+    except OSError as e:
+        raise RuntimeError(f"Failed to load {what}: cannot read {fspath}: {e.strerror or e}") from None
+    return fspath
+
+
 def read_header(path: PathLike, keys: frozenset[str] | None = None) -> dict[str, Value]:
     """Validate the whole header of ``path``; return the values of ``keys`` found (scalars and strings).
 

@@ -47,7 +47,7 @@ import numpy as np
 
 from . import _backend, _lib, _sequence, _state, _validate
 from .completion import Completion, Recorder, TokenLogprob, check_logprobs
-from .context import MAX_N_CTX, Context, ContextFullError
+from .context import MAX_N_CTX, Context, ContextFullError, _state_path
 from .grammar import Grammar, GrammarIncompleteError, check_grammar
 from .lora import LoraAdapter, LoraSet, check_loras
 from .model import Model
@@ -887,15 +887,6 @@ class Engine:
             req._push(e if isinstance(e, Exception) else RuntimeError(f"the engine stopped: {e!r}"))
             req._push(_END)
         self._wake(reqs)
-
-
-def _state_path(path: object) -> str:
-    if not isinstance(path, (str, os.PathLike)):
-        raise TypeError(f"path must be a str or os.PathLike, not {type(path).__name__}")
-    fspath = os.fspath(path)
-    if not isinstance(fspath, str) or not fspath:
-        raise ValueError("path must be a non-empty text path")
-    return fspath
 
 
 def _set_all(events: list[asyncio.Event]) -> None:

@@ -30,19 +30,8 @@ class LoraAdapter(NativeHandle):
     """A LoRA adapter (a GGUF file made by llama.cpp's ``convert_lora_to_gguf.py``) for one model."""
 
     def __init__(self, model: Model, path: str | os.PathLike[str]) -> None:
-        fspath = os.fspath(path)
-        if not isinstance(fspath, str):
-            raise TypeError("path must be a text path, not bytes")
+        fspath = _gguf.check_file(path, "LoRA adapter")
         p = Path(fspath)
-        if not p.is_file():
-            raise RuntimeError(f"Failed to load LoRA adapter: {fspath}: "
-                               + ("is a directory" if p.is_dir() else "no such file"))
-        try:
-            _gguf.read_header(p)
-        except _gguf.GGUFError as e:
-            raise RuntimeError(f"Failed to load LoRA adapter: {fspath} is not a valid GGUF file: {e}") from None
-        except OSError as e:
-            raise RuntimeError(f"Failed to load LoRA adapter: cannot read {fspath}: {e.strerror or e}") from None
         L = _backend.lib()
         _lib.take_errors()
         ptr = L.llama_adapter_lora_init(model.ptr(), fspath.encode("utf-8"))

@@ -134,20 +134,8 @@ class Model(NativeHandle):
             raise TypeError("progress_callback must be callable")
         rpc_eps = _rpc.parse_endpoints(rpc_servers) if rpc_servers is not None else []
         ts, split, main_gpu = _split_args(tensor_split, split_mode, main_gpu)
-        fspath = os.fspath(path)
-        if not isinstance(fspath, str):
-            raise TypeError("path must be a text path, not bytes")
+        fspath = _gguf.check_file(path, "model")
         p = Path(fspath)
-        if not p.exists():
-            raise RuntimeError(f"Failed to load model: No such file or directory: {fspath}")
-        if p.is_dir():
-            raise RuntimeError(f"Failed to load model: {fspath} is a directory, not a GGUF file")
-        try:
-            _gguf.read_header(p)
-        except _gguf.GGUFError as e:
-            raise RuntimeError(f"Failed to load model: {fspath} is not a valid GGUF file: {e}") from None
-        except OSError as e:
-            raise RuntimeError(f"Failed to load model: cannot read {fspath}: {e.strerror or e}") from None
 
         L = _backend.lib()
         explicit, devices = _placement(L, rpc_eps)

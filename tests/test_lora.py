@@ -97,7 +97,7 @@ def test_bad_adapters_and_arguments(base: Model, adapter: LoraAdapter, lora_file
         base.load_lora(lora_files["wrong_adapter"])
     with pytest.raises(RuntimeError, match="general.type|adapter"):
         base.load_lora(smollm_path)  # a model, not an adapter
-    with pytest.raises(RuntimeError, match="no such file"):
+    with pytest.raises(RuntimeError, match="No such file"):
         base.load_lora(tmp_path / "missing.gguf")
     junk = tmp_path / "junk.gguf"
     junk.write_bytes(b"not a gguf at all")

@@ -117,10 +117,12 @@ class LogprobReader {
 
 /**
  * Wraps a sequence's sample(idx): keeps each sampled token and, when asked,
- * its log-probabilities.  It reads the row the token was sampled from right
- * after the sampler chose, before the token is sent to the decoder (the row
- * is still the step's).  An end-of-generation token that ends the text
- * (`eogEnds`) is not recorded: it is not part of it.  `k` null: tokens only.
+ * its log-probabilities.  At sampling it copies the row the token was sampled
+ * from (the next decode overwrites it); the log-softmax and the top k are
+ * computed by settle(), which the driver calls once that decode is under way,
+ * so that on a GPU this host work overlaps the device's.  An end-of-generation
+ * token that ends the text (`eogEnds`) is not recorded: it is not part of it.
+ * `k` null: tokens only.
  */
 class Recorder {
   constructor(model, k, rowsView, eogEnds) {
@@ -129,17 +131,27 @@ class Recorder {
     this._reader = k !== null ? new LogprobReader(model, k) : null;
     this._view = rowsView;
     this._model = eogEnds ? model : null;
+    this._rows = []; // [row copy, token]: sampled, not yet settled
   }
 
   wrap(sample) {
-    const { tokens, _reader: reader, _view: view, logprobs: out, _model: model } = this;
+    const { tokens, _view: view, _model: model, _rows: rows } = this;
+    const keepRows = this._reader !== null;
     return (idx) => {
       const tok = sample(idx);
       if (model !== null && model._pieceOrEog(tok) === null) return tok;
       tokens.push(tok);
-      if (reader !== null) out.push(reader.read(view(idx), tok));
+      if (keepRows) rows.push([Float32Array.from(view(idx)), tok]);
       return tok;
     };
+  }
+
+  /** Make the entries of the tokens sampled so far (but the last, with keepLast). */
+  settle(keepLast = false) {
+    const rows = this._rows;
+    const n = rows.length - (keepLast && rows.length ? 1 : 0);
+    if (this._reader === null || this.logprobs === null || n <= 0) return;
+    for (const [row, tok] of rows.splice(0, n)) this.logprobs.push(this._reader.read(row, tok));
   }
 }
 

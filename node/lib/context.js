@@ -539,6 +539,7 @@ class JsContext extends NativeHandle {
     let text = [];
     const cut = (finishReason) => {
       const rec = outcome.recorder;
+      if (rec) rec.settle(); // (the next token's decode is under way)
       const tokens = rec ? rec.tokens.slice(sent) : [];
       let probs = rec && rec.logprobs ? rec.logprobs.slice(sent) : null;
       if (outcome.k !== null && probs === null) probs = [];
