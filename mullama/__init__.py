@@ -49,5 +49,6 @@ __all__ += ["Grammar", "GrammarIncompleteError"]
 
 from .rpc import RPCError  # noqa: E402
 from .lora import LoraAdapter  # noqa: E402
+from .speculative import DraftModel, PromptLookup  # noqa: E402
 
-__all__ += ["LoraAdapter", "RPCError"]
+__all__ += ["DraftModel", "LoraAdapter", "PromptLookup", "RPCError"]

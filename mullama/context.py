@@ -22,6 +22,7 @@ from .lora import LoraAdapter, LoraSet, check_loras
 from .lora import apply as apply_loras
 from .model import Model
 from .sampling import SamplerChain, SamplerParams, check_sampling
+from .speculative import Draft, Drafter, check_draft
 
 MAX_N_CTX = 1 << 24
 _POOLING = {"none": _lib.LLAMA_POOLING_TYPE_NONE, "mean": _lib.LLAMA_POOLING_TYPE_MEAN,
@@ -81,6 +82,7 @@ class Context(NativeHandle):
         type_k: str = "f16",
         type_v: str = "f16",
         flash_attn: bool | str = "auto",
+        draft: Draft | None = None,
         _all_outputs: bool = False,
     ) -> None:
         if not isinstance(model, Model):
@@ -95,6 +97,12 @@ class Context(NativeHandle):
         type_v = kv_cache.check_type("type_v", type_v)
         flash_attn = kv_cache.check_flash_attn(flash_attn)
         kv_cache.check_combination(type_v, flash_attn)
+        draft = check_draft(draft)
+        if draft is not None and sampling == "device":
+            raise ValueError("sampling='device' cannot verify drafts: each drafted token is checked against a "
+                             "token sampled on the host (use sampling='auto', which samples on the host here)")
+        if draft is not None and embeddings:
+            raise ValueError("draft= is for generation; an embeddings context generates nothing")
         n_ubatch = _validate.integer("n_ubatch", n_ubatch, 0, MAX_N_BATCH)
         L = _backend.lib()
         n_seq_max = _validate.integer("n_seq_max", n_seq_max, 1, int(L.llama_max_parallel_sequences()))
@@ -123,7 +131,8 @@ class Context(NativeHandle):
         cp.type_v = kv_cache.KV_TYPES[type_v][0]
         cp.flash_attn_type = kv_cache.FLASH_ATTN[flash_attn]
         cp.embeddings = embeddings
-        if embeddings or _all_outputs:  # (_all_outputs: every token's logits, for mullama.perplexity)
+        if embeddings or _all_outputs or draft is not None:
+            # every token's logits: for mullama.perplexity (_all_outputs), and for checking drafts
             cp.n_outputs_max_per_seq = 0
         else:
             # One output per sequence per decode is all generation asks for, and
@@ -167,6 +176,11 @@ class Context(NativeHandle):
         self._owner: int | None = None
         self._owner_lock = threading.Lock()
         self._active_stream: weakref.ref[Generator[Any, None, None]] | None = None
+        # what drafted tokens did (see mullama.speculative): drafted, accepted, and the target's decodes
+        self.draft_stats = {"drafted": 0, "accepted": 0, "decodes": 0}
+        self._drafter: Drafter | None = None
+        if draft is not None:
+            self._drafter = draft._start(self, n_seq_max)
 
     # -- properties --------------------------------------------------------------
 
@@ -270,6 +284,16 @@ class Context(NativeHandle):
         self._cancel.requested = True
 
     # -- KV cache ------------------------------------------------------------------
+
+    @property
+    def draft(self) -> Draft | None:
+        """The drafter this context was made with (``draft=``), or None."""
+        return None if self._drafter is None else self._drafter.spec
+
+    def close(self) -> None:
+        if self._drafter is not None:
+            self._drafter.close()
+        super().close()
 
     def clear_cache(self) -> None:
         """Empty the KV cache (start of a new, unrelated conversation).
@@ -792,10 +816,10 @@ class Context(NativeHandle):
             loop = _sequence.token_loop(self._model, sample, -1, max_tokens, stops, ignore_eos, finish)
             marks = outcome is not None
             if state is None:
-                yield from self._drive(ctx, loop, finish, marks)
+                yield from self._drive(ctx, loop, finish, marks, max_tokens)
                 return
             pieces: list[str] = []
-            for piece in self._drive(ctx, loop, finish, marks):
+            for piece in self._drive(ctx, loop, finish, marks, max_tokens):
                 if piece is not None:
                     pieces.append(piece)
                 yield piece
@@ -822,12 +846,17 @@ class Context(NativeHandle):
         self._decode_chunks(ctx, tokens[kept:])
 
     def _drive(self, ctx: int, loop: Generator[_sequence.Step, int, None],
-               finish: _sequence.Finish, marks: bool = False) -> Generator[str | None, None, None]:
-        """Run one sequence's token loop, decoding each token it asks for alone.
+               finish: _sequence.Finish, marks: bool = False,
+               max_tokens: int = 0) -> Generator[str | None, None, None]:
+        """Run one sequence's token loop, decoding each token it asks for alone, or with drafts.
 
         With ``marks``, also yields None each time a token's text is done
         (before the next token is sampled): :meth:`complete_stream` cuts
-        its chunks there.
+        its chunks there.  With a drafter (``draft=``), each decoded token
+        goes with the drafts that may follow it (at most ``max_tokens`` in
+        all), every one an output; a token the loop samples that equals the
+        next draft is already decoded, and the first that differs drops the
+        drafts left (see :mod:`mullama.speculative`).
         """
         L = _backend.lib()
         run = L.llama_decode
@@ -835,6 +864,10 @@ class Context(NativeHandle):
         cached = self._tokens
         n_ctx = self._n_ctx
         cancel = self._cancel
+        drafter = self._drafter
+        stats = self.draft_stats
+        drafts: list[int] = []  # decoded after ``cached``, not yet checked
+        batch_end = 0  # outputs in the last decode
         with _SigintGuard(cancel):
             try:
                 step = next(loop)
@@ -848,20 +881,42 @@ class Context(NativeHandle):
                             yield None
                         step = next(loop)
                         continue
+                    if drafts:
+                        if step == drafts[0]:  # decoded already, its logits at the next output
+                            del drafts[0]
+                            cached.append(step)
+                            stats["accepted"] += 1
+                            step = loop.send(batch_end - len(drafts) - 1)
+                            continue
+                        L.llama_memory_seq_rm(self._mem, 0, len(cached), -1)
+                        drafts.clear()
                     if cancel.requested or cancel.interrupted or (cancel.event is not None and cancel.event.is_set()):
                         self._raise_if_cancelled()
                     if len(cached) >= n_ctx:
                         raise ContextFullError(
                             f"the context is full (n_ctx={n_ctx}) after {len(cached)} tokens; "
                             f"use a larger n_ctx, fewer max_tokens or a shorter prompt")
-                    batch.set_one(step, len(cached))
+                    if drafter is None:
+                        batch.set_one(step, len(cached))
+                    else:
+                        # (the last token to sample is never decoded: no draft for it)
+                        room = min(n_ctx - len(cached) - 1, max_tokens - finish.n_sampled - 1, batch.capacity - 1)
+                        drafts = drafter.draft({0: cached + [step]}, {0: room})[0] if room > 0 else []
+                        batch.fill([step] + drafts, len(cached), output_all=True)
+                        batch_end = len(drafts) + 1
+                        stats["drafted"] += len(drafts)
                     rc = run(ctx, batch.struct)
+                    stats["decodes"] += 1
                     if rc != 0:
+                        drafts.clear()
                         self._after_failed_decode(rc, len(cached))
                     cached.append(step)
-                    step = loop.send(-1)
+                    step = loop.send(0 if drafts else -1)
             except StopIteration:
                 pass
+            finally:
+                if drafts:  # drafts never checked (the loop ended or failed first) leave the cache
+                    L.llama_memory_seq_rm(self._mem, 0, len(cached), -1)
             if finish.overran:
                 # a stop string ended the text of a token already decoded: the cache drops it
                 L.llama_memory_seq_rm(self._mem, 0, len(cached) - 1, -1)

@@ -29,6 +29,12 @@ closed by moving the highest running sequence into it (its cache copied, its
 state following), except a sequence whose chain runs on the device, whose
 device state cannot move.  Each slot may hold ``n_ctx`` tokens; the cache is
 sized for all of them, so a running request never waits for cache space.
+
+With ``draft=`` (:mod:`mullama.speculative`), each generating sequence's
+token goes into the step with the tokens drafted after it (one draft call
+for all sequences), each an output; once the step is decoded, its loop
+samples from those outputs in turn while its tokens equal the drafts, and
+the drafts it did not keep leave the cache before the next step.
 """
 
 from __future__ import annotations
@@ -51,6 +57,7 @@ from .context import MAX_N_CTX, Context, ContextFullError, _state_path
 from .grammar import Grammar, GrammarIncompleteError, check_grammar
 from .lora import LoraAdapter, LoraSet, check_loras
 from .model import Model
+from .speculative import Draft
 from .sampling import GrammarState, SamplerChain, SamplerParams
 
 FINISH_CANCELLED = "cancelled"
@@ -240,6 +247,8 @@ class _Slot:
     picked: bool = False  # ``pending`` was picked by the engine; the loop takes it after the next decode
     first_idx: int = -1  # output index of the prompt's last token, for the loop's first sample
     idle_since: int = 0  # the engine's step count when the slot last went idle
+    drafts: list[int] = field(default_factory=list)  # decoded after ``pending`` this step, not yet checked
+    draft_at: int = -1  # the batch index of ``pending``'s output (the drafts' follow it)
     kv_loras: LoraSet = ()  # the LoRA adapters ``tokens`` were decoded with
 
     def take_over(self, src: _Slot) -> None:
@@ -272,12 +281,14 @@ class Engine:
     shares one KV cache among the sequences (llama.cpp's unified cache):
     greedy outputs may then differ from a lone Context's at near-ties.
     ``type_k``, ``type_v``, ``flash_attn``: the KV cache's types and flash
-    attention, as for :class:`~mullama.Context`.
+    attention, as for :class:`~mullama.Context`.  ``draft``: a
+    :class:`~mullama.PromptLookup` or :class:`~mullama.DraftModel` that drafts
+    tokens for every sequence (speculative decoding).
     """
 
     def __init__(self, model: Model, parallel: int = 4, n_ctx: int = 0, n_batch: int = 2048,
                  n_threads: int = 0, *, kv_unified: bool = False, sampling: str = "auto", type_k: str = "f16",
-                 type_v: str = "f16", flash_attn: bool | str = "auto") -> None:
+                 type_v: str = "f16", flash_attn: bool | str = "auto", draft: Draft | None = None) -> None:
         if not isinstance(model, Model):
             raise TypeError(f"model must be a mullama.Model, not {type(model).__name__}")
         L = _backend.lib()
@@ -295,7 +306,8 @@ class Engine:
         # cache lets greedy outputs drift at near-ties (benchmarks/divergence.py).
         self._ctx = Context(model, n_ctx=self._n_ctx_seq * parallel, n_batch=n_batch, n_threads=n_threads,
                             n_seq_max=parallel, kv_unified=_validate.boolean("kv_unified", kv_unified),
-                            sampling=sampling, type_k=type_k, type_v=type_v, flash_attn=flash_attn)
+                            sampling=sampling, type_k=type_k, type_v=type_v, flash_attn=flash_attn, draft=draft)
+        self._drafter = self._ctx._drafter
         self._slots = [_Slot(i) for i in range(parallel)]
         self._rows: _sequence.StepRows | None = None  # the scheduler thread's reader of each step's logits
         # When the output layer is on a device, llama_decode returns once the
@@ -311,7 +323,7 @@ class Engine:
         # split_steps: steps whose sequences were not one run of ids (llama.cpp then makes one pass per run)
         self.stats = {"requests": 0, "requests_finished": 0, "prompt_tokens": 0, "prompt_tokens_evaluated": 0,
                       "completion_tokens": 0, "steps": 0, "split_steps": 0, "cache_copies": 0, "sequence_moves": 0,
-                      "lora_switches": 0}
+                      "lora_switches": 0, "drafted": 0, "drafts_accepted": 0}
         self._last_loras: LoraSet = ()  # the adapter set of the last step
         self._lora_turn = 0  # steps in a row with that set
         self._commands: collections.deque[tuple[Any, Future[Any]]] = collections.deque()  # for the scheduler
@@ -586,6 +598,8 @@ class Engine:
                 return  # only device-sampled sequences lie above the gap: they stay until they end
             L = _backend.lib()
             L.llama_memory_seq_cp(self._ctx._mem, src.seq, hole.seq, -1, -1)
+            if self._drafter is not None:
+                self._drafter.move(src.seq, hole.seq)
             self._ctx._detach_chain(hole.seq)  # an idle device chain kept there would sample for the moved request
             hole.take_over(src)
             src.idle_since = self.stats["steps"]
@@ -619,6 +633,8 @@ class Engine:
                     continue
                 generating[s.seq] = s.pending
         budget = batch.capacity - len(generating)
+        drafts = self._draft(generating, budget) if self._drafter is not None and generating else {}
+        budget -= sum(len(d) for d in drafts.values())
         chunk: dict[int, int] = {}  # seq -> prompt tokens this step
         for s in self._slots:
             if budget <= 0:
@@ -627,6 +643,7 @@ class Engine:
                 chunk[s.seq] = k = min(len(s.todo), budget)
                 budget -= k
         outputs: list[tuple[_Slot, int]] = []
+        out_idx: list[int] = []  # every output's batch index, drafts' too
         prefill: list[tuple[_Slot, int]] = []
         toks: list[int] = []
         poss: list[int] = []
@@ -637,10 +654,14 @@ class Engine:
             tok = generating.get(s.seq)
             if tok is not None:
                 outputs.append((s, len(toks)))
+                s.drafts = d = drafts.get(s.seq, [])
+                s.draft_at = len(toks)
+                out_idx += range(len(toks), len(toks) + 1 + len(d))
                 toks.append(tok)
-                poss.append(len(s.tokens))
-                seqs.append(s.seq)
-                want.append(1)
+                toks += d
+                poss += range(len(s.tokens), len(s.tokens) + 1 + len(d))
+                seqs += [s.seq] * (1 + len(d))
+                want += [1] * (1 + len(d))
             elif s.seq in chunk:
                 k = chunk[s.seq]
                 start = len(s.tokens)
@@ -652,6 +673,7 @@ class Engine:
                 if k == len(s.todo):
                     want[-1] = 1
                     outputs.append((s, len(toks) - 1))
+                    out_idx.append(len(toks) - 1)
             else:
                 continue
             runs += s.seq != last_seq + 1
@@ -692,13 +714,54 @@ class Engine:
         rows = self._rows
         assert rows is not None
         greedy = [idx for s, idx in outputs if s.chain is not None and s.chain.argmax_only]
-        rows.new_step([idx for _, idx in outputs], greedy)
+        rows.new_step(out_idx, greedy)
         for s, idx in outputs:
             if s.request is not None and not self._pick(s, idx, rows):
                 self._sample(s, ctx)
+                if s.drafts:
+                    self._check_drafts(s)
         self._unwoken += touched
         if not self._wake_late:
             self._wake_now()
+
+    def _draft(self, generating: dict[int, int], budget: int) -> dict[int, list[int]]:
+        """Drafts for the generating sequences, in one call: each within its ``max_tokens`` and
+        context, and all within the batch's ``budget``."""
+        assert self._drafter is not None
+        histories: dict[int, list[int]] = {}
+        room: dict[int, int] = {}
+        for seq in generating:
+            s = self._slots[seq]
+            req, finish = s.request, s.finish
+            assert req is not None and finish is not None
+            # the last token to sample is never decoded: no draft for it
+            r = min(self._n_ctx_seq - len(s.tokens) - 1, req.max_tokens - finish.n_sampled - 1,
+                    self._drafter.draft_max, budget)
+            if r > 0:
+                histories[seq], room[seq] = s.tokens + [generating[seq]], r
+                budget -= r
+        if not histories:
+            return {}
+        drafts = self._drafter.draft(histories, room)
+        self.stats["drafted"] += sum(len(d) for d in drafts.values())
+        return drafts
+
+    def _check_drafts(self, s: _Slot) -> None:
+        """The loop has sampled the token after ``pending``: while it equals the next draft, that draft
+        is decoded already, so its text is made and the next token sampled from its output at once.
+        The drafts not kept leave the cache (also when the request ends meanwhile: ``_finish``)."""
+        at = s.draft_at
+        while s.drafts and s.request is not None and s.pending == s.drafts[0]:
+            del s.drafts[0]
+            s.tokens.append(s.pending)
+            s.pending = None
+            at += 1
+            self.stats["drafts_accepted"] += 1
+            if self._pump(s, at) is None and s.request is not None:  # its text; then the next token
+                s.pending = self._pump(s, None)
+        if s.drafts:
+            _backend.lib().llama_memory_seq_rm(self._ctx._mem, s.seq, len(s.tokens), -1)
+            s.drafts = []
 
     def _step_loras(self) -> LoraSet:
         """The LoRA adapters of this step: llama.cpp applies one set to a whole decode, so requests
@@ -744,7 +807,8 @@ class Engine:
         """
         req, chain, finish = s.request, s.chain, s.finish
         assert req is not None and chain is not None and finish is not None
-        if s.loop is None or s.grammar is not None or not chain.argmax_only or req.logprobs is not None:
+        if (s.loop is None or s.grammar is not None or not chain.argmax_only or req.logprobs is not None
+                or self._drafter is not None):  # (drafts are checked by the loop's own samples)
             return False  # (log-probabilities are read from the row, which the next decode overwrites)
         if finish.n_sampled + 1 >= req.max_tokens or len(s.tokens) >= self._n_ctx_seq:
             return False
@@ -857,6 +921,9 @@ class Engine:
                     f"max_tokens={req.max_tokens} (or the context) ran out before the grammar's text was complete "
                     f"({req.completion_tokens} tokens generated)", "".join(req._text or [])))
             s.grammar.close()
+        if s.drafts:  # drafts decoded after the last kept token
+            _backend.lib().llama_memory_seq_rm(self._ctx._mem, s.seq, len(s.tokens), -1)
+            s.drafts = []
         s.request, s.loop, s.chain, s.grammar, s.pending, s.todo = None, None, None, None, None, []
         s.picked = False
         s.idle_since = self.stats["steps"]
