@@ -59,9 +59,16 @@ def _cache_args(args: argparse.Namespace) -> dict[str, Any]:
     return {"type_k": args.cache_type_k, "type_v": args.cache_type_v, "flash_attn": fa}
 
 
+def _draft(args: argparse.Namespace) -> Any:
+    """--draft-model / --lookup as a Context's or Engine's ``draft=``."""
+    from .speculative import from_options
+    ngld = args.n_gpu_layers_draft if args.n_gpu_layers_draft is not None else args.n_gpu_layers
+    return from_options(args.draft_model, args.lookup, args.draft_max, args.draft_p_min, ngld)
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     model = _load(args)
-    ctx = Context(model, n_ctx=args.ctx, n_threads=args.threads, **_cache_args(args))
+    ctx = Context(model, n_ctx=args.ctx, n_threads=args.threads, draft=_draft(args), **_cache_args(args))
     prompt = args.prompt
     if args.chat_template:
         prompt = model.apply_chat_template([("user", prompt)])
@@ -74,7 +81,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_chat(args: argparse.Namespace) -> int:
     model = _load(args)
-    ctx = Context(model, n_ctx=args.ctx, n_threads=args.threads, **_cache_args(args))
+    ctx = Context(model, n_ctx=args.ctx, n_threads=args.threads, draft=_draft(args), **_cache_args(args))
     params = _params(args)
     messages: list[tuple[str, str]] = [("system", args.system)] if args.system else []
     print("Type /quit to exit, /reset to clear history.", file=sys.stderr)
@@ -157,7 +164,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
                               api_key=args.api_key, model_id=args.model_id,
                               cors_origins=tuple(args.cors_origin or ()),
                               loras=tuple(_lora_arg(a) for a in args.lora or ()),
-                              state_dir=Path(args.state_dir) if args.state_dir else None, **_cache_args(args)))
+                              state_dir=Path(args.state_dir) if args.state_dir else None,
+                              draft_model=Path(args.draft_model) if args.draft_model else None,
+                              lookup=args.lookup, draft_max=args.draft_max, draft_p_min=args.draft_p_min,
+                              n_gpu_layers_draft=args.n_gpu_layers_draft, **_cache_args(args)))
 
 
 def _lora_arg(arg: str) -> tuple[str, Path]:
@@ -199,6 +209,19 @@ def build_parser() -> argparse.ArgumentParser:
                         help="KV cache type of values (quantized ones need flash attention)")
         sp.add_argument("--flash-attn", "-fa", choices=["auto", "on", "off"], default="auto")
 
+    def draft_options(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("--draft-model", "-md", metavar="PATH",
+                        help="speculative decoding with a smaller model of the same vocabulary")
+        sp.add_argument("--lookup", type=int, default=0, metavar="N",
+                        help="speculative decoding by prompt lookup: drafts follow the last earlier occurrence of "
+                             "the text's final N tokens (try 3)")
+        sp.add_argument("--draft-max", type=int, metavar="N",
+                        help="most tokens drafted at a time (default 16 with --draft-model, 10 with --lookup)")
+        sp.add_argument("--draft-p-min", type=float, default=0.75,
+                        help="the draft model drafts while its best token is at least this likely (default 0.75)")
+        sp.add_argument("--n-gpu-layers-draft", "-ngld", type=int, metavar="N",
+                        help="the draft model's layers on the GPU (default: as --n-gpu-layers)")
+
     def sampling(sp: argparse.ArgumentParser) -> None:
         sp.add_argument("--preset", choices=sorted(PRESETS), default="default")
         sp.add_argument("--temperature", "--temp", type=float)
@@ -214,6 +237,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("prompt")
     common(run)
     sampling(run)
+    draft_options(run)
     run.add_argument("--chat-template", action="store_true", help="wrap PROMPT as a user message")
     run.set_defaults(func=cmd_run)
 
@@ -221,6 +245,7 @@ def build_parser() -> argparse.ArgumentParser:
     chat.add_argument("model", nargs="?", help="GGUF file (default: SmolLM2-135M-Instruct)")
     common(chat)
     sampling(chat)
+    draft_options(chat)
     chat.add_argument("--system", default="You are a helpful assistant.")
     chat.set_defaults(func=cmd_chat, preset="precise")
 
@@ -255,6 +280,7 @@ def build_parser() -> argparse.ArgumentParser:
     srv.add_argument("--n-gpu-layers", "-ngl", type=int, default=0, help="layers on the GPU (-1 = all)")
     srv.add_argument("--threads", "-t", type=int, default=0, help="CPU threads (0 = all usable)")
     cache_options(srv)
+    draft_options(srv)
     srv.add_argument("--embedding-model", help="a second GGUF served on /v1/embeddings (default: the main model)")
     srv.add_argument("--api-key", help="require 'Authorization: Bearer KEY' on every route but /health")
     srv.add_argument("--model-id", help="the model name /v1/models reports (default: the file's name)")

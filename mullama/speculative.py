@@ -270,4 +270,19 @@ def _top_probability(row: np.ndarray, top: int) -> float:
 
 Drafter = Union[_LookupDrafter, _ModelDrafter]
 
-__all__ = ["DraftModel", "PromptLookup", "check_draft", "check_vocabularies", "lookup"]
+
+def from_options(draft_model: str | None, lookup_n: int, draft_max: int | None, p_min: float,
+                 n_gpu_layers: int) -> Draft | None:
+    """The drafter that the command line's ``--draft-model`` / ``--lookup`` options describe (or None)."""
+    if draft_model is not None and lookup_n:
+        raise ValueError("--draft-model and --lookup are two ways of drafting: use one")
+    if draft_model is not None:
+        model = Model.load(draft_model, n_gpu_layers=n_gpu_layers)
+        return DraftModel(model, 16 if draft_max is None else draft_max, p_min=p_min)
+    if lookup_n:
+        return PromptLookup(n=lookup_n, draft_max=10 if draft_max is None else draft_max)
+    if draft_max is not None:
+        raise ValueError("--draft-max needs --draft-model or --lookup")
+    return None
+
+__all__ = ["DraftModel", "PromptLookup", "check_draft", "check_vocabularies", "from_options", "lookup"]

@@ -81,3 +81,18 @@ def test_run_with_a_quantized_cache(smollm_path: Path) -> None:
     assert r.stdout == expected + "\n"
     r = cli("run", str(smollm_path), "Hi", "-n", "2", "--cache-type-v", "q4_0", "--flash-attn", "off")
     assert r.returncode != 0 and "needs flash attention" in r.stderr
+
+
+def test_run_with_drafts(smollm_path: Path) -> None:
+    from mullama import Context, Model, SamplerParams
+    prompt = "Say it twice: the cat sat on the mat. the cat sat on the mat. the cat"
+    expected = Context(Model.load(smollm_path), n_ctx=512).generate(prompt, max_tokens=16,
+                                                                    params=SamplerParams.greedy())
+    for flags in (["--lookup", "3", "--draft-max", "6"], ["--draft-model", str(smollm_path), "--draft-max", "4"]):
+        r = cli("run", str(smollm_path), prompt, "--preset", "greedy", "-n", "16", "--ctx", "512", *flags)
+        assert r.returncode == 0, r.stderr
+        assert r.stdout == expected + "\n"
+    r = cli("run", str(smollm_path), "Hi", "-n", "2", "--lookup", "3", "--draft-model", str(smollm_path))
+    assert r.returncode != 0 and "use one" in r.stderr
+    r = cli("run", str(smollm_path), "Hi", "-n", "2", "--draft-max", "4")
+    assert r.returncode != 0 and "--draft-max needs --draft-model or --lookup" in r.stderr

@@ -238,3 +238,31 @@ def test_engine_requests_with_drafts_equal_lone_contexts(model: Model, copy_prom
     assert got == want
     assert stats["drafts_accepted"] > 0 and stats["drafted"] >= stats["drafts_accepted"]
     assert stats["completion_tokens"] == 4 * 24
+
+
+# -- the server --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", ["lookup", "model"])
+def test_the_server_drafts_and_answers_as_without(smollm_path: Path, model: Model, copy_prompt: str,
+                                                  kind: str) -> None:
+    pytest.importorskip("uvicorn")
+    pytest.importorskip("openai")
+    from mullama.server import ServeOptions
+
+    from .test_server import Server
+    draft = {"lookup": 3} if kind == "lookup" else {"draft_model": smollm_path, "draft_max": 4}
+    srv = Server(ServeOptions(model=smollm_path, parallel=2, n_ctx=1024, api_key="k", model_id="smollm2",
+                              **draft))  # type: ignore[arg-type]
+    try:
+        want = _tokens(model, copy_prompt, 32)[0]
+        r = srv.client("k").completions.create(model="smollm2", prompt=copy_prompt, max_tokens=32, temperature=0,
+                                               logprobs=1)
+        assert r.choices[0].logprobs.tokens == [model.token_to_piece(t, True).decode("utf-8", "replace")
+                                                for t in want][:len(r.choices[0].logprobs.tokens)]
+        assert r.choices[0].text == model.detokenize(want[:r.usage.completion_tokens])
+        status, body = srv.raw("GET", "/metrics", key="k")
+        accepted = [line for line in body.decode().splitlines() if line.startswith("mullama_draft_tokens_accepted")]
+        assert status == 200 and float(accepted[0].split()[-1]) > 0
+    finally:
+        srv.stop()

@@ -35,6 +35,11 @@ class ServeOptions:
     type_k: str = "f16"
     type_v: str = "f16"
     flash_attn: bool | str = "auto"
+    draft_model: Path | None = None  # speculative decoding with this model (same vocabulary)
+    lookup: int = 0  # or by prompt lookup with n-grams of this size
+    draft_max: int | None = None
+    draft_p_min: float = 0.75
+    n_gpu_layers_draft: int | None = None  # (default: n_gpu_layers)
 
 
 def build(opts: ServeOptions) -> tuple[Any, Any]:
@@ -52,8 +57,12 @@ def build(opts: ServeOptions) -> tuple[Any, Any]:
     state_dir = Path(opts.state_dir) if opts.state_dir is not None else None
     if state_dir is not None:
         state_dir.mkdir(parents=True, exist_ok=True)
+    from ..speculative import from_options
+    ngld = opts.n_gpu_layers if opts.n_gpu_layers_draft is None else opts.n_gpu_layers_draft
+    draft = from_options(None if opts.draft_model is None else str(opts.draft_model), opts.lookup, opts.draft_max,
+                         opts.draft_p_min, ngld)
     engine = Engine(model, parallel=opts.parallel, n_ctx=opts.n_ctx, n_threads=opts.n_threads, type_k=opts.type_k,
-                    type_v=opts.type_v, flash_attn=opts.flash_attn)
+                    type_v=opts.type_v, flash_attn=opts.flash_attn, draft=draft)
     if model._output_on_device:
         # The first sampled request on a GPU pays one-time costs (the device's
         # sampling kernels loaded, graphs reserved with a device chain): a short

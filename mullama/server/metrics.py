@@ -42,6 +42,9 @@ class Metrics:
                [("", st["prompt_tokens_evaluated"])])
         metric("completion_tokens_total", "counter", "Tokens generated.", [("", st["completion_tokens"])])
         metric("decode_steps_total", "counter", "Batched llama_decode calls.", [("", st["steps"])])
+        metric("draft_tokens_total", "counter", "Tokens drafted (speculative decoding).", [("", st["drafted"])])
+        metric("draft_tokens_accepted_total", "counter", "Drafted tokens kept: each saved a decode step.",
+               [("", st["drafts_accepted"])])
         metric("queue_depth", "gauge", "Requests waiting for a free slot.", [("", e.queue_depth)])
         metric("slots_busy", "gauge", "Sequences being generated.", [("", e.busy_slots)])
         metric("slots", "gauge", "Sequences decoded together (--parallel).", [("", e.parallel)])
