@@ -70,6 +70,12 @@ export interface JsContextParams {
   typeV?: JsKvCacheType;
   /** Flash attention: true, false or 'auto' (default: llama.cpp decides per device). */
   flashAttn?: 'auto' | boolean;
+  /**
+   * Speculative decoding: a drafter whose guesses are decoded with each sampled token and kept
+   * while the tokens sampled from them agree. Output is unchanged (greedy token for token, a seeded
+   * sampler draw for draw); with sampling 'device' it throws a RangeError.
+   */
+  draft?: DraftModel | PromptLookup | null;
 }
 
 /** The types a KV cache may store keys and values as. */
@@ -349,6 +355,10 @@ export class JsContext implements JsDisposable {
   readonly typeV: JsKvCacheType;
   /** The memory the KV cache takes in bytes: nCtx cells of every layer's keys and values (0 without one). */
   readonly kvBytes: number;
+  /** The drafter this context was made with (the draft option), or null. */
+  readonly draft: DraftModel | PromptLookup | null;
+  /** What drafting did: tokens drafted, drafts accepted (each saved a decode), and the decodes run. */
+  readonly draftStats: { drafted: number; accepted: number; decodes: number };
   readonly model: JsModel;
   readonly closed: boolean;
   close(): void;
@@ -390,6 +400,27 @@ export class LoraAdapter implements JsDisposable {
   close(): void;
   dispose(): void;
   [Symbol.dispose](): void;
+}
+
+/** Drafts by copying from the text so far (speculative decoding without a second model). */
+export class PromptLookup {
+  /**
+   * Up to draftMax (10) tokens that followed the last earlier occurrence of the text's final n (3)
+   * tokens, then n - 1, down to nMin (1).
+   */
+  constructor(options?: { n?: number; draftMax?: number; nMin?: number });
+  readonly n: number;
+  readonly nMin: number;
+  readonly draftMax: number;
+}
+
+/** Drafts with a smaller model of the same vocabulary (otherwise the context throws a RangeError). */
+export class DraftModel {
+  /** Its greedy tokens, up to draftMax (16), while each is at least pMin (0.75) likely. */
+  constructor(model: JsModel, options?: { draftMax?: number; pMin?: number });
+  readonly model: JsModel;
+  readonly draftMax: number;
+  readonly pMin: number;
 }
 
 /**

@@ -15,6 +15,7 @@ const sampling = require('./lib/sampling');
 const { RPCError } = require('./lib/rpc');
 const { Grammar, GrammarIncompleteError } = require('./lib/grammar');
 const { LoraAdapter } = require('./lib/lora');
+const { DraftModel, PromptLookup } = require('./lib/speculative');
 
 module.exports = {
   JsModel,
@@ -27,6 +28,8 @@ module.exports = {
   Grammar,
   GrammarIncompleteError,
   LoraAdapter,
+  DraftModel,
+  PromptLookup,
   samplerParamsGreedy: sampling.samplerParamsGreedy,
   samplerParamsCreative: sampling.samplerParamsCreative,
   samplerParamsPrecise: sampling.samplerParamsPrecise,

@@ -26,6 +26,7 @@ const { GrammarIncompleteError, checkGrammar } = require('./grammar');
 const { SamplerChain, checkSampling, isGreedy, paramsKey, resolveParams, usesPenalties } = require('./sampling');
 const v = require('./_validate');
 const kvCache = require('./kv_cache');
+const speculative = require('./speculative');
 
 const { C } = _lib;
 const MAX_N_CTX = 1 << 24;
@@ -34,7 +35,7 @@ const MAX_CHAINS = 8;
 const POOLING = { none: C.LLAMA_POOLING_TYPE_NONE, mean: C.LLAMA_POOLING_TYPE_MEAN,
   cls: C.LLAMA_POOLING_TYPE_CLS, last: C.LLAMA_POOLING_TYPE_LAST };
 const CONTEXT_OPTIONS = ['nCtx', 'nBatch', 'nThreads', 'embeddings', 'nUbatch', 'nSeqMax', 'pooling', 'sampling',
-  'typeK', 'typeV', 'flashAttn'];
+  'typeK', 'typeV', 'flashAttn', 'draft'];
 const GENERATE_OPTIONS = ['stop', 'ignoreEos', 'signal', 'grammar'];
 const COMPLETE_OPTIONS = [...GENERATE_OPTIONS, 'logprobs'];
 const DECODE = Symbol('decode'); // what _steps yields when the batch must be evaluated
@@ -76,6 +77,12 @@ class JsContext extends NativeHandle {
     const typeV = kvCache.checkType('typeV', o.typeV ?? 'f16');
     const flashAttn = kvCache.checkFlashAttn(o.flashAttn ?? 'auto');
     kvCache.checkCombination(typeV, flashAttn);
+    const draft = speculative.checkDraft(o.draft);
+    if (draft && sampling === 'device') {
+      throw new RangeError("sampling='device' cannot verify drafts: each drafted token is checked against a token "
+        + "sampled on the host (use sampling='auto', which samples on the host here)");
+    }
+    if (draft && embeddings) throw new RangeError('draft is for generation; an embeddings context generates nothing');
     const nUbatch = v.integer('nUbatch', o.nUbatch ?? 0, 0, MAX_N_BATCH);
     const L = lib();
     const nSeqMax = v.integer('nSeqMax', o.nSeqMax ?? 1, 1, Number(L.llama_max_parallel_sequences()));
@@ -108,8 +115,8 @@ class JsContext extends NativeHandle {
     cp.flash_attn_type = kvCache.flashAttnType(flashAttn);
     cp.embeddings = embeddings;
     // One output per sequence per decode is all generation asks for, and what
-    // llama.cpp's device penalties sampler requires.
-    cp.n_outputs_max_per_seq = embeddings ? 0 : 1;
+    // llama.cpp's device penalties sampler requires; drafts are checked at every token.
+    cp.n_outputs_max_per_seq = embeddings || draft ? 0 : 1;
     if (o.pooling !== undefined) cp.pooling_type = POOLING[o.pooling];
     _lib.takeErrors();
     const ptr = L.llama_init_from_model(mptr, cp);
@@ -153,6 +160,9 @@ class JsContext extends NativeHandle {
     this._logitViews = new Map();
     this._active = null; // the async generation under way, if any
     this._cancelRequested = false;
+    // what drafted tokens did (see lib/speculative.js): drafted, accepted, and the target's decodes
+    this.draftStats = { drafted: 0, accepted: 0, decodes: 0 };
+    this._drafter = draft ? draft._start(this, nSeqMax) : null;
   }
 
   // -- properties ------------------------------------------------------------------
@@ -175,6 +185,8 @@ class JsContext extends NativeHandle {
   get typeK() { return this._typeK; }
   /** The type the KV cache stores values as. */
   get typeV() { return this._typeV; }
+  /** The drafter this context was made with (the `draft` option), or null. */
+  get draft() { return this._drafter ? this._drafter.spec : null; }
 
   /** The memory the KV cache takes: nCtx cells of every layer's keys and values (0 without one). */
   get kvBytes() {
@@ -196,6 +208,7 @@ class JsContext extends NativeHandle {
     for (const chain of this._chains.values()) chain.close();
     this._chains.clear();
     this._logitViews.clear();
+    if (this._drafter) this._drafter.close();
     super.close();
   }
 
@@ -739,12 +752,12 @@ class JsContext extends NativeHandle {
       const loop = sequence.tokenLoop(this._model, sample, -1, maxTokens, stops, pastEos, finish);
       const marks = outcome !== null;
       if (!state) {
-        yield* this._drive1(loop, finish, marks);
+        yield* this._drive1(loop, finish, marks, maxTokens);
         return;
       }
       // as yield* would, keeping the pieces for GrammarIncompleteError
       const pieces = [];
-      const inner = this._drive1(loop, finish, marks);
+      const inner = this._drive1(loop, finish, marks, maxTokens);
       let r = inner.next();
       while (!r.done) {
         if (r.value === DECODE) {
@@ -766,37 +779,76 @@ class JsContext extends NativeHandle {
 
   /**
    * One sequence's token loop (lib/_sequence.js), each token it asks for
-   * decoded alone.  With `marks`, also yields null each time a token's text is
-   * done (before the next token is sampled): _chunks cuts its chunks there.
+   * decoded alone, or with drafts.  With `marks`, also yields null each time a
+   * token's text is done (before the next token is sampled): _chunks cuts its
+   * chunks there.  With a drafter, each decoded token goes with the drafts
+   * that may follow it (within maxTokens), every one an output; a token the
+   * loop samples that equals the next draft is decoded already, and the first
+   * that differs drops the drafts left (lib/speculative.js).
    */
-  * _drive1(loop, finish, marks = false) {
+  * _drive1(loop, finish, marks = false, maxTokens = 0) {
+    const L = lib();
     const cached = this._tokens;
     const nCtx = this._nCtx;
-    let r = loop.next();
-    while (!r.done) {
-      if (typeof r.value === 'string') {
-        yield r.value;
-        r = loop.next();
-        continue;
+    const drafter = this._drafter;
+    const stats = this.draftStats;
+    let drafts = []; // decoded after `cached`, not yet checked
+    let batchEnd = 0; // outputs in the last decode
+    try {
+      let r = loop.next();
+      while (!r.done) {
+        if (typeof r.value === 'string') {
+          yield r.value;
+          r = loop.next();
+          continue;
+        }
+        if (r.value === null) { // ready to sample: at once, with one sequence
+          if (marks) yield null;
+          r = loop.next();
+          continue;
+        }
+        const tok = r.value;
+        if (drafts.length) {
+          if (tok === drafts[0]) { // decoded already, its logits at the next output
+            drafts.shift();
+            cached.push(tok);
+            stats.accepted++;
+            r = loop.next(batchEnd - drafts.length - 1);
+            continue;
+          }
+          L.llama_memory_seq_rm(this._mem, 0, cached.length, -1);
+          drafts = [];
+        }
+        if (cached.length >= nCtx) {
+          throw new ContextFullError(`the context is full (nCtx=${nCtx}) after ${cached.length} tokens; `
+            + 'use a larger nCtx, fewer maxTokens or a shorter prompt');
+        }
+        if (!drafter) {
+          this._batch.setOne(tok, cached.length);
+        } else {
+          // (the last token to sample is never decoded: no draft for it)
+          const room = Math.min(nCtx - cached.length - 1, maxTokens - finish.nSampled - 1, this._batch.capacity - 1);
+          drafts = room > 0 ? drafter.draft(new Map([[0, [...cached, tok]]]), new Map([[0, room]])).get(0) : [];
+          this._batch.fill([tok, ...drafts], cached.length, 0, true, true);
+          batchEnd = drafts.length + 1;
+          stats.drafted += drafts.length;
+        }
+        const rc = yield DECODE;
+        stats.decodes++;
+        if (rc !== 0) {
+          drafts = [];
+          this._afterFailedDecode(rc, cached.length);
+        }
+        cached.push(tok);
+        r = loop.next(drafts.length ? 0 : -1);
       }
-      if (r.value === null) { // ready to sample: at once, with one sequence
-        if (marks) yield null;
-        r = loop.next();
-        continue;
-      }
-      if (cached.length >= nCtx) {
-        throw new ContextFullError(`the context is full (nCtx=${nCtx}) after ${cached.length} tokens; `
-          + 'use a larger nCtx, fewer maxTokens or a shorter prompt');
-      }
-      this._batch.setOne(r.value, cached.length);
-      const rc = yield DECODE;
-      if (rc !== 0) this._afterFailedDecode(rc, cached.length);
-      cached.push(r.value);
-      r = loop.next(-1);
+    } finally {
+      // drafts never checked (the loop ended or failed first) leave the cache
+      if (drafts.length) L.llama_memory_seq_rm(this._mem, 0, cached.length, -1);
     }
     if (finish.overran) {
       // a stop string ended the text of a token already decoded: the cache drops it
-      lib().llama_memory_seq_rm(this._mem, 0, cached.length - 1, -1);
+      L.llama_memory_seq_rm(this._mem, 0, cached.length - 1, -1);
       cached.pop();
     }
   }
