@@ -15,6 +15,9 @@
 #   burst:P    model:P, then benchmarks/burst.py (load phases on one server against fresh servers,
 #              and llama-server from the same build) on it
 #   lls:P      model:P, then benchmarks/logprobs_lora_state.py (the cost of logprobs; saved state's size and time)
+#   spec:T:D   models T and D, then benchmarks/speculative.py: T with D as its draft model, and prompt
+#              lookup, against llama-speculative-simple and llama-lookup from the same build
+#   kv:P       model:P, then benchmarks/kv_cache.py (each KV-cache type's size and speed) on it
 #   sampling-tests  tests/test_sampling.py with every layer on the GPU (MULLAMA_TEST_NGL=-1), the
 #              reference comparisons on the 1b model
 # Environment: OUT (results, default /tmp/mullama-bench), MODELS (default
@@ -27,7 +30,9 @@
 #   .devsrc/llama.cpp   trimmed copy of native/llama.cpp (CMakeLists.txt cmake ggml (less the backends
 #                       not built) src include common vendor gguf-py scripts LICENSE licenses
 #                       tools/CMakeLists.txt tools/llama-bench tools/batched-bench tools/server tools/mtmd
-#                       and tools/ui's CMakeLists.txt, ui.cpp.in, ui.h.in, sources.cmake; ~27 MB)
+#                       examples/lookup examples/speculative-simple
+#                       and tools/ui's CMakeLists.txt, ui.cpp.in, ui.h.in, sources.cmake; ~28 MB;
+#                       benchmarks/devsrc.sh makes it and the vocabulary below)
 #   .devsrc/ggml-vocab-llama-bpe.gguf   llama.cpp's Llama-3 vocab (128256 tokens), for VOCAB=
 #   .whl/*.whl          the server's wheels (starlette, uvicorn and theirs) for the machine's Python
 #   .devsrc/pylib       llama-cpp-python's Python package (site-packages/llama_cpp without lib/ and
@@ -152,6 +157,26 @@ stage_sampling_tests() {
     return 0
 }
 
+stage_spec() {
+    local t=${1%%:*} d=${1#*:}
+    stage_model "$t" || return $?
+    stage_model "$d" || return $?
+    echo "== spec:$t:$d ($(elapsed)s)"
+    local bins
+    bins=$(dirname "$(find "${MULLAMA_CACHE:-$HOME/.cache/mullama}/build" -name llama-speculative-simple -type f | head -n1)")
+    python3 benchmarks/speculative.py --model "$MODELS/llama-$t.Q4_K_M.gguf" \
+        --draft-model "$MODELS/llama-$d.Q4_K_M.gguf" --ngl 99 --threads "$THREADS" --bin-dir "$bins" \
+        --task "${SPEC_TASK:-copy}" --max-tokens "${SPEC_TOKENS:-256}" --json "$OUT/spec-$t-$d.json" 2>&1 \
+        | tee -a "$OUT/spec.txt"
+}
+
+stage_kv() {
+    stage_model "$1" || return $?
+    echo "== kv:$1 ($(elapsed)s)"
+    python3 benchmarks/kv_cache.py --model "$MODELS/llama-$1.Q4_K_M.gguf" --ngl all --threads "$THREADS" \
+        --out "$OUT/kv-$1.json" 2>&1 | tee -a "$OUT/kv.txt"
+}
+
 for st in "$@"; do
     if [ "$(elapsed)" -ge "$DEADLINE" ]; then
         echo "== $st: skipped, past DEADLINE=${DEADLINE}s"
@@ -166,6 +191,8 @@ for st in "$@"; do
         divergence:*) stage_divergence "${st#divergence:}" || exit $? ;;
         sampling:*) stage_sampling "${st#sampling:}" || exit $? ;;
         lls:*) stage_lls "${st#lls:}" || exit $? ;;
+        spec:*) stage_spec "${st#spec:}" || exit $? ;;
+        kv:*) stage_kv "${st#kv:}" || exit $? ;;
         sampling-tests) stage_sampling_tests || exit $? ;;
         *) echo "unknown stage $st"; exit 2 ;;
     esac

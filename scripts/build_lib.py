@@ -193,7 +193,7 @@ def parse_args(argv: Sequence[str] | None = None, env: Mapping[str, str] = os.en
     p.add_argument("--toolkit-cccl", action="store_true",
                    help="CUDA: use the toolkit's own CCCL even when it predates CUB's DeviceTopK (CCCL 3.2)")
     p.add_argument("--jobs", "-j", type=int, default=None, help="parallel compile jobs (default: usable CPUs)")
-    p.add_argument("--bench", action="store_true", help="also build llama-bench for benchmarks/")
+    p.add_argument("--bench", action="store_true", help="also build llama.cpp's own tools that benchmarks/ compare with")
     p.add_argument("--source-dir", type=Path, default=DEFAULT_SOURCE_DIR)
     p.add_argument("--install-dir", type=Path, default=DEFAULT_INSTALL_DIR)
     p.add_argument("--cache-dir", type=Path, default=None, help="build trees and sdist (default: $MULLAMA_CACHE or ~/.cache/mullama)")
