@@ -4,7 +4,7 @@
         [--bin-dir DIR] [--task copy|story] [--max-tokens 256] [--reps 3] [--json out.json]
 
 For each way of drafting (none; prompt lookup with n-grams of 3 and 10 or 16
-drafts at most; the draft model, when given) it generates ``--max-tokens``
+drafts at most, and with shorter n-grams down to 1; the draft model, when given) it generates ``--max-tokens``
 greedy tokens after the task's prompt with a Context, and reports the
 generation speed (the prompt evaluated beforehand, not timed), the share of
 drafts kept, and the decodes run; it checks that every drafted run gives the
@@ -117,7 +117,8 @@ def main() -> int:
               if model.chat_template else TASKS[a.task])
     n_prompt = len(model.tokenize(prompt, special=True))
     modes: dict[str, Any] = {"none": None, "lookup n=3 max=10": PromptLookup(3, 10),
-                             "lookup n=3 max=16": PromptLookup(3, 16)}
+                             "lookup n=3 max=16": PromptLookup(3, 16),
+                             "lookup n=3 n_min=1 max=10": PromptLookup(3, 10, n_min=1)}
     draft_model = None
     if a.draft_model:
         draft_model = Model.load(a.draft_model, n_gpu_layers=a.ngl)

@@ -17,25 +17,11 @@ import logging
 import os
 import sys
 import threading
-from ctypes import (
-    CFUNCTYPE,
-    POINTER,
-    Structure,
-    c_bool,
-    c_char_p,
-    c_double,
-    c_float,
-    c_int,
-    c_int8,
-    c_int32,
-    c_int64,
-    c_size_t,
-    c_uint32,
-    c_uint64,
-    c_void_p,
-)
+from ctypes import Structure, c_int, c_int32, c_void_p
 from pathlib import Path
 from typing import Any, Final
+
+from . import _abi
 
 logger = logging.getLogger("mullama")
 # Silent unless the application configures logging for "mullama".
@@ -56,367 +42,175 @@ else:
     LIB_NAMES = ("libllama.so",)
 
 # ---------------------------------------------------------------------------
-# Scalar typedefs and callbacks (llama.h / ggml.h)
+# Types, callbacks, structs and signatures, from abi.json (scripts/gen_abi.py reads them from the
+# pinned headers with a C parser; _abi maps them to ctypes).  What is written here is which names
+# the binding uses, and the few places where it takes a type other than the header's and why.
 # ---------------------------------------------------------------------------
 
+_types = _abi.Mapper()
 llama_token = c_int32
 llama_pos = c_int32
 llama_seq_id = c_int32
 c_enum = c_int
 
-llama_progress_callback = CFUNCTYPE(c_bool, c_float, c_void_p)
-ggml_log_callback = CFUNCTYPE(None, c_int, c_char_p, c_void_p)
-ggml_abort_callback = CFUNCTYPE(c_bool, c_void_p)
-ggml_backend_sched_eval_callback = CFUNCTYPE(c_bool, c_void_p, c_bool, c_void_p)
+llama_progress_callback = _types.callback("llama_progress_callback")
+ggml_log_callback = _types.callback("ggml_log_callback")
+ggml_abort_callback = _types.callback("ggml_abort_callback")
+ggml_backend_sched_eval_callback = _types.callback("ggml_backend_sched_eval_callback")
 
-# ggml_log_level
-GGML_LOG_LEVEL_DEBUG: Final = 1
-GGML_LOG_LEVEL_INFO: Final = 2
-GGML_LOG_LEVEL_WARN: Final = 3
-GGML_LOG_LEVEL_ERROR: Final = 4
-GGML_LOG_LEVEL_CONT: Final = 5
+_LOG_LEVELS = _abi.enum("ggml_log_level")
+GGML_LOG_LEVEL_DEBUG: Final = _LOG_LEVELS["GGML_LOG_LEVEL_DEBUG"]
+GGML_LOG_LEVEL_INFO: Final = _LOG_LEVELS["GGML_LOG_LEVEL_INFO"]
+GGML_LOG_LEVEL_WARN: Final = _LOG_LEVELS["GGML_LOG_LEVEL_WARN"]
+GGML_LOG_LEVEL_ERROR: Final = _LOG_LEVELS["GGML_LOG_LEVEL_ERROR"]
+GGML_LOG_LEVEL_CONT: Final = _LOG_LEVELS["GGML_LOG_LEVEL_CONT"]
 
-# llama_load_mode
-LLAMA_LOAD_MODE_NONE: Final = 0
-LLAMA_LOAD_MODE_MMAP: Final = 1
-LLAMA_LOAD_MODE_MLOCK: Final = 2
-LLAMA_LOAD_MODE_MMAP_MLOCK: Final = 3
+_LOAD_MODES = _abi.enum("llama_load_mode")
+LLAMA_LOAD_MODE_NONE: Final = _LOAD_MODES["LLAMA_LOAD_MODE_NONE"]
+LLAMA_LOAD_MODE_MMAP: Final = _LOAD_MODES["LLAMA_LOAD_MODE_MMAP"]
+LLAMA_LOAD_MODE_MLOCK: Final = _LOAD_MODES["LLAMA_LOAD_MODE_MLOCK"]
+LLAMA_LOAD_MODE_MMAP_MLOCK: Final = _LOAD_MODES["LLAMA_LOAD_MODE_MMAP_MLOCK"]
 
-# llama_pooling_type
-LLAMA_POOLING_TYPE_UNSPECIFIED: Final = -1
-LLAMA_POOLING_TYPE_NONE: Final = 0
-LLAMA_POOLING_TYPE_MEAN: Final = 1
-LLAMA_POOLING_TYPE_CLS: Final = 2
-LLAMA_POOLING_TYPE_LAST: Final = 3
-LLAMA_POOLING_TYPE_RANK: Final = 4
+_POOLING = _abi.enum("llama_pooling_type")
+LLAMA_POOLING_TYPE_UNSPECIFIED: Final = _POOLING["LLAMA_POOLING_TYPE_UNSPECIFIED"]
+LLAMA_POOLING_TYPE_NONE: Final = _POOLING["LLAMA_POOLING_TYPE_NONE"]
+LLAMA_POOLING_TYPE_MEAN: Final = _POOLING["LLAMA_POOLING_TYPE_MEAN"]
+LLAMA_POOLING_TYPE_CLS: Final = _POOLING["LLAMA_POOLING_TYPE_CLS"]
+LLAMA_POOLING_TYPE_LAST: Final = _POOLING["LLAMA_POOLING_TYPE_LAST"]
+LLAMA_POOLING_TYPE_RANK: Final = _POOLING["LLAMA_POOLING_TYPE_RANK"]
 
-# ggml_backend_dev_type
-GGML_BACKEND_DEVICE_TYPE_CPU: Final = 0
-GGML_BACKEND_DEVICE_TYPE_GPU: Final = 1
-GGML_BACKEND_DEVICE_TYPE_IGPU: Final = 2
-GGML_BACKEND_DEVICE_TYPE_ACCEL: Final = 3
+_DEVICE_TYPES = _abi.enum("ggml_backend_dev_type")
+GGML_BACKEND_DEVICE_TYPE_CPU: Final = _DEVICE_TYPES["GGML_BACKEND_DEVICE_TYPE_CPU"]
+GGML_BACKEND_DEVICE_TYPE_GPU: Final = _DEVICE_TYPES["GGML_BACKEND_DEVICE_TYPE_GPU"]
+GGML_BACKEND_DEVICE_TYPE_IGPU: Final = _DEVICE_TYPES["GGML_BACKEND_DEVICE_TYPE_IGPU"]
+GGML_BACKEND_DEVICE_TYPE_ACCEL: Final = _DEVICE_TYPES["GGML_BACKEND_DEVICE_TYPE_ACCEL"]
 
-LLAMA_TOKEN_NULL: Final = -1
-
-# ---------------------------------------------------------------------------
-# Structs, field for field from the pinned llama.h (checked by tests/test_abi.py)
-# ---------------------------------------------------------------------------
+LLAMA_TOKEN_NULL: Final = _abi.constant("LLAMA_TOKEN_NULL")
 
 
+# The structs the binding reads or fills, named as in C.  Each is registered as soon as it is
+# defined, so that a later one's fields (llama_token_data_array.data) point to it.
+@_types.struct
 class llama_model_params(Structure):
-    _fields_ = [
-        ("devices", c_void_p),
-        ("tensor_buft_overrides", c_void_p),
-        ("n_gpu_layers", c_int32),
-        ("split_mode", c_enum),
-        ("load_mode", c_enum),
-        ("lazy_mode", c_enum),
-        ("main_gpu", c_int32),
-        ("tensor_split", POINTER(c_float)),
-        ("progress_callback", llama_progress_callback),
-        ("progress_callback_user_data", c_void_p),
-        ("kv_overrides", c_void_p),
-        ("vocab_only", c_bool),
-        ("check_tensors", c_bool),
-        ("use_extra_bufts", c_bool),
-        ("no_host", c_bool),
-        ("no_alloc", c_bool),
-        ("load_mtp", c_bool),
-    ]
+    _fields_ = _types.fields("llama_model_params")
 
 
+@_types.struct
 class llama_context_params(Structure):
-    _fields_ = [
-        ("n_ctx", c_uint32),
-        ("n_batch", c_uint32),
-        ("n_ubatch", c_uint32),
-        ("n_seq_max", c_uint32),
-        ("n_rs_seq", c_uint32),
-        ("n_outputs_max", c_uint32),
-        ("n_outputs_max_per_seq", c_uint32),
-        ("n_threads", c_int32),
-        ("n_threads_batch", c_int32),
-        ("ctx_type", c_enum),
-        ("rope_scaling_type", c_enum),
-        ("pooling_type", c_enum),
-        ("attention_type", c_enum),
-        ("flash_attn_type", c_enum),
-        ("rope_freq_base", c_float),
-        ("rope_freq_scale", c_float),
-        ("yarn_ext_factor", c_float),
-        ("yarn_attn_factor", c_float),
-        ("yarn_beta_fast", c_float),
-        ("yarn_beta_slow", c_float),
-        ("yarn_orig_ctx", c_uint32),
-        ("defrag_thold", c_float),
-        ("cb_eval", ggml_backend_sched_eval_callback),
-        ("cb_eval_user_data", c_void_p),
-        ("type_k", c_enum),
-        ("type_v", c_enum),
-        ("abort_callback", ggml_abort_callback),
-        ("abort_callback_data", c_void_p),
-        ("embeddings", c_bool),
-        ("offload_kqv", c_bool),
-        ("no_perf", c_bool),
-        ("op_offload", c_bool),
-        ("swa_full", c_bool),
-        ("kv_unified", c_bool),
-        ("samplers", c_void_p),
-        ("n_samplers", c_size_t),
-        ("ctx_other", c_void_p),
-    ]
+    _fields_ = _types.fields("llama_context_params")
 
 
+@_types.struct
 class llama_batch(Structure):
-    _fields_ = [
-        ("n_tokens", c_int32),
-        ("token", POINTER(llama_token)),
-        ("embd", POINTER(c_float)),
-        ("pos", POINTER(llama_pos)),
-        ("n_seq_id", POINTER(c_int32)),
-        ("seq_id", POINTER(POINTER(llama_seq_id))),
-        ("logits", POINTER(c_int8)),
-    ]
+    _fields_ = _types.fields("llama_batch")
 
 
+@_types.struct
 class llama_sampler_chain_params(Structure):
-    _fields_ = [("no_perf", c_bool)]
+    _fields_ = _types.fields("llama_sampler_chain_params")
 
 
+@_types.struct
 class llama_chat_message(Structure):
-    _fields_ = [("role", c_char_p), ("content", c_char_p)]
+    _fields_ = _types.fields("llama_chat_message")
 
 
+@_types.struct
 class llama_token_data(Structure):
-    _fields_ = [("id", llama_token), ("logit", c_float), ("p", c_float)]
+    _fields_ = _types.fields("llama_token_data")
 
 
+@_types.struct
 class llama_token_data_array(Structure):
-    _fields_ = [
-        ("data", POINTER(llama_token_data)),
-        ("size", c_size_t),
-        ("selected", c_int64),
-        ("sorted", c_bool),
-    ]
+    _fields_ = _types.fields("llama_token_data_array")
 
 
+@_types.struct
 class llama_logit_bias(Structure):
-    _fields_ = [("token", llama_token), ("bias", c_float)]
+    _fields_ = _types.fields("llama_logit_bias")
 
 
+@_types.struct
 class llama_perf_context_data(Structure):
-    _fields_ = [
-        ("t_start_ms", c_double),
-        ("t_load_ms", c_double),
-        ("t_p_eval_ms", c_double),
-        ("t_eval_ms", c_double),
-        ("n_p_eval", c_int32),
-        ("n_eval", c_int32),
-        ("n_reused", c_int32),
-    ]
+    _fields_ = _types.fields("llama_perf_context_data")
 
 
+@_types.struct
 class llama_model_quantize_params(Structure):
-    _fields_ = [
-        ("nthread", c_int32),
-        ("ftype", c_enum),
-        ("output_tensor_type", c_enum),
-        ("token_embedding_type", c_enum),
-        ("allow_requantize", c_bool),
-        ("quantize_output_tensor", c_bool),
-        ("only_copy", c_bool),
-        ("pure", c_bool),
-        ("keep_split", c_bool),
-        ("dry_run", c_bool),
-        ("imatrix", c_void_p),
-        ("kv_overrides", c_void_p),
-        ("tt_overrides", c_void_p),
-        ("prune_layers", POINTER(c_int32)),
-        ("max_buf_size", c_size_t),
-    ]
+    _fields_ = _types.fields("llama_model_quantize_params")
 
 
 # Every struct above, by its C name: the ABI test checks each one.
-MIRRORED_STRUCTS: Final[dict[str, type[Structure]]] = {
-    "struct llama_model_params": llama_model_params,
-    "struct llama_context_params": llama_context_params,
-    "struct llama_batch": llama_batch,
-    "struct llama_sampler_chain_params": llama_sampler_chain_params,
-    "struct llama_chat_message": llama_chat_message,
-    "struct llama_token_data": llama_token_data,
-    "struct llama_token_data_array": llama_token_data_array,
-    "struct llama_logit_bias": llama_logit_bias,
-    "struct llama_perf_context_data": llama_perf_context_data,
-    "struct llama_model_quantize_params": llama_model_quantize_params,
-}
+MIRRORED_STRUCTS: Final[dict[str, type[Structure]]] = {f"struct {name}": cls for name, cls in _types.structs.items()}
 
 # ---------------------------------------------------------------------------
-# Function table: name -> (restype, argtypes).  The one place signatures live.
+# The functions the binding calls, by group; their signatures come from abi.json.
 # ---------------------------------------------------------------------------
 
-_p = c_void_p
-_tok_p = POINTER(llama_token)
-_FUNCTIONS: Final[dict[str, tuple[Any, tuple[Any, ...]]]] = {
+_LLAMA_NAMES: Final = (
     # library
-    "llama_version": (c_char_p, ()),
-    "llama_backend_init": (None, ()),
-    "llama_backend_free": (None, ()),
-    "llama_print_system_info": (c_char_p, ()),
-    "llama_supports_gpu_offload": (c_bool, ()),
-    "llama_supports_mmap": (c_bool, ()),
-    "llama_supports_mlock": (c_bool, ()),
-    "llama_max_devices": (c_size_t, ()),
-    "llama_max_parallel_sequences": (c_size_t, ()),
-    "llama_log_set": (None, (ggml_log_callback, _p)),
-    "llama_time_us": (c_int64, ()),
+    "llama_version", "llama_backend_init", "llama_backend_free", "llama_print_system_info",
+    "llama_supports_gpu_offload", "llama_supports_mmap", "llama_supports_mlock", "llama_max_devices",
+    "llama_max_parallel_sequences", "llama_log_set", "llama_time_us",
     # defaults
-    "llama_model_default_params": (llama_model_params, ()),
-    "llama_context_default_params": (llama_context_params, ()),
-    "llama_sampler_chain_default_params": (llama_sampler_chain_params, ()),
-    "llama_model_quantize_default_params": (llama_model_quantize_params, ()),
+    "llama_model_default_params", "llama_context_default_params", "llama_sampler_chain_default_params",
+    "llama_model_quantize_default_params",
     # model
-    "llama_model_load_from_file": (_p, (c_char_p, llama_model_params)),
-    "llama_model_free": (None, (_p,)),
-    "llama_model_get_vocab": (_p, (_p,)),
-    "llama_model_n_ctx_train": (c_int32, (_p,)),
-    "llama_model_n_embd": (c_int32, (_p,)),
-    "llama_model_n_embd_out": (c_int32, (_p,)),
-    "llama_model_n_layer": (c_int32, (_p,)),
-    "llama_model_n_head": (c_int32, (_p,)),
-    "llama_model_n_head_kv": (c_int32, (_p,)),
-    "llama_model_meta_val_str": (c_int32, (_p, c_char_p, c_char_p, c_size_t)),
-    "llama_model_meta_count": (c_int32, (_p,)),
-    "llama_model_meta_key_by_index": (c_int32, (_p, c_int32, c_char_p, c_size_t)),
-    "llama_model_meta_val_str_by_index": (c_int32, (_p, c_int32, c_char_p, c_size_t)),
-    "llama_model_desc": (c_int32, (_p, c_char_p, c_size_t)),
-    "llama_model_size": (c_uint64, (_p,)),
-    "llama_model_n_params": (c_uint64, (_p,)),
-    "llama_model_chat_template": (c_char_p, (_p, c_char_p)),
-    "llama_model_has_encoder": (c_bool, (_p,)),
-    "llama_model_has_decoder": (c_bool, (_p,)),
-    "llama_model_quantize": (c_uint32, (c_char_p, c_char_p, POINTER(llama_model_quantize_params))),
+    "llama_model_load_from_file", "llama_model_free", "llama_model_get_vocab", "llama_model_n_ctx_train",
+    "llama_model_n_embd", "llama_model_n_embd_out", "llama_model_n_layer", "llama_model_n_head",
+    "llama_model_n_head_kv", "llama_model_meta_val_str", "llama_model_meta_count", "llama_model_meta_key_by_index",
+    "llama_model_meta_val_str_by_index", "llama_model_desc", "llama_model_size", "llama_model_n_params",
+    "llama_model_chat_template", "llama_model_has_encoder", "llama_model_has_decoder", "llama_model_quantize",
     # vocab
-    "llama_vocab_n_tokens": (c_int32, (_p,)),
-    "llama_vocab_type": (c_enum, (_p,)),
-    "llama_vocab_bos": (llama_token, (_p,)),
-    "llama_vocab_eos": (llama_token, (_p,)),
-    "llama_vocab_eot": (llama_token, (_p,)),
-    "llama_vocab_sep": (llama_token, (_p,)),
-    "llama_vocab_nl": (llama_token, (_p,)),
-    "llama_vocab_pad": (llama_token, (_p,)),
-    "llama_vocab_is_eog": (c_bool, (_p, llama_token)),
-    "llama_vocab_is_control": (c_bool, (_p, llama_token)),
-    "llama_vocab_get_add_bos": (c_bool, (_p,)),
-    "llama_vocab_get_add_eos": (c_bool, (_p,)),
-    "llama_vocab_get_add_sep": (c_bool, (_p,)),
-    "llama_vocab_get_text": (c_char_p, (_p, llama_token)),
-    "llama_tokenize": (c_int32, (_p, c_char_p, c_int32, _tok_p, c_int32, c_bool, c_bool)),
-    "llama_token_to_piece": (c_int32, (_p, llama_token, c_char_p, c_int32, c_int32, c_bool)),
-    "llama_detokenize": (c_int32, (_p, _tok_p, c_int32, c_char_p, c_int32, c_bool, c_bool)),
-    "llama_chat_apply_template": (
-        c_int32, (c_char_p, POINTER(llama_chat_message), c_size_t, c_bool, c_char_p, c_int32)),
-    "llama_chat_builtin_templates": (c_int32, (POINTER(c_char_p), c_size_t)),
+    "llama_vocab_n_tokens", "llama_vocab_type", "llama_vocab_bos", "llama_vocab_eos", "llama_vocab_eot",
+    "llama_vocab_sep", "llama_vocab_nl", "llama_vocab_pad", "llama_vocab_is_eog", "llama_vocab_is_control",
+    "llama_vocab_get_add_bos", "llama_vocab_get_add_eos", "llama_vocab_get_add_sep", "llama_vocab_get_text",
+    "llama_tokenize", "llama_token_to_piece", "llama_detokenize", "llama_chat_apply_template",
+    "llama_chat_builtin_templates",
     # context
-    "llama_init_from_model": (_p, (_p, llama_context_params)),
-    "llama_free": (None, (_p,)),
-    "llama_n_ctx": (c_uint32, (_p,)),
-    "llama_n_batch": (c_uint32, (_p,)),
-    "llama_n_ubatch": (c_uint32, (_p,)),
-    "llama_n_seq_max": (c_uint32, (_p,)),
-    "llama_pooling_type": (c_enum, (_p,)),
-    "llama_get_memory": (_p, (_p,)),
-    "llama_memory_clear": (None, (_p, c_bool)),
-    "llama_memory_seq_rm": (c_bool, (_p, llama_seq_id, llama_pos, llama_pos)),
-    "llama_memory_seq_cp": (None, (_p, llama_seq_id, llama_seq_id, llama_pos, llama_pos)),
-    "llama_memory_seq_add": (None, (_p, llama_seq_id, llama_pos, llama_pos, llama_pos)),
-    "llama_memory_seq_pos_max": (llama_pos, (_p, llama_seq_id)),
-    "llama_memory_can_shift": (c_bool, (_p,)),
-    "llama_set_n_threads": (None, (_p, c_int32, c_int32)),
-    "llama_n_threads": (c_int32, (_p,)),
-    "llama_set_embeddings": (None, (_p, c_bool)),
-    "llama_set_abort_callback": (None, (_p, ggml_abort_callback, _p)),
-    "llama_synchronize": (None, (_p,)),
-    "llama_batch_init": (llama_batch, (c_int32, c_int32, c_int32)),
-    "llama_batch_free": (None, (llama_batch,)),
-    "llama_decode": (c_int32, (_p, llama_batch)),
-    "llama_encode": (c_int32, (_p, llama_batch)),
-    "llama_get_logits": (c_void_p, (_p,)),
-    "llama_get_logits_ith": (c_void_p, (_p, c_int32)),
-    "llama_get_embeddings": (POINTER(c_float), (_p,)),
-    "llama_get_embeddings_ith": (POINTER(c_float), (_p, c_int32)),
-    "llama_get_embeddings_seq": (POINTER(c_float), (_p, llama_seq_id)),
-    "llama_perf_context": (llama_perf_context_data, (_p,)),
+    "llama_init_from_model", "llama_free", "llama_n_ctx", "llama_n_batch", "llama_n_ubatch", "llama_n_seq_max",
+    "llama_pooling_type", "llama_get_memory", "llama_memory_clear", "llama_memory_seq_rm", "llama_memory_seq_cp",
+    "llama_memory_seq_add", "llama_memory_seq_pos_max", "llama_memory_can_shift", "llama_set_n_threads",
+    "llama_n_threads", "llama_set_embeddings", "llama_set_abort_callback", "llama_synchronize", "llama_batch_init",
+    "llama_batch_free", "llama_decode", "llama_encode", "llama_get_logits", "llama_get_logits_ith",
+    "llama_get_embeddings", "llama_get_embeddings_ith", "llama_get_embeddings_seq", "llama_perf_context",
     # saved state of one sequence (its KV cache); like every call here they run without the GIL
-    "llama_state_seq_get_size": (c_size_t, (_p, llama_seq_id)),
-    "llama_state_seq_get_data": (c_size_t, (_p, _p, c_size_t, llama_seq_id)),
-    "llama_state_seq_set_data": (c_size_t, (_p, _p, c_size_t, llama_seq_id)),
+    "llama_state_seq_get_size", "llama_state_seq_get_data", "llama_state_seq_set_data",
     # LoRA adapters: loaded per model, applied per context (a set of adapters with their scales)
-    "llama_adapter_lora_init": (_p, (_p, c_char_p)),
-    "llama_adapter_lora_free": (None, (_p,)),
-    "llama_adapter_meta_val_str": (c_int32, (_p, c_char_p, c_char_p, c_size_t)),
-    "llama_set_adapters_lora": (c_int32, (_p, _p, c_size_t, POINTER(c_float))),
+    "llama_adapter_lora_init", "llama_adapter_lora_free", "llama_adapter_meta_val_str", "llama_set_adapters_lora",
     # backend (device) sampling: a sampler chain attached to a sequence runs inside the decode graph
-    "llama_set_sampler": (c_bool, (_p, llama_seq_id, _p)),
-    "llama_get_sampled_token_ith": (llama_token, (_p, c_int32)),
-    "llama_get_sampled_probs_ith": (POINTER(c_float), (_p, c_int32)),
-    "llama_get_sampled_probs_count_ith": (c_uint32, (_p, c_int32)),
-    "llama_get_sampled_logits_ith": (POINTER(c_float), (_p, c_int32)),
-    "llama_get_sampled_logits_count_ith": (c_uint32, (_p, c_int32)),
-    "llama_get_sampled_candidates_ith": (POINTER(llama_token), (_p, c_int32)),
-    "llama_get_sampled_candidates_count_ith": (c_uint32, (_p, c_int32)),
-    "llama_perf_context_reset": (None, (_p,)),
+    "llama_set_sampler", "llama_get_sampled_token_ith", "llama_get_sampled_probs_ith",
+    "llama_get_sampled_probs_count_ith", "llama_get_sampled_logits_ith", "llama_get_sampled_logits_count_ith",
+    "llama_get_sampled_candidates_ith", "llama_get_sampled_candidates_count_ith", "llama_perf_context_reset",
     # samplers
-    "llama_sampler_chain_init": (_p, (llama_sampler_chain_params,)),
-    "llama_sampler_chain_add": (None, (_p, _p)),
-    "llama_sampler_chain_n": (c_int32, (_p,)),
-    "llama_sampler_chain_get": (_p, (_p, c_int32)),
-    "llama_sampler_init_greedy": (_p, ()),
-    "llama_sampler_init_dist": (_p, (c_uint32,)),
-    "llama_sampler_init_top_k": (_p, (c_int32,)),
-    "llama_sampler_init_top_p": (_p, (c_float, c_size_t)),
-    "llama_sampler_init_min_p": (_p, (c_float, c_size_t)),
-    "llama_sampler_init_typical": (_p, (c_float, c_size_t)),
-    "llama_sampler_init_top_n_sigma": (_p, (c_float,)),
-    "llama_sampler_init_temp": (_p, (c_float,)),
-    "llama_sampler_init_penalties": (_p, (c_int32, c_int32, c_float, c_float, c_float)),
-    "llama_sampler_init_logit_bias": (_p, (c_int32, c_int32, POINTER(llama_logit_bias))),
-    "llama_sampler_sample": (llama_token, (_p, _p, c_int32)),
-    "llama_sampler_accept": (None, (_p, llama_token)),
-    "llama_sampler_apply": (None, (_p, POINTER(llama_token_data_array))),
-    "llama_sampler_init_grammar": (_p, (_p, c_char_p, c_char_p)),
-    "llama_sampler_reset": (None, (_p,)),
-    "llama_sampler_free": (None, (_p,)),
-    "llama_sampler_get_seed": (c_uint32, (_p,)),
-    "llama_sampler_name": (c_char_p, (_p,)),
+    "llama_sampler_chain_init", "llama_sampler_chain_add", "llama_sampler_chain_n", "llama_sampler_chain_get",
+    "llama_sampler_init_greedy", "llama_sampler_init_dist", "llama_sampler_init_top_k", "llama_sampler_init_top_p",
+    "llama_sampler_init_min_p", "llama_sampler_init_typical", "llama_sampler_init_top_n_sigma",
+    "llama_sampler_init_temp", "llama_sampler_init_penalties", "llama_sampler_init_logit_bias",
+    "llama_sampler_sample", "llama_sampler_accept", "llama_sampler_apply", "llama_sampler_init_grammar",
+    "llama_sampler_reset", "llama_sampler_free", "llama_sampler_get_seed", "llama_sampler_name",
+)
+# Where the binding's type is not the header's: logits are read as NumPy views of their address.
+_LLAMA_OVERRIDES: Final[dict[str, dict[str, Any]]] = {
+    "llama_get_logits": {"returns": c_void_p},
+    "llama_get_logits_ith": {"returns": c_void_p},
 }
+_FUNCTIONS: Final = _types.table(_LLAMA_NAMES, _LLAMA_OVERRIDES)
 
 # ggml (libggml / libggml-base): backend registry, used for device listing and
 # for loading the backends of a build made with GGML_BACKEND_DL.
-_GGML_FUNCTIONS: Final[dict[str, tuple[Any, tuple[Any, ...]]]] = {
-    "ggml_backend_load_all_from_path": (None, (c_char_p,)),
-    "ggml_backend_load": (_p, (c_char_p,)),
-    "ggml_backend_reg_count": (c_size_t, ()),
-    "ggml_backend_reg_get": (_p, (c_size_t,)),
-    "ggml_backend_reg_name": (c_char_p, (_p,)),
-    "ggml_backend_dev_count": (c_size_t, ()),
-    "ggml_backend_dev_get": (_p, (c_size_t,)),
-    "ggml_backend_dev_name": (c_char_p, (_p,)),
-    "ggml_backend_dev_description": (c_char_p, (_p,)),
-    "ggml_backend_dev_type": (c_enum, (_p,)),
-    "ggml_backend_dev_by_name": (_p, (c_char_p,)),
-    "ggml_backend_dev_memory": (None, (_p, POINTER(c_size_t), POINTER(c_size_t))),
-    "ggml_backend_dev_backend_reg": (_p, (_p,)),
-    "ggml_backend_reg_dev_count": (c_size_t, (_p,)),
-    "ggml_backend_reg_dev_get": (_p, (_p, c_size_t)),
-    "ggml_backend_register": (None, (_p,)),
-}
+_GGML_NAMES: Final = (
+    "ggml_backend_load_all_from_path", "ggml_backend_load", "ggml_backend_reg_count", "ggml_backend_reg_get",
+    "ggml_backend_reg_name", "ggml_backend_dev_count", "ggml_backend_dev_get", "ggml_backend_dev_name",
+    "ggml_backend_dev_description", "ggml_backend_dev_type", "ggml_backend_dev_by_name", "ggml_backend_dev_memory",
+    "ggml_backend_dev_backend_reg", "ggml_backend_reg_dev_count", "ggml_backend_reg_dev_get", "ggml_backend_register",
+)
+_GGML_FUNCTIONS: Final = _types.table(_GGML_NAMES)
 
 # ggml-rpc (libggml-rpc, from ggml-rpc.h): remote devices and the RPC server.
 # Optional: a library built with --no-rpc has none of these.
-_RPC_FUNCTIONS: Final[dict[str, tuple[Any, tuple[Any, ...]]]] = {
-    "ggml_backend_rpc_add_server": (_p, (c_char_p,)),
-    "ggml_backend_rpc_start_server": (None, (c_char_p, c_char_p, c_size_t, c_size_t, POINTER(c_void_p))),
-}
+_RPC_NAMES: Final = ("ggml_backend_rpc_add_server", "ggml_backend_rpc_start_server")
+_RPC_FUNCTIONS: Final = _types.table(_RPC_NAMES)
 
 
 class LibraryLoadError(RuntimeError):

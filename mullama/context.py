@@ -12,7 +12,7 @@ from typing import Any, cast
 
 import numpy as np
 
-from . import _backend, _lib, _sequence, _state, _validate, kv_cache
+from . import _backend, _lib, _rules, _sequence, _state, _validate, kv_cache
 from ._batch import Batch
 from ._cpus import usable_cpus
 from ._handle import NativeHandle, hold, let_go
@@ -24,10 +24,10 @@ from .model import Model
 from .sampling import SamplerChain, SamplerParams, check_sampling
 from .speculative import Draft, Drafter, check_draft
 
-MAX_N_CTX = 1 << 24
+MAX_N_CTX = _rules.N_CTX_MAX
 _POOLING = {"none": _lib.LLAMA_POOLING_TYPE_NONE, "mean": _lib.LLAMA_POOLING_TYPE_MEAN,
             "cls": _lib.LLAMA_POOLING_TYPE_CLS, "last": _lib.LLAMA_POOLING_TYPE_LAST}
-MAX_N_BATCH = 1 << 20
+MAX_N_BATCH = _rules.N_BATCH_MAX
 
 
 class ContextFullError(RuntimeError, ValueError):
@@ -90,7 +90,7 @@ class Context(NativeHandle):
         model.ptr()
         n_ctx = _validate.integer("n_ctx", n_ctx, 0, MAX_N_CTX)
         n_batch = _validate.integer("n_batch", n_batch, 1, MAX_N_BATCH)
-        n_threads = _validate.integer("n_threads", n_threads, 0, 4096)
+        n_threads = _validate.integer("n_threads", n_threads, 0, _rules.N_THREADS_MAX)
         embeddings = _validate.boolean("embeddings", embeddings)
         sampling = check_sampling(sampling)
         type_k = kv_cache.check_type("type_k", type_k)

@@ -161,7 +161,7 @@ class Model(NativeHandle):
         params.main_gpu = main_gpu
         c_devices = _rpc.device_array(explicit) if explicit is not None else None
         if c_devices is not None:
-            params.devices = ctypes.cast(c_devices, ctypes.c_void_p)
+            params.devices = ctypes.cast(c_devices, ctypes.POINTER(ctypes.c_void_p))
         c_split = None
         if ts is not None:
             c_split = (ctypes.c_float * max(int(L.llama_max_devices()), len(ts)))(*ts)

@@ -9,24 +9,14 @@ from typing import Any, Final
 
 import numpy as np
 
-from . import _backend, _lib, _validate
+from . import _backend, _lib, _rules, _validate
 from ._handle import NativeHandle
 
 LLAMA_DEFAULT_SEED: Final = 0xFFFFFFFF  # llama.cpp draws a fresh random seed on every reset
 
 # name -> (default, kind, lo, hi); checked on construction and on every assignment
-_FIELDS: Final[dict[str, tuple[Any, str, float | None, float | None]]] = {
-    "temperature": (0.8, "float", 0.0, None),
-    "top_k": (40, "int", 0, None),
-    "top_p": (0.95, "float", 0.0, 1.0),
-    "min_p": (0.05, "float", 0.0, 1.0),
-    "typical_p": (1.0, "float", 0.0, 1.0),
-    "penalty_repeat": (1.1, "float", 0.0, None),
-    "penalty_freq": (0.0, "float", None, None),
-    "penalty_present": (0.0, "float", None, None),
-    "penalty_last_n": (64, "int", -1, None),
-    "seed": (0, "int", 0, 0xFFFFFFFE),
-}
+# name -> (default, kind, lowest, highest), shared with Node (rules.json)
+_FIELDS: Final = _rules.SAMPLER_FIELDS
 
 
 class SamplerParams:

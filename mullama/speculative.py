@@ -53,11 +53,12 @@ _VOCAB_SIZE_SLACK = 128
 
 class PromptLookup:
     """Draft by copying from the text so far: up to ``draft_max`` tokens that followed the last earlier
-    occurrence of its final ``n`` tokens (then ``n - 1``, down to ``n_min``)."""
+    occurrence of its final ``n`` tokens (then ``n - 1``, down to ``n_min``; by default only whole
+    ``n``-grams: shorter matches are right too seldom to pay for the tokens they add to a decode)."""
 
-    def __init__(self, n: int = 3, draft_max: int = 10, *, n_min: int = 1) -> None:
+    def __init__(self, n: int = 3, draft_max: int = 10, *, n_min: int | None = None) -> None:
         self.n = _validate.integer("n", n, 1, 64)
-        self.n_min = _validate.integer("n_min", n_min, 1, self.n)
+        self.n_min = self.n if n_min is None else _validate.integer("n_min", n_min, 1, self.n)
         self.draft_max = _validate.integer("draft_max", draft_max, 1, MAX_DRAFT)
 
     def _start(self, target: Context, n_seq: int) -> _LookupDrafter:

@@ -53,6 +53,8 @@ export interface JsContextParams {
   nUbatch?: number;
   /** Sequences the context holds at once. Default 1. */
   nSeqMax?: number;
+  /** One KV cache shared by all sequences (llama.cpp's kv_unified). Default: nSeqMax > 1. */
+  kvUnified?: boolean | null;
   /** Pooling of embeddings, overriding the model's. */
   pooling?: 'none' | 'mean' | 'cls' | 'last';
   /**
@@ -406,7 +408,7 @@ export class LoraAdapter implements JsDisposable {
 export class PromptLookup {
   /**
    * Up to draftMax (10) tokens that followed the last earlier occurrence of the text's final n (3)
-   * tokens, then n - 1, down to nMin (1).
+   * tokens, then n - 1, down to nMin (by default n: whole n-grams only).
    */
   constructor(options?: { n?: number; draftMax?: number; nMin?: number });
   readonly n: number;

@@ -126,3 +126,40 @@ def test_gguf_reader_knows_every_tensor_type() -> None:
     header = (LLAMA_SRC / "ggml" / "include" / "ggml.h").read_text()
     m = re.search(r"GGML_TYPE_COUNT\s*=\s*(\d+)", header)
     assert m and int(m.group(1)) == _gguf.GGML_TYPE_COUNT
+
+
+def test_description_is_what_the_headers_say() -> None:
+    """mullama/abi.json is scripts/gen_abi.py's output for the pinned headers, not edited by hand."""
+    pytest.importorskip("clang.cindex", reason="libclang (requirements-dev.txt) parses the headers")
+    import sys
+    proc = subprocess.run([sys.executable, str(Path(__file__).parents[1] / "scripts" / "gen_abi.py"), "--check",
+                           "--source-dir", str(LLAMA_SRC)], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+
+
+def test_description_layouts_are_the_compilers(tmp_path: Path, c_compiler: str, lib_dir: Path) -> None:
+    """Every struct of llama.h in abi.json: the size and field offsets the C compiler gives, which the
+    ctypes mirrors (built from the description) also give."""
+    from mullama import _abi
+    structs = {n: s for n, s in _abi.description()["structs"].items() if n.startswith("llama_")
+               and all("[" not in t for _, t, _ in s["fields"])}
+    lines = ['#include <stdio.h>', '#include <stddef.h>', '#include "llama.h"', "int main(void) {"]
+    for name, s in structs.items():
+        lines.append(f'printf("{name} size %zu\\n", sizeof(struct {name}));')
+        for field, _, _ in s["fields"]:
+            lines.append(f'printf("{name}.{field} %zu\\n", offsetof(struct {name}, {field}));')
+    lines += ["return 0;", "}"]
+    src = tmp_path / "probe.c"
+    src.write_text("\n".join(lines))
+    exe = compile_c(c_compiler, src, tmp_path / "probe", lib_dir)
+    seen = dict(line.rsplit(" ", 1) for line in subprocess.run(
+        [str(exe)], capture_output=True, text=True, check=True).stdout.splitlines())
+    problems = [f"sizeof({n}): C {seen[f'{n} size']}, abi.json {s['size']}" for n, s in structs.items()
+                if int(seen[f"{n} size"]) != s["size"]]
+    problems += [f"offsetof({n}, {f}): C {seen[f'{n}.{f}']}, abi.json {off}" for n, s in structs.items()
+                 for f, _, off in s["fields"] if int(seen[f"{n}.{f}"]) != off]
+    assert len(structs) >= 10 and not problems, "\n".join(problems)
+    for cname, cls in L.MIRRORED_STRUCTS.items():
+        desc = structs[cname.removeprefix("struct ")]
+        assert ctypes.sizeof(cls) == desc["size"], cname
+        assert [(f, getattr(cls, f).offset) for f, _, _ in desc["fields"]] == [(f, o) for f, _, o in desc["fields"]]

@@ -11,6 +11,7 @@
 const fs = require('node:fs');
 const path = require('node:path');
 const koffi = require('koffi');
+const abi = require('./_abi');
 
 const PINNED_COMMIT = '0c1e57098bba43ac29e6e3b677cdceebdd22334f';
 const ENV_LIB = 'MULLAMA_LIB';
@@ -29,310 +30,119 @@ const GGML_NAMES = process.platform === 'win32' ? ['ggml.dll']
   : process.platform === 'darwin' ? ['libggml.dylib'] : ['libggml.so'];
 
 // ---------------------------------------------------------------------------
-// Constants (llama.h / ggml.h)
+// Constants, callbacks, structs and signatures, from abi.json (scripts/gen_abi.py reads them from
+// the pinned headers with a C parser; _abi.js maps them to koffi).  What is written here is which
+// names the binding uses, and the few places where it takes a type other than the header's and why.
 // ---------------------------------------------------------------------------
 
+const types = new abi.Mapper();
+const LOG_LEVELS = abi.enumValues('ggml_log_level');
+const LOAD_MODES = abi.enumValues('llama_load_mode');
+const POOLING = abi.enumValues('llama_pooling_type');
+const DEVICE_TYPES = abi.enumValues('ggml_backend_dev_type');
+const pick = (values, names) => Object.fromEntries(names.map((n) => [n, values[n]]));
 const C = Object.freeze({
-  GGML_LOG_LEVEL_DEBUG: 1,
-  GGML_LOG_LEVEL_INFO: 2,
-  GGML_LOG_LEVEL_WARN: 3,
-  GGML_LOG_LEVEL_ERROR: 4,
-  GGML_LOG_LEVEL_CONT: 5,
-  LLAMA_LOAD_MODE_NONE: 0,
-  LLAMA_LOAD_MODE_MMAP: 1,
-  LLAMA_LOAD_MODE_MLOCK: 2,
-  LLAMA_LOAD_MODE_MMAP_MLOCK: 3,
-  LLAMA_POOLING_TYPE_UNSPECIFIED: -1,
-  LLAMA_POOLING_TYPE_NONE: 0,
-  LLAMA_POOLING_TYPE_MEAN: 1,
-  LLAMA_POOLING_TYPE_CLS: 2,
-  LLAMA_POOLING_TYPE_LAST: 3,
-  LLAMA_POOLING_TYPE_RANK: 4,
-  LLAMA_TOKEN_NULL: -1,
-  GGML_BACKEND_DEVICE_TYPE_CPU: 0,
-  GGML_BACKEND_DEVICE_TYPE_GPU: 1,
-  GGML_BACKEND_DEVICE_TYPE_IGPU: 2,
-  GGML_BACKEND_DEVICE_TYPE_ACCEL: 3,
+  ...pick(LOG_LEVELS, ['GGML_LOG_LEVEL_DEBUG', 'GGML_LOG_LEVEL_INFO', 'GGML_LOG_LEVEL_WARN',
+    'GGML_LOG_LEVEL_ERROR', 'GGML_LOG_LEVEL_CONT']),
+  ...pick(LOAD_MODES, ['LLAMA_LOAD_MODE_NONE', 'LLAMA_LOAD_MODE_MMAP', 'LLAMA_LOAD_MODE_MLOCK',
+    'LLAMA_LOAD_MODE_MMAP_MLOCK']),
+  ...pick(POOLING, ['LLAMA_POOLING_TYPE_UNSPECIFIED', 'LLAMA_POOLING_TYPE_NONE', 'LLAMA_POOLING_TYPE_MEAN',
+    'LLAMA_POOLING_TYPE_CLS', 'LLAMA_POOLING_TYPE_LAST', 'LLAMA_POOLING_TYPE_RANK']),
+  LLAMA_TOKEN_NULL: abi.constant('LLAMA_TOKEN_NULL'),
+  ...pick(DEVICE_TYPES, ['GGML_BACKEND_DEVICE_TYPE_CPU', 'GGML_BACKEND_DEVICE_TYPE_GPU',
+    'GGML_BACKEND_DEVICE_TYPE_IGPU', 'GGML_BACKEND_DEVICE_TYPE_ACCEL']),
 });
 
-// ---------------------------------------------------------------------------
-// Callback prototypes and structs, field for field from the pinned llama.h
-// ---------------------------------------------------------------------------
+const llama_progress_callback = koffi.proto(types.prototype('llama_progress_callback'));
+const ggml_log_callback = koffi.proto(types.prototype('ggml_log_callback'));
+koffi.proto(types.prototype('ggml_abort_callback'));
+koffi.proto(types.prototype('ggml_backend_sched_eval_callback'));
 
-const llama_progress_callback = koffi.proto('bool llama_progress_callback(float progress, void *user_data)');
-const ggml_log_callback = koffi.proto('void ggml_log_callback(int level, const char *text, void *user_data)');
-koffi.proto('bool ggml_abort_callback(void *data)');
-koffi.proto('bool ggml_backend_sched_eval_callback(void *t, bool ask, void *user_data)');
-
-const STRUCTS = {
-  llama_model_params: {
-    devices: 'void *',
-    tensor_buft_overrides: 'void *',
-    n_gpu_layers: 'int32_t',
-    split_mode: 'int',
-    load_mode: 'int',
-    lazy_mode: 'int',
-    main_gpu: 'int32_t',
-    tensor_split: 'float *',
-    progress_callback: 'llama_progress_callback *',
-    progress_callback_user_data: 'void *',
-    kv_overrides: 'void *',
-    vocab_only: 'bool',
-    check_tensors: 'bool',
-    use_extra_bufts: 'bool',
-    no_host: 'bool',
-    no_alloc: 'bool',
-    load_mtp: 'bool',
-  },
-  llama_context_params: {
-    n_ctx: 'uint32_t',
-    n_batch: 'uint32_t',
-    n_ubatch: 'uint32_t',
-    n_seq_max: 'uint32_t',
-    n_rs_seq: 'uint32_t',
-    n_outputs_max: 'uint32_t',
-    n_outputs_max_per_seq: 'uint32_t',
-    n_threads: 'int32_t',
-    n_threads_batch: 'int32_t',
-    ctx_type: 'int',
-    rope_scaling_type: 'int',
-    pooling_type: 'int',
-    attention_type: 'int',
-    flash_attn_type: 'int',
-    rope_freq_base: 'float',
-    rope_freq_scale: 'float',
-    yarn_ext_factor: 'float',
-    yarn_attn_factor: 'float',
-    yarn_beta_fast: 'float',
-    yarn_beta_slow: 'float',
-    yarn_orig_ctx: 'uint32_t',
-    defrag_thold: 'float',
-    cb_eval: 'ggml_backend_sched_eval_callback *',
-    cb_eval_user_data: 'void *',
-    type_k: 'int',
-    type_v: 'int',
-    abort_callback: 'ggml_abort_callback *',
-    abort_callback_data: 'void *',
-    embeddings: 'bool',
-    offload_kqv: 'bool',
-    no_perf: 'bool',
-    op_offload: 'bool',
-    swa_full: 'bool',
-    kv_unified: 'bool',
-    samplers: 'void *',
-    n_samplers: 'size_t',
-    ctx_other: 'void *',
-  },
-  llama_batch: {
-    n_tokens: 'int32_t',
-    token: 'int32_t *',
-    embd: 'float *',
-    pos: 'int32_t *',
-    n_seq_id: 'int32_t *',
-    seq_id: 'int32_t **',
-    logits: 'int8_t *',
-  },
-  llama_sampler_chain_params: { no_perf: 'bool' },
-  llama_chat_message: { role: 'const char *', content: 'const char *' },
-  llama_token_data: { id: 'int32_t', logit: 'float', p: 'float' },
-  llama_token_data_array: { data: 'void *', size: 'size_t', selected: 'int64_t', sorted: 'bool' },
-  llama_logit_bias: { token: 'int32_t', bias: 'float' },
-  llama_perf_context_data: {
-    t_start_ms: 'double',
-    t_load_ms: 'double',
-    t_p_eval_ms: 'double',
-    t_eval_ms: 'double',
-    n_p_eval: 'int32_t',
-    n_eval: 'int32_t',
-    n_reused: 'int32_t',
-  },
-  llama_model_quantize_params: {
-    nthread: 'int32_t',
-    ftype: 'int',
-    output_tensor_type: 'int',
-    token_embedding_type: 'int',
-    allow_requantize: 'bool',
-    quantize_output_tensor: 'bool',
-    only_copy: 'bool',
-    pure: 'bool',
-    keep_split: 'bool',
-    dry_run: 'bool',
-    imatrix: 'void *',
-    kv_overrides: 'void *',
-    tt_overrides: 'void *',
-    prune_layers: 'int32_t *',
-    max_buf_size: 'size_t',
-  },
-};
-const structTypes = Object.fromEntries(Object.entries(STRUCTS).map(([name, fields]) => [name, koffi.struct(name, fields)]));
+// The structs the binding reads or fills, named as in C, in an order where each one's fields
+// refer only to those before it.
+const STRUCT_NAMES = ['llama_model_params', 'llama_context_params', 'llama_batch', 'llama_sampler_chain_params',
+  'llama_chat_message', 'llama_token_data', 'llama_token_data_array', 'llama_logit_bias',
+  'llama_perf_context_data', 'llama_model_quantize_params'];
+const STRUCTS = {};
+const structTypes = {};
+for (const name of STRUCT_NAMES) {
+  STRUCTS[name] = types.fields(name);
+  structTypes[name] = koffi.struct(name, STRUCTS[name]);
+  types.structs.add(name);
+}
 
 // ---------------------------------------------------------------------------
-// Function table: name -> [return type, [parameter types]].  The one place
-// signatures live.  'void *' parameters also take Buffers and typed arrays
-// (koffi passes their memory), which is how output buffers are handed to C.
+// The functions the binding calls, by group; their signatures come from abi.json.
 // ---------------------------------------------------------------------------
 
-const P = 'void *';
-const FUNCTIONS = {
+const LLAMA_FUNCTION_NAMES = [
   // library
-  llama_version: ['const char *', []],
-  llama_backend_init: ['void', []],
-  llama_backend_free: ['void', []],
-  llama_print_system_info: ['const char *', []],
-  llama_supports_gpu_offload: ['bool', []],
-  llama_supports_mmap: ['bool', []],
-  llama_supports_mlock: ['bool', []],
-  llama_max_devices: ['size_t', []],
-  llama_max_parallel_sequences: ['size_t', []],
-  llama_log_set: ['void', ['ggml_log_callback *', P]],
-  llama_time_us: ['int64_t', []],
+  'llama_version', 'llama_backend_init', 'llama_backend_free', 'llama_print_system_info',
+  'llama_supports_gpu_offload', 'llama_supports_mmap', 'llama_supports_mlock', 'llama_max_devices',
+  'llama_max_parallel_sequences', 'llama_log_set', 'llama_time_us',
   // defaults
-  llama_model_default_params: ['llama_model_params', []],
-  llama_context_default_params: ['llama_context_params', []],
-  llama_sampler_chain_default_params: ['llama_sampler_chain_params', []],
-  llama_model_quantize_default_params: ['llama_model_quantize_params', []],
+  'llama_model_default_params', 'llama_context_default_params', 'llama_sampler_chain_default_params',
+  'llama_model_quantize_default_params',
   // model
-  llama_model_load_from_file: [P, ['const char *', 'llama_model_params']],
-  llama_model_free: ['void', [P]],
-  llama_model_get_vocab: [P, [P]],
-  llama_model_n_ctx_train: ['int32_t', [P]],
-  llama_model_n_embd: ['int32_t', [P]],
-  llama_model_n_embd_out: ['int32_t', [P]],
-  llama_model_n_layer: ['int32_t', [P]],
-  llama_model_n_head: ['int32_t', [P]],
-  llama_model_n_head_kv: ['int32_t', [P]],
-  llama_model_meta_val_str: ['int32_t', [P, 'const char *', P, 'size_t']],
-  llama_model_meta_count: ['int32_t', [P]],
-  llama_model_meta_key_by_index: ['int32_t', [P, 'int32_t', P, 'size_t']],
-  llama_model_meta_val_str_by_index: ['int32_t', [P, 'int32_t', P, 'size_t']],
-  llama_model_desc: ['int32_t', [P, P, 'size_t']],
-  llama_model_size: ['uint64_t', [P]],
-  llama_model_n_params: ['uint64_t', [P]],
-  llama_model_chat_template: ['const char *', [P, 'const char *']],
-  llama_model_has_encoder: ['bool', [P]],
-  llama_model_has_decoder: ['bool', [P]],
-  llama_model_quantize: ['uint32_t', ['const char *', 'const char *', 'llama_model_quantize_params *']],
+  'llama_model_load_from_file', 'llama_model_free', 'llama_model_get_vocab', 'llama_model_n_ctx_train',
+  'llama_model_n_embd', 'llama_model_n_embd_out', 'llama_model_n_layer', 'llama_model_n_head',
+  'llama_model_n_head_kv', 'llama_model_meta_val_str', 'llama_model_meta_count', 'llama_model_meta_key_by_index',
+  'llama_model_meta_val_str_by_index', 'llama_model_desc', 'llama_model_size', 'llama_model_n_params',
+  'llama_model_chat_template', 'llama_model_has_encoder', 'llama_model_has_decoder', 'llama_model_quantize',
   // vocab
-  llama_vocab_n_tokens: ['int32_t', [P]],
-  llama_vocab_type: ['int', [P]],
-  llama_vocab_bos: ['int32_t', [P]],
-  llama_vocab_eos: ['int32_t', [P]],
-  llama_vocab_eot: ['int32_t', [P]],
-  llama_vocab_sep: ['int32_t', [P]],
-  llama_vocab_nl: ['int32_t', [P]],
-  llama_vocab_pad: ['int32_t', [P]],
-  llama_vocab_is_eog: ['bool', [P, 'int32_t']],
-  llama_vocab_is_control: ['bool', [P, 'int32_t']],
-  llama_vocab_get_add_bos: ['bool', [P]],
-  llama_vocab_get_add_eos: ['bool', [P]],
-  llama_vocab_get_add_sep: ['bool', [P]],
-  llama_vocab_get_text: ['const char *', [P, 'int32_t']],
-  llama_tokenize: ['int32_t', [P, P, 'int32_t', P, 'int32_t', 'bool', 'bool']],
-  llama_token_to_piece: ['int32_t', [P, 'int32_t', P, 'int32_t', 'int32_t', 'bool']],
-  llama_detokenize: ['int32_t', [P, P, 'int32_t', P, 'int32_t', 'bool', 'bool']],
-  llama_chat_apply_template: ['int32_t', ['const char *', 'llama_chat_message *', 'size_t', 'bool', P, 'int32_t']],
-  llama_chat_builtin_templates: ['int32_t', ['const char **', 'size_t']],
+  'llama_vocab_n_tokens', 'llama_vocab_type', 'llama_vocab_bos', 'llama_vocab_eos', 'llama_vocab_eot',
+  'llama_vocab_sep', 'llama_vocab_nl', 'llama_vocab_pad', 'llama_vocab_is_eog', 'llama_vocab_is_control',
+  'llama_vocab_get_add_bos', 'llama_vocab_get_add_eos', 'llama_vocab_get_add_sep', 'llama_vocab_get_text',
+  'llama_tokenize', 'llama_token_to_piece', 'llama_detokenize', 'llama_chat_apply_template',
+  'llama_chat_builtin_templates',
   // context
-  llama_init_from_model: [P, [P, 'llama_context_params']],
-  llama_free: ['void', [P]],
-  llama_n_ctx: ['uint32_t', [P]],
-  llama_n_batch: ['uint32_t', [P]],
-  llama_n_ubatch: ['uint32_t', [P]],
-  llama_n_seq_max: ['uint32_t', [P]],
-  llama_pooling_type: ['int', [P]],
-  llama_get_memory: [P, [P]],
-  llama_memory_clear: ['void', [P, 'bool']],
-  llama_memory_seq_rm: ['bool', [P, 'int32_t', 'int32_t', 'int32_t']],
-  llama_memory_seq_cp: ['void', [P, 'int32_t', 'int32_t', 'int32_t', 'int32_t']],
-  llama_memory_seq_add: ['void', [P, 'int32_t', 'int32_t', 'int32_t', 'int32_t']],
-  llama_memory_seq_pos_max: ['int32_t', [P, 'int32_t']],
-  llama_memory_can_shift: ['bool', [P]],
-  llama_set_n_threads: ['void', [P, 'int32_t', 'int32_t']],
-  llama_n_threads: ['int32_t', [P]],
-  llama_set_embeddings: ['void', [P, 'bool']],
-  llama_set_abort_callback: ['void', [P, 'ggml_abort_callback *', P]],
-  llama_synchronize: ['void', [P]],
-  llama_batch_init: ['llama_batch', ['int32_t', 'int32_t', 'int32_t']],
-  llama_batch_free: ['void', ['llama_batch']],
-  llama_decode: ['int32_t', [P, 'llama_batch']],
-  llama_encode: ['int32_t', [P, 'llama_batch']],
-  llama_get_logits: [P, [P]],
-  llama_get_logits_ith: [P, [P, 'int32_t']],
-  llama_get_embeddings: [P, [P]],
-  llama_get_embeddings_ith: [P, [P, 'int32_t']],
-  llama_get_embeddings_seq: [P, [P, 'int32_t']],
-  llama_perf_context: ['llama_perf_context_data', [P]],
-  llama_perf_context_reset: ['void', [P]],
+  'llama_init_from_model', 'llama_free', 'llama_n_ctx', 'llama_n_batch', 'llama_n_ubatch', 'llama_n_seq_max',
+  'llama_pooling_type', 'llama_get_memory', 'llama_memory_clear', 'llama_memory_seq_rm', 'llama_memory_seq_cp',
+  'llama_memory_seq_add', 'llama_memory_seq_pos_max', 'llama_memory_can_shift', 'llama_set_n_threads',
+  'llama_n_threads', 'llama_set_embeddings', 'llama_set_abort_callback', 'llama_synchronize', 'llama_batch_init',
+  'llama_batch_free', 'llama_decode', 'llama_encode', 'llama_get_logits', 'llama_get_logits_ith',
+  'llama_get_embeddings', 'llama_get_embeddings_ith', 'llama_get_embeddings_seq', 'llama_perf_context',
+  'llama_perf_context_reset',
   // saved state of one sequence (its KV cache)
-  llama_state_seq_get_size: ['size_t', [P, 'int32_t']],
-  llama_state_seq_get_data: ['size_t', [P, P, 'size_t', 'int32_t']],
-  llama_state_seq_set_data: ['size_t', [P, P, 'size_t', 'int32_t']],
+  'llama_state_seq_get_size', 'llama_state_seq_get_data', 'llama_state_seq_set_data',
   // backend (device) sampling: a sampler chain attached to a sequence runs inside the decode graph
   // LoRA adapters: loaded per model, applied per context (a set of adapters with their scales)
-  llama_adapter_lora_init: [P, [P, 'const char *']],
-  llama_adapter_lora_free: ['void', [P]],
-  llama_adapter_meta_val_str: ['int32_t', [P, 'const char *', P, 'size_t']],
-  llama_set_adapters_lora: ['int32_t', [P, P, 'size_t', P]],
-  llama_set_sampler: ['bool', [P, 'int32_t', P]],
-  llama_get_sampled_token_ith: ['int32_t', [P, 'int32_t']],
-  llama_get_sampled_probs_ith: [P, [P, 'int32_t']],
-  llama_get_sampled_probs_count_ith: ['uint32_t', [P, 'int32_t']],
-  llama_get_sampled_logits_ith: [P, [P, 'int32_t']],
-  llama_get_sampled_logits_count_ith: ['uint32_t', [P, 'int32_t']],
-  llama_get_sampled_candidates_ith: [P, [P, 'int32_t']],
-  llama_get_sampled_candidates_count_ith: ['uint32_t', [P, 'int32_t']],
+  'llama_adapter_lora_init', 'llama_adapter_lora_free', 'llama_adapter_meta_val_str', 'llama_set_adapters_lora',
+  'llama_set_sampler', 'llama_get_sampled_token_ith', 'llama_get_sampled_probs_ith',
+  'llama_get_sampled_probs_count_ith', 'llama_get_sampled_logits_ith', 'llama_get_sampled_logits_count_ith',
+  'llama_get_sampled_candidates_ith', 'llama_get_sampled_candidates_count_ith',
   // samplers
-  llama_sampler_chain_init: [P, ['llama_sampler_chain_params']],
-  llama_sampler_chain_add: ['void', [P, P]],
-  llama_sampler_chain_n: ['int32_t', [P]],
-  llama_sampler_chain_get: [P, [P, 'int32_t']],
-  llama_sampler_init_greedy: [P, []],
-  llama_sampler_init_dist: [P, ['uint32_t']],
-  llama_sampler_init_top_k: [P, ['int32_t']],
-  llama_sampler_init_top_p: [P, ['float', 'size_t']],
-  llama_sampler_init_min_p: [P, ['float', 'size_t']],
-  llama_sampler_init_typical: [P, ['float', 'size_t']],
-  llama_sampler_init_top_n_sigma: [P, ['float']],
-  llama_sampler_init_temp: [P, ['float']],
-  llama_sampler_init_penalties: [P, ['int32_t', 'int32_t', 'float', 'float', 'float']],
-  llama_sampler_init_logit_bias: [P, ['int32_t', 'int32_t', 'llama_logit_bias *']],
-  llama_sampler_sample: ['int32_t', [P, P, 'int32_t']],
-  llama_sampler_accept: ['void', [P, 'int32_t']],
-  llama_sampler_apply: ['void', [P, 'llama_token_data_array *']],
-  llama_sampler_init_grammar: [P, [P, 'const char *', 'const char *']],
-  llama_sampler_reset: ['void', [P]],
-  llama_sampler_free: ['void', [P]],
-  llama_sampler_get_seed: ['uint32_t', [P]],
-  llama_sampler_name: ['const char *', [P]],
+  'llama_sampler_chain_init', 'llama_sampler_chain_add', 'llama_sampler_chain_n', 'llama_sampler_chain_get',
+  'llama_sampler_init_greedy', 'llama_sampler_init_dist', 'llama_sampler_init_top_k', 'llama_sampler_init_top_p',
+  'llama_sampler_init_min_p', 'llama_sampler_init_typical', 'llama_sampler_init_top_n_sigma',
+  'llama_sampler_init_temp', 'llama_sampler_init_penalties', 'llama_sampler_init_logit_bias', 'llama_sampler_sample',
+  'llama_sampler_accept', 'llama_sampler_apply', 'llama_sampler_init_grammar', 'llama_sampler_reset',
+  'llama_sampler_free', 'llama_sampler_get_seed', 'llama_sampler_name',
+];
+// Where the binding's type is not the header's: the text to tokenize goes as a Buffer with its
+// byte length (it may hold NULs, and is not copied twice).
+const LLAMA_OVERRIDES = {
+  llama_tokenize: { text: 'void *' },
 };
+const FUNCTIONS = types.table(LLAMA_FUNCTION_NAMES, LLAMA_OVERRIDES);
 
 // ggml (libggml / libggml-base): the backend registry, for device listing and
 // for loading the backends of a build made with GGML_BACKEND_DL.
-const GGML_FUNCTIONS = {
-  ggml_backend_load_all_from_path: ['void', ['const char *']],
-  ggml_backend_load: [P, ['const char *']],
-  ggml_backend_reg_count: ['size_t', []],
-  ggml_backend_reg_get: [P, ['size_t']],
-  ggml_backend_reg_name: ['const char *', [P]],
-  ggml_backend_dev_count: ['size_t', []],
-  ggml_backend_dev_get: [P, ['size_t']],
-  ggml_backend_dev_name: ['const char *', [P]],
-  ggml_backend_dev_description: ['const char *', [P]],
-  ggml_backend_dev_type: ['int', [P]],
-  ggml_backend_dev_by_name: [P, ['const char *']],
-  ggml_backend_dev_memory: ['void', [P, '_Out_ size_t *', '_Out_ size_t *']],
-  ggml_backend_dev_backend_reg: [P, [P]],
-  ggml_backend_reg_dev_count: ['size_t', [P]],
-  ggml_backend_reg_dev_get: [P, [P, 'size_t']],
-  ggml_backend_register: ['void', [P]],
+const GGML_FUNCTION_NAMES = [
+  'ggml_backend_load_all_from_path', 'ggml_backend_load', 'ggml_backend_reg_count', 'ggml_backend_reg_get',
+  'ggml_backend_reg_name', 'ggml_backend_dev_count', 'ggml_backend_dev_get', 'ggml_backend_dev_name',
+  'ggml_backend_dev_description', 'ggml_backend_dev_type', 'ggml_backend_dev_by_name', 'ggml_backend_dev_memory',
+  'ggml_backend_dev_backend_reg', 'ggml_backend_reg_dev_count', 'ggml_backend_reg_dev_get', 'ggml_backend_register',
+];
+// ggml_backend_dev_memory reports through two size_t outputs, which koffi hands back in arrays.
+const GGML_OVERRIDES = {
+  ggml_backend_dev_memory: { free: '_Out_ size_t *', total: '_Out_ size_t *' },
 };
+const GGML_FUNCTIONS = types.table(GGML_FUNCTION_NAMES, GGML_OVERRIDES);
 
 // ggml-rpc (libggml-rpc, from ggml-rpc.h): remote devices and the RPC server.
 // Optional: a library built with --no-rpc has none of these.
-const RPC_FUNCTIONS = {
-  ggml_backend_rpc_add_server: [P, ['const char *']],
-  ggml_backend_rpc_start_server: ['void', ['const char *', 'const char *', 'size_t', 'size_t', 'void **']],
-};
+const RPC_FUNCTIONS = types.table(['ggml_backend_rpc_add_server', 'ggml_backend_rpc_start_server']);
 const RPC_NAMES = process.platform === 'win32' ? ['ggml-rpc.dll']
   : process.platform === 'darwin' ? ['libggml-rpc.dylib', 'libggml-rpc.so'] : ['libggml-rpc.so'];
 

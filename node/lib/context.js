@@ -12,6 +12,7 @@
 const fs = require('node:fs');
 const koffi = require('koffi');
 const _lib = require('./_lib');
+const rules = require('./_rules');
 const { lib } = require('./_backend');
 const { Batch } = require('./_batch');
 const { usableCpus } = require('./_cpus');
@@ -29,13 +30,13 @@ const kvCache = require('./kv_cache');
 const speculative = require('./speculative');
 
 const { C } = _lib;
-const MAX_N_CTX = 1 << 24;
-const MAX_N_BATCH = 1 << 20;
+const MAX_N_CTX = rules.N_CTX_MAX;
+const MAX_N_BATCH = rules.N_BATCH_MAX;
 const MAX_CHAINS = 8;
 const POOLING = { none: C.LLAMA_POOLING_TYPE_NONE, mean: C.LLAMA_POOLING_TYPE_MEAN,
   cls: C.LLAMA_POOLING_TYPE_CLS, last: C.LLAMA_POOLING_TYPE_LAST };
 const CONTEXT_OPTIONS = ['nCtx', 'nBatch', 'nThreads', 'embeddings', 'nUbatch', 'nSeqMax', 'pooling', 'sampling',
-  'typeK', 'typeV', 'flashAttn', 'draft'];
+  'typeK', 'typeV', 'flashAttn', 'draft', 'kvUnified'];
 const GENERATE_OPTIONS = ['stop', 'ignoreEos', 'signal', 'grammar'];
 const COMPLETE_OPTIONS = [...GENERATE_OPTIONS, 'logprobs'];
 const DECODE = Symbol('decode'); // what _steps yields when the batch must be evaluated
@@ -70,7 +71,7 @@ class JsContext extends NativeHandle {
     const o = v.options('params', params, CONTEXT_OPTIONS);
     const nCtx = v.integer('nCtx', o.nCtx ?? 0, 0, MAX_N_CTX);
     const nBatch = v.integer('nBatch', o.nBatch ?? 2048, 1, MAX_N_BATCH);
-    const nThreads = v.integer('nThreads', o.nThreads ?? 0, 0, 4096);
+    const nThreads = v.integer('nThreads', o.nThreads ?? 0, 0, rules.N_THREADS_MAX);
     const embeddings = v.boolean('embeddings', o.embeddings ?? false);
     const sampling = checkSampling(o.sampling ?? 'auto');
     const typeK = kvCache.checkType('typeK', o.typeK ?? 'f16');
@@ -90,9 +91,10 @@ class JsContext extends NativeHandle {
       throw new RangeError(`pooling must be one of ${Object.keys(POOLING).join(', ')}, not ${JSON.stringify(o.pooling)}`);
     }
     const train = model.nCtxTrain;
-    if (train > 0 && nCtx > train) {
-      throw new RangeError(`nCtx=${nCtx} exceeds the model's training context nCtxTrain=${train}; `
-        + `reduce nCtx to at most ${train}`);
+    // With several sequences, nCtx is the unified cache they share; each stays within nCtxTrain.
+    if (train > 0 && nCtx > train * nSeqMax) {
+      throw new RangeError(`nCtx=${nCtx} exceeds the model's training context nCtxTrain=${train}`
+        + (nSeqMax > 1 ? ` times nSeqMax=${nSeqMax}` : '') + `; reduce nCtx to at most ${train * nSeqMax}`);
     }
     model._checkServers();
     this._model = model;
@@ -107,7 +109,7 @@ class JsContext extends NativeHandle {
     cp.n_ubatch = nUbatch || (embeddings ? nBatch : Math.min(nBatch, 512));
     cp.n_seq_max = nSeqMax;
     // One cache shared by all sequences, so that packed sequences of any length fit.
-    cp.kv_unified = nSeqMax > 1;
+    cp.kv_unified = o.kvUnified === undefined || o.kvUnified === null ? nSeqMax > 1 : v.boolean('kvUnified', o.kvUnified);
     cp.n_threads = threads;
     cp.n_threads_batch = threads;
     cp.type_k = kvCache.KV_TYPES[typeK][0];

@@ -48,10 +48,10 @@ function checkFlashAttn(value) {
   throw new TypeError(`flashAttn must be 'auto', true or false, not ${what}`);
 }
 
-/** A quantized V cache with flashAttn false: an Error (the options conflict). */
+/** A quantized V cache with flashAttn false: a RangeError (Python's ValueError). */
 function checkCombination(typeV, flashAttn) {
   if (!UNQUANTIZED.includes(typeV) && flashAttn === false) {
-    throw new Error(`typeV=${JSON.stringify(typeV)} (a quantized V cache) needs flash attention: `
+    throw new RangeError(`typeV=${JSON.stringify(typeV)} (a quantized V cache) needs flash attention: `
       + "use flashAttn true or 'auto', or typeV 'f16'");
   }
 }

@@ -132,7 +132,7 @@ function sameLoras(a, b) {
 function apply(ctx, loras) {
   const L = lib();
   const n = loras.length;
-  const ptrs = n ? BigUint64Array.from(loras, ([a]) => BigInt(koffi.address(a.ptr()))) : null;
+  const ptrs = n ? loras.map(([a]) => a.ptr()) : null;
   const scales = n ? Float32Array.from(loras, ([, s]) => s) : null;
   _lib.takeErrors();
   const rc = L.llama_set_adapters_lora(ctx, ptrs, n, scales);

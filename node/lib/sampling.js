@@ -6,22 +6,13 @@ const koffi = require('koffi');
 const { lib } = require('./_backend');
 const { NativeHandle } = require('./_handle');
 const v = require('./_validate');
+const { SAMPLER_FIELDS } = require('./_rules');
 
 const LLAMA_DEFAULT_SEED = 0xFFFFFFFF; // llama.cpp draws a fresh random seed on every reset
 
-// name -> [default, kind, lo, hi]; every field is checked, unknown fields are refused
-const FIELDS = {
-  temperature: [0.8, 'float', 0.0, null],
-  topK: [40, 'int', 0, null],
-  topP: [0.95, 'float', 0.0, 1.0],
-  minP: [0.05, 'float', 0.0, 1.0],
-  typicalP: [1.0, 'float', 0.0, 1.0],
-  penaltyRepeat: [1.1, 'float', 0.0, null],
-  penaltyFreq: [0.0, 'float', null, null],
-  penaltyPresent: [0.0, 'float', null, null],
-  penaltyLastN: [64, 'int', -1, null],
-  seed: [0, 'int', 0, 0xFFFFFFFE],
-};
+// name -> [default, kind, lo, hi], shared with Python (rules.json); every field is checked,
+// unknown fields are refused
+const FIELDS = SAMPLER_FIELDS;
 const FIELD_NAMES = Object.keys(FIELDS);
 
 /** A complete, validated copy of `params` (missing fields take their defaults). */

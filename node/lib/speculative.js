@@ -28,12 +28,13 @@ const VOCAB_SIZE_SLACK = 128;
 class PromptLookup {
   /**
    * Draft up to `draftMax` tokens that followed the last earlier occurrence
-   * of the text's final `n` tokens (then n - 1, down to `nMin`).
+   * of the text's final `n` tokens (then n - 1, down to `nMin`; by default `n`: shorter matches are
+   * right too seldom to pay for the tokens they add to a decode).
    */
   constructor(options = undefined) {
     const o = v.options('options', options, ['n', 'draftMax', 'nMin']);
     this.n = v.integer('n', o.n ?? 3, 1, 64);
-    this.nMin = v.integer('nMin', o.nMin ?? 1, 1, this.n);
+    this.nMin = o.nMin === undefined ? this.n : v.integer('nMin', o.nMin, 1, this.n);
     this.draftMax = v.integer('draftMax', o.draftMax ?? 10, 1, MAX_DRAFT);
   }
 

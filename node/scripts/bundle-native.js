@@ -30,4 +30,7 @@ if (!files.some((f) => /^(lib)?llama\.(so|dylib|dll)$/.test(f))) {
 fs.rmSync(dest, { recursive: true, force: true });
 fs.mkdirSync(dest);
 for (const f of files) fs.copyFileSync(path.join(src, f), path.join(dest, f));
+// the C API's description and the shared rules, which lib/_abi.js and lib/_rules.js read
+// (from mullama/ in a source checkout)
+for (const f of ['abi.json', 'rules.json']) fs.copyFileSync(path.resolve(__dirname, '..', '..', 'mullama', f), path.join(dest, f));
 console.error(`bundle-native: ${files.length} files from ${src}`);
