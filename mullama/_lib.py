@@ -27,7 +27,7 @@ logger = logging.getLogger("mullama")
 # Silent unless the application configures logging for "mullama".
 logger.addHandler(logging.NullHandler())
 
-PINNED_COMMIT: Final = "0c1e57098bba43ac29e6e3b677cdceebdd22334f"
+PINNED_COMMIT: Final = _abi.description()["llama_cpp_commit"]
 ENV_LIB: Final = "MULLAMA_LIB"
 ENV_SKIP_ABI: Final = "MULLAMA_SKIP_ABI_CHECK"
 PACKAGE_LIB_DIR: Final = Path(__file__).resolve().parent / "lib"

@@ -13,7 +13,7 @@ const path = require('node:path');
 const koffi = require('koffi');
 const abi = require('./_abi');
 
-const PINNED_COMMIT = '0c1e57098bba43ac29e6e3b677cdceebdd22334f';
+const PINNED_COMMIT = abi.description().llama_cpp_commit;
 const ENV_LIB = 'MULLAMA_LIB';
 const ENV_SKIP_ABI = 'MULLAMA_SKIP_ABI_CHECK';
 // The package's own copy (put there by `npm pack`), then, in a source
