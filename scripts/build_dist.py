@@ -425,6 +425,10 @@ def build_npm_main(platform_packages: Sequence[str]) -> Path | None:
         for entry in ("index.js", "index.d.ts", "lib", "README.md"):
             src = NODE_DIR / entry
             (shutil.copytree if src.is_dir() else shutil.copyfile)(src, folder / entry)
+        # the C API's description and the shared rules, which lib/_abi.js and lib/_rules.js read
+        (folder / "data").mkdir()
+        for name in ("abi.json", "rules.json"):
+            shutil.copyfile(ROOT / "mullama" / name, folder / "data" / name)
         (folder / "package.json").write_text(json.dumps(pkg, indent=2) + "\n")
         return npm_pack(folder)
 

@@ -15,9 +15,9 @@
 const fs = require('node:fs');
 const path = require('node:path');
 
-// The package's copy (npm pack puts it beside the libraries), then the source checkout's.
+// The package's copy (npm pack puts it in data/), then the source checkout's.
 const CANDIDATES = [
-  path.resolve(__dirname, '..', 'native', 'abi.json'),
+  path.resolve(__dirname, '..', 'data', 'abi.json'),
   path.resolve(__dirname, '..', '..', 'mullama', 'abi.json'),
 ];
 

@@ -6,10 +6,10 @@
 const fs = require('node:fs');
 const path = require('node:path');
 
-// The package's copy (npm pack puts it beside the libraries), then the source checkout's.
-const file = [path.resolve(__dirname, '..', 'native', 'rules.json'),
+// The package's copy (npm pack puts it in data/), then the source checkout's.
+const file = [path.resolve(__dirname, '..', 'data', 'rules.json'),
   path.resolve(__dirname, '..', '..', 'mullama', 'rules.json')].find((f) => fs.existsSync(f));
-if (!file) throw new Error('mullama: rules.json not found beside the libraries or in the source checkout');
+if (!file) throw new Error('mullama: rules.json not found in the package (data/) or the source checkout');
 const RULES = JSON.parse(fs.readFileSync(file, 'utf8'));
 
 /** snake_case -> camelCase */

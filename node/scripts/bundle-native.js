@@ -14,6 +14,7 @@ const dest = path.resolve(__dirname, '..', 'native');
 
 if (process.argv.includes('--clean')) {
   fs.rmSync(dest, { recursive: true, force: true });
+  fs.rmSync(path.resolve(__dirname, '..', 'data'), { recursive: true, force: true });
   process.exit(0);
 }
 
@@ -32,5 +33,8 @@ fs.mkdirSync(dest);
 for (const f of files) fs.copyFileSync(path.join(src, f), path.join(dest, f));
 // the C API's description and the shared rules, which lib/_abi.js and lib/_rules.js read
 // (from mullama/ in a source checkout)
-for (const f of ['abi.json', 'rules.json']) fs.copyFileSync(path.resolve(__dirname, '..', '..', 'mullama', f), path.join(dest, f));
+const data = path.resolve(__dirname, '..', 'data');
+fs.rmSync(data, { recursive: true, force: true });
+fs.mkdirSync(data);
+for (const f of ['abi.json', 'rules.json']) fs.copyFileSync(path.resolve(__dirname, '..', '..', 'mullama', f), path.join(data, f));
 console.error(`bundle-native: ${files.length} files from ${src}`);

@@ -25,6 +25,9 @@ function app(name, withPlatformPackage) {
     fs.cpSync(path.join(PKG, entry), path.join(mod, entry), { recursive: true });
   }
   fs.symlinkSync(path.join(PKG, 'node_modules'), path.join(mod, 'node_modules'), 'dir');
+  // what npm pack adds to data/ (scripts/build_dist.py does the same for the published package)
+  fs.mkdirSync(path.join(mod, 'data'));
+  for (const f of ['abi.json', 'rules.json']) fs.copyFileSync(path.join(PKG, '..', 'mullama', f), path.join(mod, 'data', f));
   const pkg = platformPackage().name;
   if (withPlatformPackage && pkg) {
     const plat = path.join(root, 'node_modules', pkg);
