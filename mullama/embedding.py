@@ -58,6 +58,11 @@ class EmbeddingGenerator:
         return self._n_embd
 
     @property
+    def model(self) -> Model:
+        """The embedding model."""
+        return self._model
+
+    @property
     def max_tokens(self) -> int:
         """The longest text, in tokens, that is embedded without truncation."""
         return self._max_tokens
@@ -92,9 +97,9 @@ class EmbeddingGenerator:
         if isinstance(texts, str) or not isinstance(texts, Sequence):
             raise TypeError(f"texts must be a list of str, not {type(texts).__name__}")
         _validate.boolean("truncate", truncate)
-        return self._embed_tokens([self._tokens(i, t, truncate) for i, t in enumerate(texts)])
+        return self.embed_tokens([self._tokens(i, t, truncate) for i, t in enumerate(texts)])
 
-    def _embed_tokens(self, token_lists: list[list[int]]) -> np.ndarray:
+    def embed_tokens(self, token_lists: list[list[int]]) -> np.ndarray:
         """Token lists (each non-empty, at most ``max_tokens``, ids of this model) -> one float32 row each."""
         out = np.empty((len(token_lists), self._n_embd), dtype=np.float32)
         start = 0
