@@ -1042,3 +1042,78 @@ class _SigintGuard:
         if self.state.interrupted and exc[0] is None:
             self.state.interrupted = False
             raise KeyboardInterrupt
+
+
+class EngineAccess:
+    """The part of a :class:`Context` that the batched engine drives directly, and nothing more.
+
+    The engine runs many sequences over one Context: it takes the native context for its scheduler
+    thread, edits the KV memory of each sequence, fills the Context's batch, and uses the same prompt
+    and sampler steps as the Context's own token loop.  This is that interface, in one place, so that
+    the Context's other members stay its own.  Internal: not part of the public API.
+    """
+
+    __slots__ = ("_ctx",)
+
+    def __init__(self, ctx: Context) -> None:
+        self._ctx = ctx
+
+    def acquire(self) -> int:
+        """The native context, owned by the calling thread from now on."""
+        return self._ctx._acquire()
+
+    @property
+    def memory(self) -> int:
+        """The context's ``llama_memory_t`` (every sequence's cache)."""
+        return int(self._ctx._mem)
+
+    @property
+    def batch(self) -> Batch:
+        """The context's token batch, reused at every step."""
+        return self._ctx._batch
+
+    def prompt_tokens(self, prompt: str | Sequence[int]) -> list[int]:
+        """A prompt as the tokens the Context would evaluate, checked the same way."""
+        return self._ctx._prompt_tokens(prompt)
+
+    def on_device(self, params: SamplerParams, grammar: Grammar | None, logprobs: bool = False) -> bool:
+        """Whether a generation with these settings samples in the decode graph (refusing what cannot)."""
+        return self._ctx._on_device(params, grammar, logprobs)
+
+    def chain(self, params: SamplerParams, seq: int = 0, device: bool = False, shared: bool = True) -> SamplerChain:
+        """The sampler chain for ``params`` (attached to sequence ``seq`` when ``device``)."""
+        return self._ctx._chain(params, seq, device, shared)
+
+    def release(self) -> None:
+        """Give the native context back (the scheduler thread is ending)."""
+        self._ctx._release()
+
+    @property
+    def drafter(self) -> Drafter | None:
+        """The context's drafter (from its ``draft=``), which drafts for every sequence."""
+        return self._ctx._drafter
+
+    @property
+    def attached(self) -> dict[int, SamplerChain]:
+        """Sequence -> the device chain attached to it (read-only use)."""
+        return self._ctx._attached
+
+    def detach_chain(self, seq: int) -> None:
+        """Detach sequence ``seq``'s device chain, if it has one."""
+        self._ctx._detach_chain(seq)
+
+    @property
+    def loras(self) -> LoraSet:
+        """The adapters applied from the next decode on."""
+        return self._ctx._loras
+
+    def set_loras(self, loras: LoraSet) -> None:
+        self._ctx._set_loras(loras)
+
+    def state_parts(self, seq: int, tokens: list[int]) -> tuple[bytes, Any]:
+        """Sequence ``seq``'s saved-state header and llama.cpp's blob for it."""
+        return self._ctx._state_parts(seq, tokens)
+
+    def load_state_into(self, data: bytes, what: str, seq: int, tokens: list[int], n_ctx: int) -> None:
+        """Load a saved state into sequence ``seq`` (checked as :meth:`Context.load_state_bytes` checks)."""
+        self._ctx._load_state_into(data, what, seq, tokens, n_ctx)

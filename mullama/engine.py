@@ -53,7 +53,7 @@ import numpy as np
 
 from . import _backend, _lib, _sequence, _state, _validate
 from .completion import Completion, Recorder, TokenLogprob, check_logprobs
-from .context import MAX_N_CTX, Context, ContextFullError, _state_path
+from .context import MAX_N_CTX, Context, ContextFullError, EngineAccess, _state_path
 from .grammar import Grammar, GrammarIncompleteError, check_grammar
 from .lora import LoraAdapter, LoraSet, check_loras
 from .model import Model
@@ -307,7 +307,9 @@ class Engine:
         self._ctx = Context(model, n_ctx=self._n_ctx_seq * parallel, n_batch=n_batch, n_threads=n_threads,
                             n_seq_max=parallel, kv_unified=_validate.boolean("kv_unified", kv_unified),
                             sampling=sampling, type_k=type_k, type_v=type_v, flash_attn=flash_attn, draft=draft)
-        self._drafter = self._ctx._drafter
+        # the one interface through which the engine drives its Context
+        self._host = EngineAccess(self._ctx)
+        self._drafter = self._host.drafter
         self._slots = [_Slot(i) for i in range(parallel)]
         self._rows: _sequence.StepRows | None = None  # the scheduler thread's reader of each step's logits
         # When the output layer is on a device, llama_decode returns once the
@@ -378,8 +380,8 @@ class Engine:
             params = SamplerParams()
         elif not isinstance(params, SamplerParams):
             raise TypeError(f"params must be a SamplerParams or None, not {type(params).__name__}")
-        self._ctx._on_device(params, grammar, k is not None)  # what sampling='device' cannot do is refused here
-        tokens = self._ctx._prompt_tokens(prompt)
+        self._host.on_device(params, grammar, k is not None)  # what sampling='device' cannot do is refused here
+        tokens = self._host.prompt_tokens(prompt)
         if len(tokens) >= self._n_ctx_seq:
             raise ContextFullError(f"the prompt has {len(tokens)} tokens but a sequence holds n_ctx="
                                    f"{self._n_ctx_seq}; use a larger n_ctx or a shorter prompt")
@@ -428,7 +430,7 @@ class Engine:
     # -- the scheduler -----------------------------------------------------------------------
 
     def _run(self) -> None:
-        ctx = self._ctx._acquire()  # the scheduler thread owns the context for good
+        ctx = self._host.acquire()  # the scheduler thread owns the context for good
         self._rows = _sequence.StepRows(ctx, self._model._n_vocab)
         try:
             while True:
@@ -459,7 +461,7 @@ class Engine:
                 left, self._commands = self._commands, collections.deque()
             for _, done in left:
                 done.set_exception(RuntimeError("this Engine is closed"))
-            self._ctx._release()
+            self._host.release()
 
     # -- saved caches -------------------------------------------------------------------------
 
@@ -474,7 +476,7 @@ class Engine:
         tokens saved (those of the sequence that held the prompt: it may
         hold more).  Blocks until written.
         """
-        tokens = self._ctx._prompt_tokens(prompt)
+        tokens = self._host.prompt_tokens(prompt)
         fspath = _state_path(path)
         for _ in range(3):  # another request may take the sequence between the two calls
             self.submit(tokens, 0).text()
@@ -514,7 +516,7 @@ class Engine:
         if not held:
             return 0
         s = min(held, key=lambda s: (s.request is not None, len(s.tokens)))
-        head, blob = self._ctx._state_parts(s.seq, s.tokens)
+        head, blob = self._host.state_parts(s.seq, s.tokens)
         _state.write_file(path, (head, _state.checksum(head, blob), blob))
         return len(s.tokens)
 
@@ -524,14 +526,14 @@ class Engine:
             raise RuntimeError("every sequence is busy: the cache can be loaded once one is idle")
         # the highest idle sequence: new requests take the lowest, and copy a cache that holds their prefix
         s = idle[-1]
-        self._ctx._load_state_into(data, what, s.seq, s.tokens, self._n_ctx_seq)
+        self._host.load_state_into(data, what, s.seq, s.tokens, self._n_ctx_seq)
         s.kv_loras = ()
         return len(s.tokens)
 
     def _admit(self) -> None:
         """Give waiting requests the lowest idle sequences, with the best cached prefix (see the module doc)."""
         L = _backend.lib()
-        mem = self._ctx._mem
+        mem = self._host.memory
         while self._waiting:
             idle = [s for s in self._slots if s.request is None]
             if not idle:
@@ -561,8 +563,8 @@ class Engine:
             slot.request, slot.todo = req, req.prompt[common:]
             req.prompt_evaluated = len(slot.todo)
             self.stats["prompt_tokens_evaluated"] += len(slot.todo)
-            device = self._ctx._on_device(req.params, req.grammar, req.logprobs_k is not None)
-            slot.chain = self._ctx._chain(req.params, slot.seq, device, shared=False)
+            device = self._host.on_device(req.params, req.grammar, req.logprobs_k is not None)
+            slot.chain = self._host.chain(req.params, slot.seq, device, shared=False)
             slot.chain.start(req.prompt)
             slot.grammar = req.grammar.state(self._model) if req.grammar is not None else None
             slot.finish, slot.loop, slot.pending = _sequence.Finish(), None, None
@@ -576,8 +578,8 @@ class Engine:
         it each time.  Either sequence keeps the busy ones one run, since the
         next request takes sequence 0 or the one after it.
         """
-        attached = self._ctx._attached
-        device = self._ctx._on_device(req.params, req.grammar, req.logprobs_k is not None)
+        attached = self._host.attached
+        device = self._host.on_device(req.params, req.grammar, req.logprobs_k is not None)
 
         def cost(s: _Slot) -> int:
             chain = attached.get(s.seq)
@@ -597,30 +599,30 @@ class Engine:
             if src is None:
                 return  # only device-sampled sequences lie above the gap: they stay until they end
             L = _backend.lib()
-            L.llama_memory_seq_cp(self._ctx._mem, src.seq, hole.seq, -1, -1)
+            L.llama_memory_seq_cp(self._host.memory, src.seq, hole.seq, -1, -1)
             if self._drafter is not None:
                 self._drafter.move(src.seq, hole.seq)
-            self._ctx._detach_chain(hole.seq)  # an idle device chain kept there would sample for the moved request
+            self._host.detach_chain(hole.seq)  # an idle device chain kept there would sample for the moved request
             hole.take_over(src)
             src.idle_since = self.stats["steps"]
             self.stats["sequence_moves"] += 1
 
     def _release_idle_chains(self) -> None:
         """Detach the device chains of slots idle for ``_IDLE_CHAIN_STEPS`` steps (all at once: one graph reserve)."""
-        attached = self._ctx._attached
+        attached = self._host.attached
         if not attached:
             return
         now = self.stats["steps"]
         for s in self._slots:
             if s.request is None and s.seq in attached and now - s.idle_since >= _IDLE_CHAIN_STEPS:
-                self._ctx._detach_chain(s.seq)
+                self._host.detach_chain(s.seq)
 
     def _step(self, ctx: int) -> None:
         L = _backend.lib()
         for s in self._slots:
             if s.request is not None and s.request._cancelled:
                 self._finish(s, FINISH_CANCELLED)
-        batch = self._ctx._batch
+        batch = self._host.batch
         loras = self._step_loras()
         # one new token for every generating sequence, then chunks of the prompts
         # still to evaluate; written in sequence order, so that consecutive
@@ -760,7 +762,7 @@ class Engine:
             if self._pump(s, at) is None and s.request is not None:  # its text; then the next token
                 s.pending = self._pump(s, None)
         if s.drafts:
-            _backend.lib().llama_memory_seq_rm(self._ctx._mem, s.seq, len(s.tokens), -1)
+            _backend.lib().llama_memory_seq_rm(self._host.memory, s.seq, len(s.tokens), -1)
             s.drafts = []
 
     def _step_loras(self) -> LoraSet:
@@ -780,8 +782,8 @@ class Engine:
             i = sets.index(self._last_loras) + 1 if self._last_loras in sets else 0
             loras = sets[i % len(sets)]
             self._lora_turn = 1
-        if loras != self._ctx._loras:
-            self._ctx._set_loras(loras)
+        if loras != self._host.loras:
+            self._host.set_loras(loras)
             self.stats["lora_switches"] += 1
         self._last_loras = loras
         for s in self._slots:
@@ -891,7 +893,7 @@ class Engine:
             req.completion_tokens = finish.n_sampled
             self._pass_on(req, made, False)
             if finish.overran:
-                _backend.lib().llama_memory_seq_rm(self._ctx._mem, s.seq, len(s.tokens) - 1, -1)
+                _backend.lib().llama_memory_seq_rm(self._host.memory, s.seq, len(s.tokens) - 1, -1)
                 s.tokens.pop()
             self._finish(s, finish.reason or _sequence.FINISH_LENGTH)
             return None
@@ -922,7 +924,7 @@ class Engine:
                     f"({req.completion_tokens} tokens generated)", "".join(req._text or [])))
             s.grammar.close()
         if s.drafts:  # drafts decoded after the last kept token
-            _backend.lib().llama_memory_seq_rm(self._ctx._mem, s.seq, len(s.tokens), -1)
+            _backend.lib().llama_memory_seq_rm(self._host.memory, s.seq, len(s.tokens), -1)
             s.drafts = []
         s.request, s.loop, s.chain, s.grammar, s.pending, s.todo = None, None, None, None, None, []
         s.picked = False
