@@ -21,7 +21,7 @@ from ctypes import Structure, c_int, c_int32, c_void_p
 from pathlib import Path
 from typing import Any, Final
 
-from . import _abi
+from . import _abi, _rules
 
 logger = logging.getLogger("mullama")
 # Silent unless the application configures logging for "mullama".
@@ -225,7 +225,8 @@ class LibraryLoadError(RuntimeError):
 # one, behind whatever another thread (a server's event loop) is doing.
 # ``llama_get_logits`` and ``llama_get_logits_ith`` wait for the last decode,
 # so ``held`` is for calls after an explicit ``llama_synchronize``.
-HELD_GIL: Final = ("llama_get_logits", "llama_get_logits_ith", "llama_sampler_accept", "llama_sampler_apply")
+# The list is data shared with the description of the bindings: rules.json, "calls_that_never_wait".
+HELD_GIL: Final = tuple(_rules.RULES["calls_that_never_wait"]["names"])
 
 
 def _declare(target: object, handle: ctypes.CDLL | tuple[ctypes.CDLL, ...],

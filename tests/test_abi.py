@@ -163,3 +163,14 @@ def test_description_layouts_are_the_compilers(tmp_path: Path, c_compiler: str, 
         desc = structs[cname.removeprefix("struct ")]
         assert ctypes.sizeof(cls) == desc["size"], cname
         assert [(f, getattr(cls, f).offset) for f, _, _ in desc["fields"]] == [(f, o) for f, _, o in desc["fields"]]
+
+
+def test_calls_that_never_wait_are_declared_functions() -> None:
+    """rules.json's list of calls bound to keep the GIL names functions the binding declares."""
+    from mullama import _rules
+    names = _rules.RULES["calls_that_never_wait"]["names"]
+    assert names and set(names) <= set(L.declared_functions())
+    assert L.HELD_GIL == tuple(names)
+    held = L.load().held
+    for name in names:
+        assert callable(getattr(held, name))
