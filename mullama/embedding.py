@@ -97,10 +97,27 @@ class EmbeddingGenerator:
         if isinstance(texts, str) or not isinstance(texts, Sequence):
             raise TypeError(f"texts must be a list of str, not {type(texts).__name__}")
         _validate.boolean("truncate", truncate)
-        return self.embed_tokens([self._tokens(i, t, truncate) for i, t in enumerate(texts)])
+        return self._embed_rows([self._tokens(i, t, truncate) for i, t in enumerate(texts)])
 
-    def embed_tokens(self, token_lists: list[list[int]]) -> np.ndarray:
-        """Token lists (each non-empty, at most ``max_tokens``, ids of this model) -> one float32 row each."""
+    def embed_tokens(self, token_lists: Sequence[Sequence[int]]) -> np.ndarray:
+        """Texts already tokenized (each non-empty, at most ``max_tokens`` ids of this model) -> one float32
+        row each, as :meth:`embed_matrix` gives for the texts."""
+        if isinstance(token_lists, (str, bytes)) or not isinstance(token_lists, Sequence):
+            raise TypeError(f"token_lists must be a list of lists of token ids, not {type(token_lists).__name__}")
+        n_vocab = self._model.n_vocab
+        lists: list[list[int]] = []
+        for i, ids in enumerate(token_lists):
+            if isinstance(ids, (str, bytes)) or not isinstance(ids, Sequence):
+                raise TypeError(f"token_lists[{i}] must be a list of token ids, not {type(ids).__name__}")
+            checked = [_validate.integer(f"token_lists[{i}][{j}]", t, 0, n_vocab - 1) for j, t in enumerate(ids)]
+            if not checked:
+                raise ValueError(f"token_lists[{i}] is empty; an empty text has no embedding")
+            if len(checked) > self._max_tokens:
+                raise ValueError(f"token_lists[{i}] has {len(checked)} tokens; at most {self._max_tokens} are embedded")
+            lists.append(checked)
+        return self._embed_rows(lists)
+
+    def _embed_rows(self, token_lists: list[list[int]]) -> np.ndarray:
         out = np.empty((len(token_lists), self._n_embd), dtype=np.float32)
         start = 0
         while start < len(token_lists):

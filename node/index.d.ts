@@ -376,6 +376,10 @@ export class JsEmbeddingGenerator {
   embedBatch(texts: string[], options?: JsEmbedOptions): number[][];
   /** Many texts to one Float32Array of texts.length * nEmbd values, row after row. */
   embedMatrix(texts: string[], options?: JsEmbedOptions): Float32Array;
+  /** Texts already tokenized (each non-empty, at most maxTokens ids of this model), as embedMatrix embeds them. */
+  embedTokens(tokenLists: Array<number[] | Int32Array>): Float32Array;
+  /** The embedding model. */
+  readonly model: JsModel;
   readonly nEmbd: number;
   /** The longest text, in tokens, embedded without truncation. */
   readonly maxTokens: number;

@@ -148,3 +148,21 @@ def test_generative_model_embeds_with_mean_pooling(model: Model) -> None:
     assert a.shape == (576,)
     assert cosine_similarity(a, b) > cosine_similarity(a, c)
     assert cosine_similarity(g.embed("The cat sat on the mat."), a) > 0.9999
+
+
+def test_embed_tokens_is_embed_matrix_of_the_texts(gen: EmbeddingGenerator, minilm: Model) -> None:
+    """Token lists embed exactly as their texts do; bad lists are refused by name (Node: the same test)."""
+    texts = ["The cat sat on the mat.", "A quick brown fox", "Embeddings from token ids"]
+    ids = [minilm.tokenize(t, add_bos=True) for t in texts]
+    assert gen.model is minilm
+    assert np.array_equal(gen.embed_tokens(ids), gen.embed_matrix(texts))
+    with pytest.raises(ValueError, match=r"token_lists\[1\] is empty"):
+        gen.embed_tokens([ids[0], []])
+    with pytest.raises(ValueError, match=r"token_lists\[0\]\[1\]"):
+        gen.embed_tokens([[ids[0][0], minilm.n_vocab]])
+    with pytest.raises(ValueError, match=r"at most"):
+        gen.embed_tokens([ids[0] * (gen.max_tokens // len(ids[0]) + 1)])
+    with pytest.raises(TypeError, match="token_lists"):
+        gen.embed_tokens("text")  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match=r"token_lists\[0\]\[0\]"):
+        gen.embed_tokens([[1.5]])  # type: ignore[list-item]

@@ -48,6 +48,8 @@ class JsEmbeddingGenerator {
   /** The longest text, in tokens, that is embedded without truncation. */
   get maxTokens() { return this._maxTokens; }
   get context() { return this._ctx; }
+  /** The embedding model. */
+  get model() { return this._model; }
 
   close() { this._ctx.close(); }
   dispose() { this.close(); }
@@ -72,11 +74,34 @@ class JsEmbeddingGenerator {
   embedMatrix(texts, options = undefined) {
     if (!Array.isArray(texts)) throw new TypeError(`texts must be an array of strings, not ${v.typeName(texts)}`);
     const truncate = v.boolean('truncate', v.options('options', options, EMBED_OPTIONS).truncate ?? false);
-    return this._embedTokens(texts.map((t, i) => this._tokens(i, t, truncate)));
+    return this._embedRows(texts.map((t, i) => this._tokens(i, t, truncate)));
   }
 
-  /** @internal Token lists (each non-empty, at most maxTokens, ids of this model) -> one row each. */
-  _embedTokens(tokenLists) {
+  /**
+   * Texts already tokenized (each non-empty, at most maxTokens ids of this model) -> one Float32Array of
+   * tokenLists.length * nEmbd values, as embedMatrix gives for the texts.
+   */
+  embedTokens(tokenLists) {
+    if (!Array.isArray(tokenLists)) {
+      throw new TypeError(`tokenLists must be an array of arrays of token ids, not ${v.typeName(tokenLists)}`);
+    }
+    const nVocab = this._model.nVocab;
+    const lists = tokenLists.map((ids, i) => {
+      if (!Array.isArray(ids) && !(ArrayBuffer.isView(ids) && !(ids instanceof DataView))) {
+        throw new TypeError(`tokenLists[${i}] must be an array of token ids, not ${v.typeName(ids)}`);
+      }
+      const checked = Array.from(ids, (t, j) => v.integer(`tokenLists[${i}][${j}]`, t, 0, nVocab - 1));
+      if (!checked.length) throw new RangeError(`tokenLists[${i}] is empty; an empty text has no embedding`);
+      if (checked.length > this._maxTokens) {
+        throw new RangeError(`tokenLists[${i}] has ${checked.length} tokens; at most ${this._maxTokens} are embedded`);
+      }
+      return checked;
+    });
+    return this._embedRows(lists);
+  }
+
+  /** @internal Token lists, already checked -> one row each. */
+  _embedRows(tokenLists) {
     const n = this._nEmbd;
     const out = new Float32Array(tokenLists.length * n);
     let start = 0;

@@ -218,3 +218,17 @@ test('JsContext with embeddings: true gives the generator\'s un-normalized vecto
   assert.equal(plain.getEmbeddings(), null);
   plain.close();
 });
+
+test('embedTokens embeds token lists exactly as embedMatrix embeds their texts; bad lists are refused', () => {
+  // mirrors tests/test_embeddings.py::test_embed_tokens_is_embed_matrix_of_the_texts
+  const texts = ['The cat sat on the mat.', 'A quick brown fox', 'Embeddings from token ids'];
+  const ids = texts.map((t) => model.tokenize(t, true));
+  assert.equal(gen.model, model);
+  assert.deepEqual(gen.embedTokens(ids), gen.embedMatrix(texts));
+  assert.throws(() => gen.embedTokens([ids[0], []]), (e) => e instanceof RangeError && /tokenLists\[1\] is empty/.test(e.message));
+  assert.throws(() => gen.embedTokens([[ids[0][0], model.nVocab]]), (e) => e instanceof RangeError && /tokenLists\[0\]\[1\]/.test(e.message));
+  const long = Array(Math.floor(gen.maxTokens / ids[0].length) + 1).fill(ids[0]).flat();
+  assert.throws(() => gen.embedTokens([long]), (e) => e instanceof RangeError && /at most/.test(e.message));
+  assert.throws(() => gen.embedTokens('text'), TypeError);
+  assert.throws(() => gen.embedTokens([[1.5]]), (e) => e instanceof TypeError && /tokenLists\[0\]\[0\]/.test(e.message));
+});
