@@ -13,9 +13,10 @@
 //              memory to it; the peak stays bounded.
 //
 // Each: 50 warm-up cycles (so that the allocator settles), collect, RSS, 300
-// cycles, collect, RSS.  The growth may not reach 2% of the working set, the
-// RSS measured inside a cycle with one model mapped and one context alive
-// (measured in the close warm-up, as Python measures it).
+// cycles, collect, RSS.  The memory in use (glibc's count; RSS where there is
+// none) may not grow by 2% of the working set, the RSS measured inside a cycle
+// with one model mapped and one context alive (measured in the close warm-up,
+// as Python measures it); with glibc's count, RSS may not grow by 8%.
 //
 // "Collect" is gc() and a turn of the event loop (FinalizationRegistry
 // callbacks run as tasks, after the collection), repeated until every model
@@ -148,12 +149,14 @@ for (const mode of MODES) {
       + `(${mb(r.base)} -> ${mb(r.end)}, working set ${mb(r.working)}, peak ${mb(r.peak)}, `
       + `${r.rounds} collection rounds${heap})`;
     t.diagnostic(numbers);
-    if (mode === 'unclosed' && r.heapEnd) {
-      // Freed by the collector in batches, the memory of several cycles is
-      // freed at once and glibc keeps some of it for reuse (RSS then says
-      // more about the allocator than about leaks): what must not grow is
-      // the memory still in use.
+    if (r.heapEnd) {
+      // What must not grow is the memory still in use, as glibc counts it.
+      // RSS says more about the allocator than about leaks: freed memory
+      // glibc keeps for reuse (fragmented, so malloc_trim cannot return it)
+      // and V8's own heap both move it; seen +3.8% with the memory in use
+      // unchanged.  It only has to stay within a coarser bound.
       assert.ok((r.heapEnd.inUse - r.heapBase.inUse) / r.working < 0.02, numbers);
+      assert.ok(growth < 0.08, numbers);
     } else {
       // 300 cycles may not grow the process by 2% of its working set
       assert.ok(growth < 0.02, numbers);
