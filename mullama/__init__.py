@@ -52,3 +52,7 @@ from .lora import LoraAdapter  # noqa: E402
 from .speculative import DraftModel, PromptLookup  # noqa: E402
 
 __all__ += ["DraftModel", "LoraAdapter", "PromptLookup", "RPCError"]
+
+from .multimodal import Chunk, Media, MediaPrompt, Projector  # noqa: E402
+
+__all__ += ["Chunk", "Media", "MediaPrompt", "Projector"]

@@ -140,6 +140,37 @@ class llama_model_quantize_params(Structure):
     _fields_ = _types.fields("llama_model_quantize_params")
 
 
+# libmtmd (tools/mtmd: mtmd.h, mtmd-helper.h), images and audio in the prompt
+@_types.struct
+class mtmd_context_params(Structure):
+    _fields_ = _types.fields("mtmd_context_params")
+
+
+@_types.struct
+class mtmd_input_text(Structure):
+    _fields_ = _types.fields("mtmd_input_text")
+
+
+@_types.struct
+class mtmd_helper_video_init_params(Structure):
+    _fields_ = _types.fields("mtmd_helper_video_init_params")
+
+
+@_types.struct
+class mtmd_helper_init_opt(Structure):
+    _fields_ = _types.fields("mtmd_helper_init_opt")
+
+
+@_types.struct
+class mtmd_helper_bitmap_wrapper(Structure):
+    _fields_ = _types.fields("mtmd_helper_bitmap_wrapper")
+
+
+_CHUNK_TYPES = _abi.enum("mtmd_input_chunk_type")
+MTMD_INPUT_CHUNK_TYPE_TEXT: Final = _CHUNK_TYPES["MTMD_INPUT_CHUNK_TYPE_TEXT"]
+MTMD_INPUT_CHUNK_TYPE_IMAGE: Final = _CHUNK_TYPES["MTMD_INPUT_CHUNK_TYPE_IMAGE"]
+MTMD_INPUT_CHUNK_TYPE_AUDIO: Final = _CHUNK_TYPES["MTMD_INPUT_CHUNK_TYPE_AUDIO"]
+
 # Every struct above, by its C name: the ABI test checks each one.
 MIRRORED_STRUCTS: Final[dict[str, type[Structure]]] = {f"struct {name}": cls for name, cls in _types.structs.items()}
 
@@ -213,6 +244,33 @@ _RPC_NAMES: Final = ("ggml_backend_rpc_add_server", "ggml_backend_rpc_start_serv
 _RPC_FUNCTIONS: Final = _types.table(_RPC_NAMES)
 
 
+# libmtmd: opened on first use (a Projector), beside libllama.
+_MTMD_NAMES: Final = (
+    "mtmd_default_marker", "mtmd_context_params_default", "mtmd_init_from_file", "mtmd_free",
+    "mtmd_decode_use_non_causal", "mtmd_decode_use_mrope", "mtmd_support_vision", "mtmd_support_audio",
+    "mtmd_get_audio_sample_rate", "mtmd_get_marker",
+    # media
+    "mtmd_bitmap_init", "mtmd_bitmap_init_from_audio", "mtmd_bitmap_get_nx", "mtmd_bitmap_get_ny",
+    "mtmd_bitmap_get_n_bytes", "mtmd_bitmap_is_audio", "mtmd_bitmap_free", "mtmd_bitmap_get_id", "mtmd_bitmap_set_id",
+    "mtmd_helper_bitmap_init_from_buf", "mtmd_helper_init_opt_default",
+    # a prompt as chunks of text and media
+    "mtmd_input_chunks_init", "mtmd_input_chunks_size", "mtmd_input_chunks_get", "mtmd_input_chunks_free",
+    "mtmd_input_chunk_get_type", "mtmd_input_chunk_get_tokens_text", "mtmd_input_chunk_get_n_tokens",
+    "mtmd_input_chunk_get_id", "mtmd_input_chunk_get_n_pos", "mtmd_tokenize",
+    # evaluation: encode a media chunk, decode its embeddings into a sequence
+    "mtmd_encode_chunk", "mtmd_helper_eval_chunk_single",
+    "mtmd_helper_log_set",
+)
+_MTMD_FUNCTIONS: Final = _types.table(_MTMD_NAMES)
+
+if sys.platform == "win32":
+    MTMD_NAMES: Final = ("mtmd.dll", "libmtmd.dll")
+elif sys.platform == "darwin":
+    MTMD_NAMES = ("libmtmd.dylib",)
+else:
+    MTMD_NAMES = ("libmtmd.so",)
+
+
 class LibraryLoadError(RuntimeError):
     """libllama could not be found, loaded, or is not the ABI this binding was written for."""
 
@@ -272,9 +330,42 @@ class _Lib:
         _declare(self, llama, _FUNCTIONS)
         _declare(self, ggml, _GGML_FUNCTIONS)
         self.held = _Held(path)
+        self._mtmd: _Mtmd | None = None
+
+    def mtmd(self) -> _Mtmd:
+        """libmtmd, opened from libllama's folder on first use; LibraryLoadError when this build has none."""
+        if self._mtmd is None:
+            with _lock:
+                if self._mtmd is None:
+                    self._mtmd = _Mtmd(self.path.parent)
+        return self._mtmd
 
     def __getattr__(self, name: str) -> Any:  # for mypy: functions are set dynamically
         raise AttributeError(f"libllama function {name} is not declared in mullama._lib")
+
+
+class _Mtmd:
+    """libmtmd, with every declared mtmd_* function as an attribute; its log goes where llama.cpp's goes."""
+
+    def __init__(self, folder: Path) -> None:
+        mode = getattr(os, "RTLD_NOW", 0) | getattr(os, "RTLD_LOCAL", 0)
+        tried = [folder / n for n in MTMD_NAMES]
+        found = next((p for p in tried if p.exists()), None)
+        if found is None:
+            raise LibraryLoadError(
+                f"this build of libllama has no libmtmd beside it (looked for {', '.join(str(p) for p in tried)}); "
+                f"rebuild it with scripts/build_lib.py, which builds libmtmd for images and audio in the prompt")
+        try:
+            handle = ctypes.CDLL(str(found), mode=mode)
+            _declare(self, handle, _MTMD_FUNCTIONS)
+        except (OSError, AttributeError) as e:
+            raise LibraryLoadError(f"{found} cannot be loaded or is not the libmtmd of llama.cpp {PINNED_COMMIT} "
+                                   f"({e}); rebuild it with scripts/build_lib.py") from None
+        self.path = found
+        self.mtmd_helper_log_set(_log_callback, None)
+
+    def __getattr__(self, name: str) -> Any:  # for mypy: functions are set dynamically
+        raise AttributeError(f"libmtmd function {name} is not declared in mullama._lib")
 
 
 def declared_functions() -> dict[str, tuple[Any, tuple[Any, ...]]]:
@@ -285,6 +376,11 @@ def declared_functions() -> dict[str, tuple[Any, tuple[Any, ...]]]:
 def declared_ggml_functions() -> dict[str, tuple[Any, tuple[Any, ...]]]:
     """Every ggml_backend_* function the binding declares, from ggml-backend.h (used by the tests)."""
     return dict(_GGML_FUNCTIONS)
+
+
+def declared_mtmd_functions() -> dict[str, tuple[Any, tuple[Any, ...]]]:
+    """Every mtmd.h / mtmd-helper.h function the binding declares (used by the tests)."""
+    return dict(_MTMD_FUNCTIONS)
 
 
 def declared_rpc_functions() -> dict[str, tuple[Any, tuple[Any, ...]]]:

@@ -167,7 +167,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
                               state_dir=Path(args.state_dir) if args.state_dir else None,
                               draft_model=Path(args.draft_model) if args.draft_model else None,
                               lookup=args.lookup, draft_max=args.draft_max, draft_p_min=args.draft_p_min,
-                              n_gpu_layers_draft=args.n_gpu_layers_draft, **_cache_args(args)))
+                              n_gpu_layers_draft=args.n_gpu_layers_draft,
+                              mmproj=Path(args.mmproj) if args.mmproj else None,
+                              remote_media=args.allow_remote_media, **_cache_args(args)))
 
 
 def _lora_arg(arg: str) -> tuple[str, Path]:
@@ -293,6 +295,12 @@ def build_parser() -> argparse.ArgumentParser:
     srv.add_argument("--state-dir", metavar="DIR",
                      help="keep named prompt caches here: POST /v1/cache/save and /v1/cache/restore (a long system "
                           "prompt evaluated once survives a restart)")
+    srv.add_argument("--mmproj", metavar="PATH",
+                     help="the model's multimodal projector (GGUF): chat messages may then carry images "
+                          "(image_url parts with data: URLs) and, for audio models, input_audio parts")
+    srv.add_argument("--allow-remote-media", action="store_true",
+                     help="also fetch http(s) image URLs (at most 10 MiB, 10 s each); off by default, since "
+                          "the server would fetch any address a client names")
     srv.set_defaults(func=cmd_serve)
 
     rs = sub.add_parser("rpc-server", help="serve this host's devices to other hosts' models (llama.cpp RPC)",

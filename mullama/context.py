@@ -21,6 +21,7 @@ from .grammar import Grammar, GrammarIncompleteError, check_grammar
 from .lora import LoraAdapter, LoraSet, check_loras
 from .lora import apply as apply_loras
 from .model import Model
+from .multimodal import MediaPrompt, MediaSource, Projector, check_media_args
 from .sampling import SamplerChain, SamplerParams, check_sampling
 from .speculative import Draft, Drafter, check_draft
 
@@ -83,6 +84,7 @@ class Context(NativeHandle):
         type_v: str = "f16",
         flash_attn: bool | str = "auto",
         draft: Draft | None = None,
+        projector: Projector | None = None,
         _all_outputs: bool = False,
     ) -> None:
         if not isinstance(model, Model):
@@ -103,6 +105,14 @@ class Context(NativeHandle):
                              "token sampled on the host (use sampling='auto', which samples on the host here)")
         if draft is not None and embeddings:
             raise ValueError("draft= is for generation; an embeddings context generates nothing")
+        if projector is not None:
+            if not isinstance(projector, Projector):
+                raise TypeError(f"projector must be a mullama.Projector, not {type(projector).__name__}")
+            if projector.model is not model:
+                raise ValueError("the projector was loaded for another Model; load it for this one")
+            projector.ptr()
+            if embeddings:
+                raise ValueError("projector= is for generation; an embeddings context takes no media")
         n_ubatch = _validate.integer("n_ubatch", n_ubatch, 0, MAX_N_BATCH)
         L = _backend.lib()
         n_seq_max = _validate.integer("n_seq_max", n_seq_max, 1, int(L.llama_max_parallel_sequences()))
@@ -179,6 +189,7 @@ class Context(NativeHandle):
         # what drafted tokens did (see mullama.speculative): drafted, accepted, and the target's decodes
         self.draft_stats = {"drafted": 0, "accepted": 0, "decodes": 0}
         self._drafter: Drafter | None = None
+        self._projector = projector
         if draft is not None:
             self._drafter = draft._start(self, n_seq_max)
 
@@ -386,12 +397,15 @@ class Context(NativeHandle):
         finally:
             L.llama_set_abort_callback(ctx, _lib.ggml_abort_callback(), None)
 
-    def _after_failed_decode(self, rc: int, n_before: int) -> None:
-        # Whatever part of the batch reached the cache is dropped, so that the
-        # cache and self._tokens agree again.
+    def _drop_after(self, n_before: int) -> None:
+        # Whatever part of a failed batch reached the cache is dropped, so that
+        # the cache and self._tokens agree again.
         self._truncate_cache(n_before)
         if self._mem:
             _backend.lib().llama_memory_seq_rm(self._mem, 0, len(self._tokens), -1)
+
+    def _after_failed_decode(self, rc: int, n_before: int) -> None:
+        self._drop_after(n_before)
         self._raise_if_cancelled()
         if rc == 1:
             raise ContextFullError(f"no room left in the KV cache (n_ctx={self._n_ctx}); use a larger n_ctx")
@@ -668,6 +682,7 @@ class Context(NativeHandle):
         cancel: threading.Event | None = None,
         ignore_eos: bool = False,
         grammar: Grammar | None = None,
+        media: Sequence[MediaSource] | None = None,
     ) -> str:
         """Generate up to ``max_tokens`` tokens after ``prompt`` (text or token ids).
 
@@ -681,8 +696,16 @@ class Context(NativeHandle):
         its language; generation then ends when the grammar's text is complete,
         and raises :class:`~mullama.grammar.GrammarIncompleteError` if
         ``max_tokens`` runs out before (a stop string ends it as asked).
+
+        ``media`` (images or sounds: paths, bytes, arrays or
+        :class:`~mullama.Media`) go where the prompt's markers
+        (:attr:`Projector.marker`) are, one marker each, in order; the context
+        must have a ``projector``.  The cache keeps them like tokens: a
+        follow-up prompt that starts with the same text and media does not
+        encode them again.
         """
-        return "".join(cast(Iterator[str], self._stream(prompt, max_tokens, params, stop, cancel, ignore_eos, grammar)))
+        return "".join(cast(Iterator[str], self._stream(prompt, max_tokens, params, stop, cancel, ignore_eos, grammar,
+                                                        media=media)))
 
     def generate_stream(
         self,
@@ -694,6 +717,7 @@ class Context(NativeHandle):
         cancel: threading.Event | None = None,
         ignore_eos: bool = False,
         grammar: Grammar | None = None,
+        media: Sequence[MediaSource] | None = None,
     ) -> Generator[str, None, None]:
         """Like :meth:`generate`, but yields each piece of text as soon as its token is sampled.
 
@@ -701,7 +725,7 @@ class Context(NativeHandle):
         what :meth:`generate` returns.  Leaving the loop early is fine.
         """
         gen = cast(Generator[str, None, None], self._stream(prompt, max_tokens, params, stop, cancel, ignore_eos,
-                                                            grammar))
+                                                            grammar, media=media))
         self._active_stream = weakref.ref(gen)
         return gen
 
@@ -716,6 +740,7 @@ class Context(NativeHandle):
         cancel: threading.Event | None = None,
         ignore_eos: bool = False,
         grammar: Grammar | None = None,
+        media: Sequence[MediaSource] | None = None,
     ) -> Completion:
         """Like :meth:`generate`, but returns a :class:`~mullama.Completion`: the text, its tokens, why it ended.
 
@@ -730,7 +755,7 @@ class Context(NativeHandle):
         probs: list[TokenLogprob] | None = [] if logprobs else None
         reason = _sequence.FINISH_LENGTH
         for chunk in self.complete_stream(prompt, max_tokens, params, logprobs=logprobs, stop=stop, cancel=cancel,
-                                          ignore_eos=ignore_eos, grammar=grammar):
+                                          ignore_eos=ignore_eos, grammar=grammar, media=media):
             text.append(chunk.text)
             tokens += chunk.tokens
             if probs is not None and chunk.logprobs is not None:
@@ -749,6 +774,7 @@ class Context(NativeHandle):
         cancel: threading.Event | None = None,
         ignore_eos: bool = False,
         grammar: Grammar | None = None,
+        media: Sequence[MediaSource] | None = None,
     ) -> Generator[CompletionChunk, None, None]:
         """:meth:`complete`, one :class:`~mullama.CompletionChunk` per token as it is sampled.
 
@@ -756,7 +782,7 @@ class Context(NativeHandle):
         and the text released with it; the last chunk has ``finish_reason``.
         """
         outcome = _Outcome(check_logprobs(logprobs) or None)
-        gen = self._stream(prompt, max_tokens, params, stop, cancel, ignore_eos, grammar, outcome)
+        gen = self._stream(prompt, max_tokens, params, stop, cancel, ignore_eos, grammar, outcome, media)
         chunks = _chunks(gen, outcome)
         self._active_stream = weakref.ref(chunks)
         return chunks
@@ -771,6 +797,7 @@ class Context(NativeHandle):
         ignore_eos: bool = False,
         grammar: Grammar | None = None,
         outcome: _Outcome | None = None,
+        media: Sequence[MediaSource] | None = None,
     ) -> Generator[str | None, None, None]:
         # Arguments are checked before the first piece is asked for, so that
         # generate_stream() raises at the call for bad input.
@@ -781,26 +808,40 @@ class Context(NativeHandle):
         if cancel is not None and not isinstance(cancel, threading.Event):
             raise TypeError("cancel must be a threading.Event or None")
         self.ptr()
-        tokens = self._prompt_tokens(prompt)
+        plan = self._media_prompt(prompt, media)
+        tokens = self._prompt_tokens(prompt) if plan is None else plan.cache_ids
         params = self._check_params(params)
         device = self._on_device(params, grammar, outcome is not None and outcome.k is not None)
         if len(tokens) > self._n_ctx:
             raise ContextFullError(f"the prompt has {len(tokens)} tokens but the context holds n_ctx={self._n_ctx}; "
                                    f"use a larger n_ctx or a shorter prompt")
-        return self._generate(tokens, max_tokens, params, device, stops, cancel, ignore_eos, grammar, outcome)
+        return self._generate(tokens, max_tokens, params, device, stops, cancel, ignore_eos, grammar, outcome, plan)
+
+    def _media_prompt(self, prompt: str | Sequence[int], media: Sequence[MediaSource] | None) -> MediaPrompt | None:
+        """The prompt split by the projector into text and media chunks, when media are given."""
+        check_media_args(prompt, media, self._projector)
+        if media is None or self._projector is None:
+            return None
+        if self._drafter is not None:
+            raise ValueError("draft= does not work with media yet: drafted tokens are checked against a cache "
+                             "that holds media the drafter cannot see; use a context without draft=")
+        if not prompt:
+            raise RuntimeError("the prompt is empty: there is nothing to generate from")
+        return self._projector.tokenize(cast(str, prompt), media)
 
     def _generate(self, tokens: list[int], max_tokens: int, params: SamplerParams, device: bool,
                   stops: tuple[str, ...], cancel: threading.Event | None,
                   ignore_eos: bool, grammar: Grammar | None,
-                  outcome: _Outcome | None = None) -> Generator[str | None, None, None]:
+                  outcome: _Outcome | None = None,
+                  plan: MediaPrompt | None = None) -> Generator[str | None, None, None]:
         ctx = self._acquire()
         self._cancel.event = cancel
         state = None
         try:
             # before the prompt: with the chain in the graph, the prompt's decode samples the first token
             chain = self._chain(params, 0, device)
-            chain.start(tokens)
-            self._eval_prompt(ctx, tokens)
+            chain.start(tokens if plan is None else plan.text_tokens)
+            self._eval_prompt(ctx, tokens, plan)
             if max_tokens == 0:
                 return
             state = grammar.state(self._model) if grammar is not None else None
@@ -832,18 +873,58 @@ class Context(NativeHandle):
                 state.close()
             self._release()
 
-    def _eval_prompt(self, ctx: int, tokens: list[int]) -> None:
+    def _eval_prompt(self, ctx: int, tokens: list[int], plan: MediaPrompt | None = None) -> None:
         # Reuse the longest cached prefix; the last prompt token is always
         # evaluated again so that its logits are fresh.
         # (only from a cache decoded with the adapters applied now)
-        common = 0
         cached = self._tokens
         limit = min(len(cached), len(tokens) - 1) if self._kv_loras == self._loras else 0
-        while common < limit and cached[common] == tokens[common]:
-            common += 1
+        if plan is None:
+            common = _common_prefix(cached, tokens, limit)
+            kept = self._truncate_cache(common)
+            self._last_prompt_evaluated = len(tokens) - kept
+            self._decode_chunks(ctx, tokens[kept:])
+            return
+        segments = plan.segments()
+        if segments and segments[-1][1].kind != "text":
+            limit = min(limit, segments[-1][0])  # a prompt that ends in a medium evaluates it again
+        common = _common_prefix(cached, tokens, limit)
+        # never keep part of a medium: back off to its start
+        for start, chunk, _ in segments:
+            if chunk.kind != "text" and start < common < start + chunk.n_pos:
+                common = start
         kept = self._truncate_cache(common)
         self._last_prompt_evaluated = len(tokens) - kept
-        self._decode_chunks(ctx, tokens[kept:])
+        for start, chunk, native in segments:
+            end = start + chunk.n_pos
+            if end <= kept:
+                continue
+            if chunk.kind == "text":
+                self._decode_chunks(ctx, list(chunk.tokens[max(kept - start, 0):]))
+            else:
+                self._decode_media(ctx, chunk.n_pos, native, tokens[start:end])
+
+    def _decode_media(self, ctx: int, n_pos: int, native: int, ids: list[int]) -> None:
+        """Encode one media chunk with the projector and decode its embeddings at the end of the cache."""
+        assert self._projector is not None
+        n_before = len(self._tokens)
+        if n_before + n_pos > self._n_ctx:
+            raise ContextFullError(
+                f"a medium of {n_pos} positions does not fit in the context: it holds {n_before} of "
+                f"n_ctx={self._n_ctx}; use a larger n_ctx or fewer media")
+        if self._tokens and self._kv_loras != self._loras:
+            self._kv_loras = None
+        elif not self._tokens:
+            self._kv_loras = self._loras
+        try:
+            end = self._projector.evaluate(ctx, native, n_before, 0, self._n_batch)
+        except RuntimeError:
+            self._drop_after(n_before)
+            raise
+        if end != n_before + n_pos:
+            self._drop_after(n_before)
+            raise RuntimeError(f"libmtmd placed a medium of {n_pos} positions at {n_before}..{end}")
+        self._tokens.extend(ids)
 
     def _drive(self, ctx: int, loop: Generator[_sequence.Step, int, None],
                finish: _sequence.Finish, marks: bool = False,
@@ -941,6 +1022,13 @@ class Context(NativeHandle):
 
 
 _DEFAULT_PARAMS = SamplerParams()
+
+
+def _common_prefix(a: list[int], b: list[int], limit: int) -> int:
+    n = 0
+    while n < limit and a[n] == b[n]:
+        n += 1
+    return n
 
 
 class _Outcome:

@@ -47,7 +47,7 @@ import time
 from concurrent.futures import Future
 from collections.abc import AsyncGenerator, AsyncIterator, Generator, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -57,6 +57,7 @@ from .context import MAX_N_CTX, Context, ContextFullError, EngineAccess, _state_
 from .grammar import Grammar, GrammarIncompleteError, check_grammar
 from .lora import LoraAdapter, LoraSet, check_loras
 from .model import Model
+from .multimodal import KIND_TEXT, MediaPrompt, MediaSource, Projector, check_media_args
 from .speculative import Draft
 from .sampling import GrammarState, SamplerChain, SamplerParams
 
@@ -93,8 +94,9 @@ class Request:
 
     def __init__(self, prompt: list[int], max_tokens: int, params: SamplerParams, stops: tuple[str, ...],
                  ignore_eos: bool, grammar: Grammar | None = None, logprobs: int | None = None,
-                 loras: LoraSet = ()) -> None:
-        self.prompt = prompt
+                 loras: LoraSet = (), media: MediaPrompt | None = None) -> None:
+        self.prompt = prompt  # token ids; with media, one id per position (MediaPrompt.cache_ids)
+        self.media = media
         self.loras = loras
         self.logprobs_k = logprobs  # alternatives per token; None: no log-probabilities
         self.tokens: list[int] = []
@@ -250,6 +252,7 @@ class _Slot:
     drafts: list[int] = field(default_factory=list)  # decoded after ``pending`` this step, not yet checked
     draft_at: int = -1  # the batch index of ``pending``'s output (the drafts' follow it)
     kv_loras: LoraSet = ()  # the LoRA adapters ``tokens`` were decoded with
+    media_from: int = -1  # a request with media: its prompt's media are evaluated from this position on
 
     def take_over(self, src: _Slot) -> None:
         """Take ``src``'s running request and its state; ``src`` goes idle, its cache kept."""
@@ -259,6 +262,17 @@ class _Slot:
         self.first_idx = src.first_idx
         src.request, src.todo, src.loop, src.finish, src.chain, src.grammar = None, [], None, None, None, None
         src.pending, src.picked = None, False
+
+
+def _media_boundary(plan: MediaPrompt, common: int) -> int:
+    """``common`` moved back to the start of the chunk it falls inside, for every chunk up to the
+    prompt's last medium (libmtmd evaluates those whole)."""
+    segments = plan.segments()
+    media_end = max((start + c.n_pos for start, c, _ in segments if c.kind != KIND_TEXT), default=0)
+    for start, chunk, _ in segments:
+        if start < media_end and start < common < start + chunk.n_pos:
+            return start
+    return common
 
 
 def _common_prefix(cached: list[int], prompt: list[int]) -> int:
@@ -288,7 +302,8 @@ class Engine:
 
     def __init__(self, model: Model, parallel: int = 4, n_ctx: int = 0, n_batch: int = 2048,
                  n_threads: int = 0, *, kv_unified: bool = False, sampling: str = "auto", type_k: str = "f16",
-                 type_v: str = "f16", flash_attn: bool | str = "auto", draft: Draft | None = None) -> None:
+                 type_v: str = "f16", flash_attn: bool | str = "auto", draft: Draft | None = None,
+                 projector: Projector | None = None) -> None:
         if not isinstance(model, Model):
             raise TypeError(f"model must be a mullama.Model, not {type(model).__name__}")
         L = _backend.lib()
@@ -306,7 +321,9 @@ class Engine:
         # cache lets greedy outputs drift at near-ties (benchmarks/divergence.py).
         self._ctx = Context(model, n_ctx=self._n_ctx_seq * parallel, n_batch=n_batch, n_threads=n_threads,
                             n_seq_max=parallel, kv_unified=_validate.boolean("kv_unified", kv_unified),
-                            sampling=sampling, type_k=type_k, type_v=type_v, flash_attn=flash_attn, draft=draft)
+                            sampling=sampling, type_k=type_k, type_v=type_v, flash_attn=flash_attn, draft=draft,
+                            projector=projector)
+        self._projector = projector
         # the one interface through which the engine drives its Context
         self._host = EngineAccess(self._ctx)
         self._drafter = self._host.drafter
@@ -360,7 +377,8 @@ class Engine:
     def submit(self, prompt: str | Sequence[int], max_tokens: int = 100, params: SamplerParams | None = None, *,
                stop: Sequence[str] | None = None, ignore_eos: bool = False,
                grammar: Grammar | None = None, logprobs: int = 0,
-               loras: dict[LoraAdapter, float] | None = None) -> Request:
+               loras: dict[LoraAdapter, float] | None = None,
+               media: Sequence[MediaSource] | None = None) -> Request:
         """Queue a generation; returns its :class:`Request` at once (iterate it for the pieces).
 
         A prompt longer than ``n_ctx`` raises ContextFullError here; a
@@ -368,7 +386,10 @@ class Engine:
         ``logprobs`` as for :meth:`Context.complete`.  ``loras``: this
         request's LoRA adapters (``{adapter: scale}``); requests with
         different sets are decoded in separate steps (llama.cpp applies
-        adapters to the whole context), in turn.
+        adapters to the whole context), in turn.  ``media``: images or sounds
+        for the prompt's markers, as for :meth:`Context.generate` (the Engine
+        needs a ``projector``); they are prepared here, in the caller's
+        thread, and encoded when the request gets a sequence.
         """
         k = check_logprobs(logprobs) or None
         lora_set = check_loras(self._model, loras)
@@ -381,11 +402,12 @@ class Engine:
         elif not isinstance(params, SamplerParams):
             raise TypeError(f"params must be a SamplerParams or None, not {type(params).__name__}")
         self._host.on_device(params, grammar, k is not None)  # what sampling='device' cannot do is refused here
-        tokens = self._host.prompt_tokens(prompt)
+        plan = self._media_prompt(prompt, media)
+        tokens = self._host.prompt_tokens(prompt) if plan is None else plan.cache_ids
         if len(tokens) >= self._n_ctx_seq:
             raise ContextFullError(f"the prompt has {len(tokens)} tokens but a sequence holds n_ctx="
                                    f"{self._n_ctx_seq}; use a larger n_ctx or a shorter prompt")
-        req = Request(tokens, max_tokens, params.copy(), stops, ignore_eos, grammar, k, lora_set)
+        req = Request(tokens, max_tokens, params.copy(), stops, ignore_eos, grammar, k, lora_set, plan)
         with self._cond:
             if self._closed:
                 raise RuntimeError("this Engine is closed")
@@ -397,6 +419,18 @@ class Engine:
                 self._thread.start()
             self._cond.notify()
         return req
+
+    def _media_prompt(self, prompt: str | Sequence[int], media: Sequence[MediaSource] | None) -> MediaPrompt | None:
+        check_media_args(prompt, media, self._projector)
+        if media is None or self._projector is None:
+            return None
+        if self._drafter is not None:
+            raise ValueError("draft= does not work with media yet: an Engine with a drafter takes no media")
+        plan = self._projector.tokenize(cast(str, prompt), media)
+        if not plan.chunks or plan.chunks[-1].kind != KIND_TEXT:
+            raise ValueError("a prompt with media must end with text after its last marker "
+                             "(a chat template's assistant prefix does)")
+        return plan
 
     def generate(self, prompt: str | Sequence[int], max_tokens: int = 100, params: SamplerParams | None = None,
                  **kwargs: Any) -> str:
@@ -451,6 +485,7 @@ class Engine:
                         done.set_exception(e)
                 with self._cond:
                     self._admit()
+                self._eval_media(ctx)
                 self._compact()
                 self._release_idle_chains()
                 self._step(ctx)
@@ -555,6 +590,8 @@ class Engine:
                 slot.tokens = list(best.tokens)
                 common = best_common
                 self.stats["cache_copies"] += 1
+            if req.media is not None:
+                common = _media_boundary(req.media, common)
             if not L.llama_memory_seq_rm(mem, slot.seq, common, -1):
                 L.llama_memory_seq_rm(mem, slot.seq, -1, -1)
                 common = 0
@@ -563,11 +600,41 @@ class Engine:
             slot.request, slot.todo = req, req.prompt[common:]
             req.prompt_evaluated = len(slot.todo)
             self.stats["prompt_tokens_evaluated"] += len(slot.todo)
+            if req.media is not None:  # evaluated by _eval_media, outside the lock
+                slot.media_from, slot.todo = common, []
             device = self._host.on_device(req.params, req.grammar, req.logprobs_k is not None)
             slot.chain = self._host.chain(req.params, slot.seq, device, shared=False)
             slot.chain.start(req.prompt)
             slot.grammar = req.grammar.state(self._model) if req.grammar is not None else None
             slot.finish, slot.loop, slot.pending = _sequence.Finish(), None, None
+
+    def _eval_media(self, ctx: int) -> None:
+        """Evaluate the media of newly admitted requests (and the text between them) with libmtmd's
+        helper, each into its sequence; the text after the last medium is left to the steps."""
+        for s in self._slots:
+            req = s.request
+            if req is None or s.media_from < 0 or req.media is None:
+                continue
+            start_from, s.media_from = s.media_from, -1
+            segments = req.media.segments()
+            media_end = max(start + c.n_pos for start, c, _ in segments if c.kind != KIND_TEXT)
+            try:
+                if media_end > self._n_ctx_seq:
+                    raise ContextFullError(f"the prompt's media reach position {media_end}, but a sequence holds "
+                                           f"n_ctx={self._n_ctx_seq}")
+                assert self._projector is not None
+                for start, chunk, native in segments:
+                    if start + chunk.n_pos <= start_from or start >= media_end:
+                        continue
+                    self._projector.evaluate(ctx, native, len(s.tokens), s.seq, self._host.batch.capacity)
+                    s.tokens.extend(req.prompt[start:start + chunk.n_pos])
+            except Exception as e:  # noqa: BLE001 - this request fails, the others go on
+                _backend.lib().llama_memory_seq_rm(self._host.memory, s.seq, -1, -1)
+                s.tokens = []
+                req._push(e)
+                self._finish(s, "error")
+                continue
+            s.todo = req.prompt[media_end:]
 
     def _first_slot(self, req: Request) -> _Slot:
         """With every slot idle, sequence 0 or 1, whichever keeps the device chains as they are.

@@ -78,6 +78,11 @@ export interface JsContextParams {
    * sampler draw for draw); with sampling 'device' it throws a RangeError.
    */
   draft?: DraftModel | PromptLookup | null;
+  /**
+   * A multimodal projector loaded for this context's model: generation may then take `media`
+   * (images, or sounds for audio models) for the prompt's markers.
+   */
+  projector?: Projector | null;
 }
 
 /** The types a KV cache may store keys and values as. */
@@ -120,7 +125,145 @@ export interface JsGenerateOptions {
    * and throws GrammarIncompleteError if maxTokens runs out first. Sampled on the host.
    */
   grammar?: Grammar;
+  /**
+   * Images or sounds for the prompt's markers (projector.marker), one marker each, in order; the
+   * context needs a `projector`, the prompt must be text. The cache keeps them like tokens: a
+   * follow-up prompt that starts with the same text and media does not encode them again.
+   */
+  media?: JsMediaSource[];
 }
+
+/**
+ * A medium: a path or the bytes of an image file (PNG, JPEG, BMP, GIF, ...) or a sound file (WAV, MP3,
+ * FLAC); raw RGB pixels with their size; audio samples at projector.audioSampleRate; or a Media.
+ */
+export type JsMediaSource = string | Uint8Array | ArrayBuffer | { rgb: Uint8Array; width: number; height: number }
+  | Float32Array | Media;
+
+/** Options of Projector.load. */
+export interface JsProjectorOptions {
+  /**
+   * Run the encoder on the GPU. Default: where the model's output layer is (the GPU when all its layers
+   * are there). true without a GPU throws a RangeError.
+   */
+  useGpu?: boolean | null;
+  /** CPU threads for the encoder (default: all usable). */
+  nThreads?: number | null;
+  /** Fewest embeddings per image, for dynamic-resolution models (default: the file's). */
+  imageMinTokens?: number | null;
+  /** Most embeddings per image, for dynamic-resolution models (default: the file's). */
+  imageMaxTokens?: number | null;
+  /** Images with more pixels are refused before they are decoded (default 2**26). */
+  maxImagePixels?: number;
+  /** Media files larger than this are refused before they are read (default 2**28 bytes). */
+  maxMediaBytes?: number;
+  /** Run one encode at load time. Default false. */
+  warmup?: boolean;
+}
+
+/** A multimodal projector (mmproj GGUF) for one model: images (and sounds) in its prompts. */
+export class Projector implements JsDisposable {
+  /**
+   * Load it for `model`. A projector for another text model throws a RangeError naming both embedding
+   * widths; a missing or invalid file an Error.
+   */
+  static load(path: string, model: JsModel, options?: JsProjectorOptions): Projector;
+  readonly model: JsModel;
+  readonly path: string;
+  readonly useGpu: boolean;
+  readonly supportsVision: boolean;
+  readonly supportsAudio: boolean;
+  /** The sample rate (Hz) audio must have, or null without audio input. */
+  readonly audioSampleRate: number | null;
+  /** True when media take fewer positions than embeddings (M-RoPE models). */
+  readonly usesMrope: boolean;
+  /** The text that marks where each medium goes in a prompt ('<__media__>'). */
+  readonly marker: string;
+  maxImagePixels: number;
+  maxMediaBytes: number;
+  /** `source` decoded (and checked) once, to use in any number of prompts. */
+  media(source: JsMediaSource): Media;
+  /** Split a prompt with one marker per medium into libmtmd's chunks of text tokens and media. */
+  tokenize(prompt: string, media: JsMediaSource[], options?: { addSpecial?: boolean }): MediaPrompt;
+  /**
+   * model.applyChatTemplate for messages whose content may be an array of text and media parts
+   * (see splitChatMedia): the prompt with a marker per medium, and the media in order.
+   */
+  applyChatTemplate(messages: JsChatMessageWithMedia[], addGenerationPrompt?: boolean, template?: string):
+    { prompt: string; media: JsMediaSource[] };
+  readonly closed: boolean;
+  close(): void;
+  dispose(): void;
+  [Symbol.dispose](): void;
+}
+
+/** One decoded image or sound. */
+export class Media implements JsDisposable {
+  readonly projector: Projector;
+  readonly kind: 'image' | 'audio';
+  /** Pixels, or samples for a sound. */
+  readonly width: number;
+  /** Pixels; 1 for a sound. */
+  readonly height: number;
+  /** A SHA-256 of what it was made from: a context's cache recognises the same medium by it. */
+  readonly id: string;
+  /** The decoded size: 3 bytes per pixel, or 4 per sample. */
+  readonly nBytes: number;
+  readonly closed: boolean;
+  close(): void;
+  dispose(): void;
+  [Symbol.dispose](): void;
+}
+
+/** One piece of a prompt as libmtmd split it. */
+export interface JsMediaChunk {
+  readonly kind: 'text' | 'image' | 'audio';
+  /** Text tokens, or the embeddings a medium becomes. */
+  readonly nTokens: number;
+  /** Positions it takes in the sequence (fewer than nTokens under M-RoPE). */
+  readonly nPos: number;
+  /** A text chunk's token ids; empty for media. */
+  readonly tokens: readonly number[];
+  /** The medium's id (Media.id) for a media chunk, else null. */
+  readonly id: string | null;
+}
+
+/** A prompt with media, split by libmtmd (projector.tokenize()). */
+export class MediaPrompt implements JsDisposable {
+  readonly projector: Projector;
+  readonly chunks: readonly JsMediaChunk[];
+  /** One id per position: text token ids, and a negative id per position of each medium. */
+  readonly cacheIds: number[];
+  readonly nTokens: number;
+  readonly nPos: number;
+  readonly textTokens: number[];
+  readonly closed: boolean;
+  close(): void;
+  dispose(): void;
+  [Symbol.dispose](): void;
+}
+
+/** A content part of a chat message with media. */
+export type JsContentPart =
+  | { type: 'text'; text: string }
+  | { type: 'image'; image: JsMediaSource }
+  | { type: 'image_url'; image_url: { url: string } | string }
+  | { type: 'audio'; audio: JsMediaSource }
+  | { type: 'input_audio'; input_audio: { data: string; format?: string } };
+
+/** A chat message whose content may be an array of text and media parts. */
+export interface JsChatMessageWithMedia {
+  role: string;
+  content: string | JsContentPart[];
+  [key: string]: unknown;
+}
+
+/**
+ * Messages whose content is an array of parts, as text with `marker` where each medium was, and the
+ * media in order. OpenAI's image_url must be a data: URL (a remote URL throws a RangeError).
+ */
+export function splitChatMedia(messages: JsChatMessageWithMedia[], marker: string):
+  { messages: Array<{ role: string; content: string; [key: string]: unknown }>; media: JsMediaSource[] };
 
 /** Options of the completion methods: those of generation, and `logprobs`. */
 export interface JsCompleteOptions extends JsGenerateOptions {

@@ -16,6 +16,7 @@ const { RPCError } = require('./lib/rpc');
 const { Grammar, GrammarIncompleteError } = require('./lib/grammar');
 const { LoraAdapter } = require('./lib/lora');
 const { DraftModel, PromptLookup } = require('./lib/speculative');
+const { Projector, Media, MediaPrompt, splitChatMedia } = require('./lib/multimodal');
 
 module.exports = {
   JsModel,
@@ -30,6 +31,10 @@ module.exports = {
   LoraAdapter,
   DraftModel,
   PromptLookup,
+  Projector,
+  Media,
+  MediaPrompt,
+  splitChatMedia,
   samplerParamsGreedy: sampling.samplerParamsGreedy,
   samplerParamsCreative: sampling.samplerParamsCreative,
   samplerParamsPrecise: sampling.samplerParamsPrecise,

@@ -40,6 +40,8 @@ class ServeOptions:
     draft_max: int | None = None
     draft_p_min: float = 0.75
     n_gpu_layers_draft: int | None = None  # (default: n_gpu_layers)
+    mmproj: Path | None = None  # a multimodal projector: images (and audio) in chat messages
+    remote_media: bool = False  # fetch http(s) image URLs (off: only data: URLs)
 
 
 def build(opts: ServeOptions) -> tuple[Any, Any]:
@@ -61,8 +63,12 @@ def build(opts: ServeOptions) -> tuple[Any, Any]:
     ngld = opts.n_gpu_layers if opts.n_gpu_layers_draft is None else opts.n_gpu_layers_draft
     draft = from_options(None if opts.draft_model is None else str(opts.draft_model), opts.lookup, opts.draft_max,
                          opts.draft_p_min, ngld)
+    projector = None
+    if opts.mmproj is not None:
+        from ..multimodal import Projector
+        projector = Projector.load(opts.mmproj, model, n_threads=opts.n_threads or None)
     engine = Engine(model, parallel=opts.parallel, n_ctx=opts.n_ctx, n_threads=opts.n_threads, type_k=opts.type_k,
-                    type_v=opts.type_v, flash_attn=opts.flash_attn, draft=draft)
+                    type_v=opts.type_v, flash_attn=opts.flash_attn, draft=draft, projector=projector)
     if model._output_on_device:
         # The first sampled request on a GPU pays one-time costs (the device's
         # sampling kernels loaded, graphs reserved with a device chain): a short
@@ -79,7 +85,8 @@ def build(opts: ServeOptions) -> tuple[Any, Any]:
     if model_id in adapters:
         raise ValueError(f"--lora name {model_id!r} is the model's own name")
     app = create_app(engine, embedder, model_id, emb_id, opts.api_key, cors_origins=opts.cors_origins,
-                     system_fingerprint=fingerprint(Path(opts.model)), loras=adapters, state_dir=state_dir)
+                     system_fingerprint=fingerprint(Path(opts.model)), loras=adapters, state_dir=state_dir,
+                     projector=projector, remote_media=opts.remote_media)
     return app, engine
 
 

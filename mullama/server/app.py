@@ -16,6 +16,7 @@ from starlette.routing import Route
 from ..embedding import EmbeddingGenerator
 from ..engine import Engine
 from ..lora import LoraAdapter
+from ..multimodal import Projector
 from . import protocol as P
 from . import routes
 from .metrics import Metrics
@@ -25,7 +26,8 @@ from .state import Server
 def create_app(engine: Engine, embedder: EmbeddingGenerator | None, model_id: str,
                embedding_model_id: str | None = None, api_key: str | None = None, *,
                cors_origins: Sequence[str] = (), system_fingerprint: str | None = None,
-               loras: Mapping[str, LoraAdapter] | None = None, state_dir: Path | None = None) -> Any:
+               loras: Mapping[str, LoraAdapter] | None = None, state_dir: Path | None = None,
+               projector: Projector | None = None, remote_media: bool = False) -> Any:
     """The ASGI app (a Starlette app, wrapped by the request counter, the API-key check and CORS).
 
     Every route is served with and without the ``/v1`` prefix, as llama-server
@@ -34,9 +36,11 @@ def create_app(engine: Engine, embedder: EmbeddingGenerator | None, model_id: st
     default.  ``system_fingerprint`` goes into every completion.  ``loras``:
     the LoRA adapters requests may apply, by name (:func:`.protocol.request_loras`).
     ``state_dir``: where ``/v1/cache/save`` writes named caches and ``/v1/cache/restore`` reads them.
+    ``projector``: the engine's multimodal projector, for image (and audio) parts in chat messages;
+    ``remote_media``: fetch ``http(s)`` image URLs too (size and time limited), not only ``data:`` URLs.
     """
     srv = Server(engine, embedder, model_id, embedding_model_id, system_fingerprint=system_fingerprint,
-                 loras=loras, state_dir=state_dir)
+                 loras=loras, state_dir=state_dir, projector=projector, remote_media=remote_media)
     app = Starlette(
         routes=[Route(prefix + path, endpoint, methods=[method])
                 for path, endpoint, method in routes.OPENAI_ROUTES for prefix in ("/v1", "")]

@@ -232,7 +232,12 @@ def prompt_text(body: dict[str, Any]) -> str | list[int]:
                    param="prompt", code="invalid_type")
 
 
-def chat_messages(body: dict[str, Any]) -> list[dict[str, Any]]:
+MEDIA_PARTS = ("image_url", "input_audio")
+
+
+def chat_messages(body: dict[str, Any], media: bool = False) -> list[dict[str, Any]]:
+    """The checked messages.  With ``media`` (a projector is loaded), a content list that holds
+    image_url or input_audio parts is kept as a list for the projector to split."""
     msgs = body.get("messages")
     if msgs is None:
         raise ApiError(400, "'messages' is required", param="messages", code="missing_required_parameter")
@@ -246,14 +251,24 @@ def chat_messages(body: dict[str, Any]) -> list[dict[str, Any]]:
         role, content = m.get("role"), m.get("content")
         if not isinstance(role, str) or not role:
             raise ApiError(400, f"'{where}.role' must be a non-empty string", param=f"{where}.role")
-        if isinstance(content, list):  # content parts: only text is understood here
+        if isinstance(content, list):
             texts = []
-            for part in content:
-                if not isinstance(part, dict) or part.get("type") != "text" or not isinstance(part.get("text"), str):
+            for j, part in enumerate(content):
+                kind = part.get("type") if isinstance(part, dict) else None
+                if kind in MEDIA_PARTS:
+                    if not media:
+                        raise ApiError(400, f"'{where}.content[{j}]' is an {kind} part, but this server takes no "
+                                       f"media: start it with --mmproj (the model's multimodal projector)",
+                                       param=f"{where}.content")
+                    continue
+                if kind != "text" or not isinstance(part.get("text"), str):
                     raise ApiError(400, f"'{where}.content' parts must be text parts ({{\"type\": \"text\", "
-                                   f"\"text\": ...}}); images and audio are not supported", param=f"{where}.content")
+                                   f"\"text\": ...}})" + (", image_url or input_audio parts" if media else
+                                                          "; images and audio need --mmproj"),
+                                   param=f"{where}.content")
                 texts.append(part["text"])
-            content = "".join(texts)
+            if len(texts) == len(content):
+                content = "".join(texts)
         elif content is None:
             content = ""
         elif not isinstance(content, str):

@@ -48,16 +48,16 @@ async def completions(request: Request) -> Response:
 
 async def chat_completions(request: Request) -> Response:
     srv = server(request)
-    prompt, gen, grammar, tools = srv.chat_request(P.parse_json(await request.body()))
-    reqs = await srv.submit(prompt, gen, grammar)
+    prompt, gen, grammar, tools, media = await srv.chat(P.parse_json(await request.body()))
+    reqs = await srv.submit(prompt, gen, grammar, media)
     return await respond(srv, request, reqs, gen, "chat.completion", tools if tools.active else None)
 
 
 async def responses(request: Request) -> Response:
     srv = server(request)
     body = P.parse_json(await request.body())
-    prompt, gen, grammar, tools = srv.chat_request(R.chat_body(body))
-    req = (await srv.submit(prompt, gen, grammar))[0]
+    prompt, gen, grammar, tools, media = await srv.chat(R.chat_body(body))
+    req = (await srv.submit(prompt, gen, grammar, media))[0]
     answer = R.Answer(body, srv.model_id)
 
     def item(text: str, complete: bool) -> dict[str, Any]:

@@ -17,8 +17,10 @@ from ..engine import Engine
 from ..engine import Request as EngineRequest
 from ..grammar import Grammar
 from ..lora import LoraAdapter
+from ..multimodal import MediaSource, Projector
 from . import protocol as P
 from . import structured as S
+from .media import fetch_remote_media
 from .metrics import Metrics
 
 
@@ -74,8 +76,11 @@ class Server:
 
     def __init__(self, engine: Engine, embedder: EmbeddingGenerator | None, model_id: str,
                  embedding_model_id: str | None = None, *, system_fingerprint: str | None = None,
-                 loras: Mapping[str, LoraAdapter] | None = None, state_dir: Path | None = None) -> None:
+                 loras: Mapping[str, LoraAdapter] | None = None, state_dir: Path | None = None,
+                 projector: Projector | None = None, remote_media: bool = False) -> None:
         self.engine = engine
+        self.projector = projector
+        self.remote_media = remote_media
         self.model_id = model_id
         self.system_fingerprint = system_fingerprint
         self.adapters = dict(loras or {})
@@ -93,21 +98,24 @@ class Server:
                        "parent": self.model_id} for name in self.adapters]
 
     def submit_one(self, prompt: str | list[int], gen: P.Generation, grammar: Grammar | None,
-                   i: int) -> EngineRequest:
+                   i: int, media: list[MediaSource] | None = None) -> EngineRequest:
         max_tokens = self.engine.n_ctx if gen.max_tokens is None else gen.max_tokens
         try:
             return self.engine.submit(prompt, max_tokens, gen.choice_params(i), stop=gen.stop,
                                       ignore_eos=gen.ignore_eos, grammar=grammar,
-                                      logprobs=P.engine_logprobs(gen.top_logprobs), loras=gen.loras)
+                                      logprobs=P.engine_logprobs(gen.top_logprobs), loras=gen.loras, media=media)
         except ContextFullError as e:
             raise P.ApiError(400, str(e), param="messages", code="context_length_exceeded") from None
         except (ValueError, TypeError) as e:
             raise P.ApiError(400, str(e)) from None
 
     async def submit(self, prompt: str | list[int], gen: P.Generation,
-                     grammar: Grammar | None) -> list[EngineRequest]:
+                     grammar: Grammar | None, media: list[MediaSource] | None = None) -> list[EngineRequest]:
         """One engine request per choice.  With ``n`` > 1 the others wait until the first has decoded the
-        prompt, then copy its cache instead of evaluating the prompt again."""
+        prompt, then copy its cache instead of evaluating the prompt again.  Media are decoded and
+        preprocessed off the event loop."""
+        if media:
+            return [await asyncio.to_thread(self.submit_one, prompt, gen, grammar, i, media) for i in range(gen.n)]
         first = self.submit_one(prompt, gen, grammar, 0)
         if gen.n == 1:
             return [first]
@@ -123,9 +131,20 @@ class Server:
             raise
         return reqs
 
-    def chat_request(self, body: dict[str, Any]) -> tuple[str, P.Generation, Grammar | None, S.Tools]:
-        """A chat request's prompt (the model's template), generation arguments, grammar and tools."""
-        messages = P.chat_messages(body)
+    async def chat(self, body: dict[str, Any]) -> tuple[str, P.Generation, Grammar | None, S.Tools,
+                                                          list[MediaSource] | None]:
+        """:meth:`chat_request`, off the event loop when the server takes media (it may fetch them)."""
+        if self.projector is None:
+            return self.chat_request(body)
+        return await asyncio.to_thread(self.chat_request, body)
+
+    def chat_request(self, body: dict[str, Any]) -> tuple[str, P.Generation, Grammar | None, S.Tools,
+                                                          list[MediaSource] | None]:
+        """A chat request's prompt (the model's template), generation arguments, grammar, tools and media
+        (None without media parts)."""
+        messages = P.chat_messages(body, media=self.projector is not None)
+        if self.projector is not None and self.remote_media:
+            messages = fetch_remote_media(messages)
         gen = P.Generation(body, loras=self.adapters)
         tools = S.Tools(body)
         grammar = S.response_format(body)
@@ -136,12 +155,17 @@ class Server:
             grammar = tools.grammar()
             if not S.template_uses_tools(self.engine.model.chat_template):
                 messages = with_instructions(messages, tools.instructions())
+        media: list[MediaSource] | None = None
         try:
-            prompt = self.engine.model.apply_chat_template(messages, True,
-                                                           tools=tools.tools if tools.active else None)
+            if self.projector is not None and any(isinstance(m["content"], list) for m in messages):
+                prompt, media = self.projector.apply_chat_template(messages, True,
+                                                                   tools=tools.tools if tools.active else None)
+            else:
+                prompt = self.engine.model.apply_chat_template(messages, True,
+                                                               tools=tools.tools if tools.active else None)
         except (ValueError, RuntimeError, TypeError) as e:
             raise P.ApiError(400, str(e), param="messages") from None
-        return prompt, gen, grammar, tools
+        return prompt, gen, grammar, tools, media or None
 
     def cache_file(self, body: dict[str, Any]) -> tuple[str, Path]:
         if self.state_dir is None:

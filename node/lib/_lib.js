@@ -40,6 +40,7 @@ const LOG_LEVELS = abi.enumValues('ggml_log_level');
 const LOAD_MODES = abi.enumValues('llama_load_mode');
 const POOLING = abi.enumValues('llama_pooling_type');
 const DEVICE_TYPES = abi.enumValues('ggml_backend_dev_type');
+const CHUNK_TYPES = abi.enumValues('mtmd_input_chunk_type');
 const pick = (values, names) => Object.fromEntries(names.map((n) => [n, values[n]]));
 const C = Object.freeze({
   ...pick(LOG_LEVELS, ['GGML_LOG_LEVEL_DEBUG', 'GGML_LOG_LEVEL_INFO', 'GGML_LOG_LEVEL_WARN',
@@ -51,18 +52,23 @@ const C = Object.freeze({
   LLAMA_TOKEN_NULL: abi.constant('LLAMA_TOKEN_NULL'),
   ...pick(DEVICE_TYPES, ['GGML_BACKEND_DEVICE_TYPE_CPU', 'GGML_BACKEND_DEVICE_TYPE_GPU',
     'GGML_BACKEND_DEVICE_TYPE_IGPU', 'GGML_BACKEND_DEVICE_TYPE_ACCEL']),
+  ...pick(CHUNK_TYPES, ['MTMD_INPUT_CHUNK_TYPE_TEXT', 'MTMD_INPUT_CHUNK_TYPE_IMAGE', 'MTMD_INPUT_CHUNK_TYPE_AUDIO']),
 });
 
 const llama_progress_callback = koffi.proto(types.prototype('llama_progress_callback'));
 const ggml_log_callback = koffi.proto(types.prototype('ggml_log_callback'));
 koffi.proto(types.prototype('ggml_abort_callback'));
 koffi.proto(types.prototype('ggml_backend_sched_eval_callback'));
+koffi.proto(types.prototype('mtmd_progress_callback'));
 
 // The structs the binding reads or fills, named as in C, in an order where each one's fields
 // refer only to those before it.
 const STRUCT_NAMES = ['llama_model_params', 'llama_context_params', 'llama_batch', 'llama_sampler_chain_params',
   'llama_chat_message', 'llama_token_data', 'llama_token_data_array', 'llama_logit_bias',
-  'llama_perf_context_data', 'llama_model_quantize_params'];
+  'llama_perf_context_data', 'llama_model_quantize_params',
+  // libmtmd (tools/mtmd: mtmd.h, mtmd-helper.h), images and audio in the prompt
+  'mtmd_context_params', 'mtmd_input_text', 'mtmd_helper_video_init_params', 'mtmd_helper_init_opt',
+  'mtmd_helper_bitmap_wrapper'];
 const STRUCTS = {};
 const structTypes = {};
 for (const name of STRUCT_NAMES) {
@@ -145,6 +151,32 @@ const GGML_FUNCTIONS = types.table(GGML_FUNCTION_NAMES, GGML_OVERRIDES);
 const RPC_FUNCTIONS = types.table(['ggml_backend_rpc_add_server', 'ggml_backend_rpc_start_server']);
 const RPC_NAMES = process.platform === 'win32' ? ['ggml-rpc.dll']
   : process.platform === 'darwin' ? ['libggml-rpc.dylib', 'libggml-rpc.so'] : ['libggml-rpc.so'];
+
+// libmtmd: opened on first use (a Projector), beside libllama.
+const MTMD_FUNCTION_NAMES = [
+  'mtmd_default_marker', 'mtmd_context_params_default', 'mtmd_init_from_file', 'mtmd_free',
+  'mtmd_decode_use_non_causal', 'mtmd_decode_use_mrope', 'mtmd_support_vision', 'mtmd_support_audio',
+  'mtmd_get_audio_sample_rate', 'mtmd_get_marker',
+  // media
+  'mtmd_bitmap_init', 'mtmd_bitmap_init_from_audio', 'mtmd_bitmap_get_nx', 'mtmd_bitmap_get_ny',
+  'mtmd_bitmap_get_n_bytes', 'mtmd_bitmap_is_audio', 'mtmd_bitmap_free', 'mtmd_bitmap_get_id', 'mtmd_bitmap_set_id',
+  'mtmd_helper_bitmap_init_from_buf', 'mtmd_helper_init_opt_default',
+  // a prompt as chunks of text and media
+  'mtmd_input_chunks_init', 'mtmd_input_chunks_size', 'mtmd_input_chunks_get', 'mtmd_input_chunks_free',
+  'mtmd_input_chunk_get_type', 'mtmd_input_chunk_get_tokens_text', 'mtmd_input_chunk_get_n_tokens',
+  'mtmd_input_chunk_get_id', 'mtmd_input_chunk_get_n_pos', 'mtmd_tokenize',
+  // evaluation: encode a media chunk, decode its embeddings into a sequence
+  'mtmd_encode_chunk', 'mtmd_helper_eval_chunk_single',
+  'mtmd_helper_log_set',
+];
+// Outputs through pointers to scalars come back in arrays (koffi's _Out_).
+const MTMD_OVERRIDES = {
+  mtmd_input_chunk_get_tokens_text: { n_tokens_output: '_Out_ size_t *' },
+  mtmd_helper_eval_chunk_single: { new_n_past: '_Out_ int32_t *' },
+};
+const MTMD_FUNCTIONS = types.table(MTMD_FUNCTION_NAMES, MTMD_OVERRIDES);
+const MTMD_NAMES = process.platform === 'win32' ? ['mtmd.dll', 'libmtmd.dll']
+  : process.platform === 'darwin' ? ['libmtmd.dylib'] : ['libmtmd.so'];
 
 class LibraryLoadError extends Error {
   constructor(message) {
@@ -370,6 +402,25 @@ function setLogHandler(fn) {
   log.handler = fn;
 }
 
+/** libmtmd from libllama's folder, with every declared mtmd_* function; its log goes where llama.cpp's goes. */
+function openMtmd(folder, logCallback) {
+  const tried = MTMD_NAMES.map((n) => path.join(folder, n));
+  const file = tried.find((f) => fs.existsSync(f));
+  if (!file) {
+    throw new LibraryLoadError(`this build of libllama has no libmtmd beside it (looked for ${tried.join(', ')}); `
+      + 'rebuild it with scripts/build_lib.py, which builds libmtmd for images and audio in the prompt');
+  }
+  const mtmd = { path: file };
+  try {
+    declare(koffi.load(file), MTMD_FUNCTIONS, mtmd);
+  } catch (e) {
+    throw new LibraryLoadError(`${file} cannot be loaded or is not the libmtmd of llama.cpp ${PINNED_COMMIT} `
+      + `(${e.message}); rebuild it with scripts/build_lib.py`);
+  }
+  mtmd.mtmd_helper_log_set(logCallback, null);
+  return mtmd;
+}
+
 // --- the one loaded library ----------------------------------------------------
 
 let loaded = null;
@@ -404,6 +455,11 @@ function load() {
     // Kept referenced for the life of the process: C holds the pointer.
     lib.logCallback = koffi.register(onLog, koffi.pointer(ggml_log_callback));
     lib.llama_log_set(lib.logCallback, null);
+    let mtmd = null;
+    lib.mtmd = () => {
+      if (!mtmd) mtmd = openMtmd(path.dirname(file), lib.logCallback);
+      return mtmd;
+    };
     // Builds with loadable backends (--portable) register them from their folder.
     if (Number(lib.ggml_backend_reg_count()) === 0) {
       lib.ggml_backend_load_all_from_path(path.dirname(file));
@@ -424,6 +480,7 @@ module.exports = {
   FUNCTIONS,
   GGML_FUNCTIONS,
   RPC_FUNCTIONS,
+  MTMD_FUNCTIONS,
   STRUCTS,
   structTypes,
   PINNED_COMMIT,

@@ -28,6 +28,7 @@ const { SamplerChain, checkSampling, isGreedy, paramsKey, resolveParams, usesPen
 const v = require('./_validate');
 const kvCache = require('./kv_cache');
 const speculative = require('./speculative');
+const { Projector, checkMediaArgs } = require('./multimodal');
 
 const { C } = _lib;
 const MAX_N_CTX = rules.N_CTX_MAX;
@@ -36,10 +37,21 @@ const MAX_CHAINS = 8;
 const POOLING = { none: C.LLAMA_POOLING_TYPE_NONE, mean: C.LLAMA_POOLING_TYPE_MEAN,
   cls: C.LLAMA_POOLING_TYPE_CLS, last: C.LLAMA_POOLING_TYPE_LAST };
 const CONTEXT_OPTIONS = ['nCtx', 'nBatch', 'nThreads', 'embeddings', 'nUbatch', 'nSeqMax', 'pooling', 'sampling',
-  'typeK', 'typeV', 'flashAttn', 'draft', 'kvUnified'];
-const GENERATE_OPTIONS = ['stop', 'ignoreEos', 'signal', 'grammar'];
+  'typeK', 'typeV', 'flashAttn', 'draft', 'kvUnified', 'projector'];
+const GENERATE_OPTIONS = ['stop', 'ignoreEos', 'signal', 'grammar', 'media'];
 const COMPLETE_OPTIONS = [...GENERATE_OPTIONS, 'logprobs'];
 const DECODE = Symbol('decode'); // what _steps yields when the batch must be evaluated
+
+/** What _steps yields to have one media chunk encoded and decoded by libmtmd (the driver runs it). */
+class MediaStep {
+  constructor(projector, ctx, chunk, nPast, nBatch) {
+    Object.assign(this, { projector, ctx, chunk, nPast, nBatch });
+  }
+
+  run() { return this.projector._evaluate(this.ctx, this.chunk, this.nPast, 0, this.nBatch); }
+
+  runAsync() { return this.projector._evaluateAsync(this.ctx, this.chunk, this.nPast, 0, this.nBatch); }
+}
 
 /** The tokens do not fit in the context window. */
 class ContextFullError extends RangeError {
@@ -84,6 +96,13 @@ class JsContext extends NativeHandle {
         + "sampled on the host (use sampling='auto', which samples on the host here)");
     }
     if (draft && embeddings) throw new RangeError('draft is for generation; an embeddings context generates nothing');
+    const projector = o.projector ?? null;
+    if (projector !== null) {
+      if (!(projector instanceof Projector)) throw new TypeError(`projector must be a Projector, not ${v.typeName(projector)}`);
+      if (projector.model !== model) throw new RangeError('the projector was loaded for another model; load it for this one');
+      projector.ptr();
+      if (embeddings) throw new RangeError('projector is for generation; an embeddings context takes no media');
+    }
     const nUbatch = v.integer('nUbatch', o.nUbatch ?? 0, 0, MAX_N_BATCH);
     const L = lib();
     const nSeqMax = v.integer('nSeqMax', o.nSeqMax ?? 1, 1, Number(L.llama_max_parallel_sequences()));
@@ -165,6 +184,7 @@ class JsContext extends NativeHandle {
     // what drafted tokens did (see lib/speculative.js): drafted, accepted, and the target's decodes
     this.draftStats = { drafted: 0, accepted: 0, decodes: 0 };
     this._drafter = draft ? draft._start(this, nSeqMax) : null;
+    this._projector = projector;
   }
 
   // -- properties ------------------------------------------------------------------
@@ -305,11 +325,15 @@ class JsContext extends NativeHandle {
     return 0;
   }
 
-  _afterFailedDecode(rc, nBefore) {
-    // Whatever part of the batch reached the cache is dropped, so that the
-    // cache and this._tokens agree again.
+  _dropAfter(nBefore) {
+    // Whatever part of a failed batch reached the cache is dropped, so that
+    // the cache and this._tokens agree again.
     this._truncateCache(nBefore);
     if (this._mem) lib().llama_memory_seq_rm(this._mem, 0, this._tokens.length, -1);
+  }
+
+  _afterFailedDecode(rc, nBefore) {
+    this._dropAfter(nBefore);
     if (rc === 1) throw new ContextFullError(`no room left in the KV cache (nCtx=${this._nCtx}); use a larger nCtx`);
     throw new Error(`llama_decode failed with status ${rc}: ${_lib.takeErrors() || 'set a log handler for details'}`);
   }
@@ -616,7 +640,8 @@ class JsContext extends NativeHandle {
         + 'the synchronous API cannot be interrupted');
     }
     this.ptr();
-    const tokens = this._promptTokens(prompt);
+    const plan = this._mediaPrompt(prompt, o.media);
+    const tokens = plan ? plan.cacheIds : this._promptTokens(prompt);
     const p = resolveParams(params);
     const device = this._onDevice(p, grammar, outcome !== null && outcome.k !== null);
     if (tokens.length > this._nCtx) {
@@ -624,7 +649,19 @@ class JsContext extends NativeHandle {
         + 'use a larger nCtx or a shorter prompt');
     }
     this._acquire();
-    return this._steps(tokens, maxTokens, p, device, stops, ignoreEos, grammar, isAsync, outcome);
+    return this._steps(tokens, maxTokens, p, device, stops, ignoreEos, grammar, isAsync, outcome, plan);
+  }
+
+  /** The prompt split by the projector into text and media chunks, when media are given. */
+  _mediaPrompt(prompt, media) {
+    checkMediaArgs(prompt, media, this._projector);
+    if (media === undefined || media === null) return null;
+    if (this._drafter) {
+      throw new RangeError('draft does not work with media yet: drafted tokens are checked against a cache that '
+        + 'holds media the drafter cannot see; use a context without draft');
+    }
+    if (!prompt) throw new Error('the prompt is empty: there is nothing to generate from');
+    return this._projector.tokenize(prompt, media);
   }
 
   _promptTokens(prompt) {
@@ -722,22 +759,13 @@ class JsContext extends NativeHandle {
   }
 
   /** The whole generation: prompt evaluation, then one piece of text per sampled token. */
-  * _steps(tokens, maxTokens, params, device, stops, ignoreEos, grammar, isAsync, outcome = null) {
+  * _steps(tokens, maxTokens, params, device, stops, ignoreEos, grammar, isAsync, outcome = null, plan = null) {
     // before the prompt: with the chain in the graph, the prompt's decode samples the first token
     const chain = this._chain(params, 0, device);
-    chain.start(tokens);
-    // Reuse the longest cached prefix; the last prompt token is always
-    // evaluated again so that its logits are fresh (only from a cache decoded
-    // with the adapters applied now).
-    const cached = this._tokens;
-    const limit = lora.sameLoras(this._kvLoras, this._loras) ? Math.min(cached.length, tokens.length - 1) : 0;
-    let common = 0;
-    while (common < limit && cached[common] === tokens[common]) common++;
-    const kept = this._truncateCache(common);
-    this._lastPromptEvaluated = tokens.length - kept;
+    chain.start(plan ? plan.textTokens : tokens);
     // The async driver can only stop between native calls: it evaluates the
     // prompt a micro-batch at a time, so that a cancel waits for one at most.
-    yield* this._decodeSteps(Int32Array.from(tokens.slice(kept)), isAsync ? this._nUbatch : this._nBatch);
+    yield* this._promptSteps(tokens, plan, isAsync ? this._nUbatch : this._nBatch);
     if (maxTokens === 0) return;
     const state = grammar ? grammar.state(this._model) : null;
     try {
@@ -776,6 +804,59 @@ class JsContext extends NativeHandle {
       }
     } finally {
       if (state) state.close();
+    }
+  }
+
+  /**
+   * Evaluate the prompt after the longest cached prefix; the last prompt token
+   * is always evaluated again so that its logits are fresh (only from a cache
+   * decoded with the adapters applied now).  With media (`plan`), the prefix
+   * never ends inside a medium, and each medium after it is a MediaStep.
+   */
+  * _promptSteps(tokens, plan, chunk) {
+    const cached = this._tokens;
+    let limit = lora.sameLoras(this._kvLoras, this._loras) ? Math.min(cached.length, tokens.length - 1) : 0;
+    const segments = plan ? plan.segments() : [];
+    if (segments.length && segments[segments.length - 1][1].kind !== 'text') {
+      limit = Math.min(limit, segments[segments.length - 1][0]); // a prompt that ends in a medium evaluates it again
+    }
+    let common = 0;
+    while (common < limit && cached[common] === tokens[common]) common++;
+    for (const [start, c] of segments) { // never keep part of a medium: back off to its start
+      if (c.kind !== 'text' && start < common && common < start + c.nPos) common = start;
+    }
+    const kept = this._truncateCache(common);
+    this._lastPromptEvaluated = tokens.length - kept;
+    if (!plan) {
+      yield* this._decodeSteps(Int32Array.from(tokens.slice(kept)), chunk);
+      return;
+    }
+    for (const [start, c, native] of segments) {
+      const end = start + c.nPos;
+      if (end <= kept) continue;
+      if (c.kind === 'text') {
+        yield* this._decodeSteps(Int32Array.from(c.tokens.slice(Math.max(kept - start, 0))), chunk);
+        continue;
+      }
+      const nBefore = cached.length;
+      if (nBefore + c.nPos > this._nCtx) {
+        throw new ContextFullError(`a medium of ${c.nPos} positions does not fit in the context: it holds ${nBefore} `
+          + `of nCtx=${this._nCtx}; use a larger nCtx or fewer media`);
+      }
+      if (cached.length && !lora.sameLoras(this._kvLoras, this._loras)) this._kvLoras = null;
+      else if (!cached.length) this._kvLoras = this._loras;
+      let next;
+      try {
+        next = yield new MediaStep(this._projector, this.ptr(), native, nBefore, this._nBatch);
+      } catch (e) {
+        this._dropAfter(nBefore);
+        throw e;
+      }
+      if (next !== nBefore + c.nPos) {
+        this._dropAfter(nBefore);
+        throw new Error(`libmtmd placed a medium of ${c.nPos} positions at ${nBefore}..${next}`);
+      }
+      for (let i = start; i < end; i++) cached.push(tokens[i]);
     }
   }
 
@@ -867,6 +948,15 @@ class JsContext extends NativeHandle {
     while (!r.done) {
       if (r.value === DECODE) {
         r = steps.next(this._run());
+      } else if (r.value instanceof MediaStep) {
+        let next;
+        try {
+          next = r.value.run();
+        } catch (e) {
+          r = steps.throw(e);
+          continue;
+        }
+        r = steps.next(next);
       } else {
         pieces.push(r.value);
         r = steps.next();
@@ -893,6 +983,15 @@ class JsContext extends NativeHandle {
             run.async(ctx, batch, (err, res) => (err ? reject(err) : resolve(res)));
           });
           r = steps.next(rc);
+        } else if (r.value instanceof MediaStep) {
+          let next;
+          try {
+            next = await r.value.runAsync();
+          } catch (e) {
+            r = steps.throw(e);
+            continue;
+          }
+          r = steps.next(next);
         } else {
           yield r.value;
           r = steps.next();
