@@ -634,7 +634,7 @@ class Engine:
                 req._push(e)
                 self._finish(s, "error")
                 continue
-            s.todo = req.prompt[media_end:]
+            s.todo = req.prompt[max(media_end, start_from):]  # (a cached prefix may reach past the media)
 
     def _first_slot(self, req: Request) -> _Slot:
         """With every slot idle, sequence 0 or 1, whichever keeps the device chains as they are.

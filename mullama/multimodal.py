@@ -331,7 +331,7 @@ class Projector(NativeHandle):
             with open(fspath, "rb") as f:
                 return f.read()
         except FileNotFoundError:
-            raise FileNotFoundError(f"media file not found: {fspath}") from None
+            raise ValueError(f"media file not found: {fspath}") from None
         except OSError as e:
             raise ValueError(f"cannot read media file {fspath}: {e.strerror or e}") from None
 

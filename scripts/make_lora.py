@@ -54,6 +54,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from build_lib import available_cpus, default_cache_dir, sha256_file  # noqa: E402
+from llama_tools import TOOL_DEFINES, ToolError, ensure_tool, tool_build_dir  # noqa: E402,F401
 
 ROOT = Path(__file__).resolve().parent.parent
 NATIVE_DIR = ROOT / "native"
@@ -105,24 +106,6 @@ PY_MODULES = {
 }
 
 EXPORT_LORA = "llama-export-lora"
-# Only what llama-export-lora needs: static libraries, no network, no server.
-TOOL_DEFINES = (
-    "-DCMAKE_BUILD_TYPE=Release",
-    "-DBUILD_SHARED_LIBS=OFF",
-    "-DGGML_NATIVE=ON",
-    "-DLLAMA_BUILD_COMMON=ON",
-    "-DLLAMA_BUILD_TOOLS=ON",
-    "-DLLAMA_BUILD_TESTS=OFF",
-    "-DLLAMA_BUILD_EXAMPLES=OFF",
-    "-DLLAMA_BUILD_SERVER=OFF",
-    "-DLLAMA_BUILD_APP=OFF",
-    "-DLLAMA_BUILD_UI=OFF",
-    "-DLLAMA_USE_PREBUILT_UI=OFF",
-    "-DLLAMA_OPENSSL=OFF",
-    "-DLLAMA_CURL=OFF",
-    "-DGGML_RPC=OFF",
-    "-DGGML_BACKEND_DL=OFF",
-)
 
 
 class LoraError(RuntimeError):
@@ -162,45 +145,14 @@ def _run(cmd: Sequence[str], what: str, *, cwd: Path | None = None, env: Mapping
 # --------------------------------------------------------------------------
 
 
-def tool_build_dir(cache_dir: Path, commit: str) -> Path:
-    material = json.dumps({
-        "commit": commit,
-        "defines": TOOL_DEFINES,
-        "cc": os.environ.get("CC", ""),
-        "cxx": os.environ.get("CXX", ""),
-    }, sort_keys=True)
-    digest = hashlib.sha256(material.encode()).hexdigest()[:12]
-    return cache_dir / "build" / f"{commit[:10]}-tools-{digest}"
-
-
 def ensure_export_lora(cache_dir: Path | None = None, *, source_dir: Path | None = None,
                        jobs: int | None = None, verbose: bool = False) -> Path:
-    """<cache>/build/<commit>-tools-<digest>/bin/llama-export-lora, configured and built when absent."""
-    cache = cache_dir or default_cache_dir()
-    src = source_dir or DEFAULT_SOURCE_DIR
-    if not (src / "tools" / "export-lora" / "export-lora.cpp").is_file():
-        raise LoraError(f"the llama.cpp source is missing ({src}/tools/export-lora not found); "
-                        f"run `python scripts/build_lib.py` first, it fetches the pinned source")
-    if not shutil.which("cmake"):
-        raise LoraError("cmake was not found on PATH; install CMake 3.14 or newer")
-    build = tool_build_dir(cache, _llama_cpp_commit())
-    exe = build / "bin" / EXPORT_LORA
-    done = build / ".mullama-built"
-    if exe.is_file() and done.is_file():
-        return exe
-    build.mkdir(parents=True, exist_ok=True)
-    if not (build / "CMakeCache.txt").is_file():
-        gen = ["-G", "Ninja"] if shutil.which("ninja") else []
-        log(f"configuring llama.cpp tools in {build}")
-        _run(["cmake", "-S", str(src), "-B", str(build), *gen, *TOOL_DEFINES], "cmake configure", verbose=verbose)
-    n = jobs or available_cpus()
-    log(f"building {EXPORT_LORA} with {n} jobs (a few minutes the first time)")
-    _run(["cmake", "--build", str(build), "--target", EXPORT_LORA, "-j", str(n)], f"building {EXPORT_LORA}",
-         verbose=verbose)
-    if not exe.is_file():
-        raise LoraError(f"the build finished but {exe} is missing")
-    done.write_text(_llama_cpp_commit() + "\n", encoding="utf-8")
-    return exe
+    """<cache>/build/<commit>-tools-<digest>/bin/llama-export-lora, built when absent (scripts/llama_tools.py)."""
+    try:
+        return ensure_tool(EXPORT_LORA, cache_dir, source_dir=source_dir or DEFAULT_SOURCE_DIR, jobs=jobs,
+                           verbose=verbose)
+    except ToolError as e:
+        raise LoraError(str(e)) from None
 
 
 # --------------------------------------------------------------------------

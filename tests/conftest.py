@@ -55,6 +55,7 @@ def c_compiler() -> str:
 def compile_c(cc: str, source: Path, out: Path, lib_dir: Path) -> Path:
     """Compile a C program against the pinned llama.h and link it to the library under test."""
     cmd = [cc, "-O1", "-o", str(out), str(source), f"-I{LLAMA_SRC / 'include'}", f"-I{LLAMA_SRC / 'ggml' / 'include'}",
+           f"-I{LLAMA_SRC / 'tools' / 'mtmd'}",
            f"-L{lib_dir}", "-lllama", "-lggml", "-lggml-base", f"-Wl,-rpath,{lib_dir}"]
     subprocess.run(cmd, check=True, capture_output=True, text=True)
     return out

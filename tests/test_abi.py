@@ -20,7 +20,8 @@ from .conftest import LLAMA_SRC, compile_c
 
 
 def test_struct_layouts_match_the_header(tmp_path: Path, c_compiler: str, lib_dir: Path) -> None:
-    lines = ['#include <stdio.h>', '#include <stddef.h>', '#include "llama.h"', "int main(void) {"]
+    lines = ['#include <stdio.h>', '#include <stddef.h>', '#include "llama.h"', '#include "mtmd.h"',
+             '#include "mtmd-helper.h"', "int main(void) {"]
     for cname, cls in L.MIRRORED_STRUCTS.items():
         lines.append(f'printf("%s size %zu\\n", "{cname}", sizeof({cname}));')
         for fname, _ in cls._fields_:
@@ -43,9 +44,10 @@ def test_struct_layouts_match_the_header(tmp_path: Path, c_compiler: str, lib_di
     assert not mismatches, "\n".join(mismatches)
 
 
-def _prototypes(header_path: Path = LLAMA_SRC / "include" / "llama.h", api: str = "LLAMA_API",
+def _prototypes(header_path: Path | tuple[Path, ...] = LLAMA_SRC / "include" / "llama.h", api: str = "LLAMA_API",
                 prefix: str = "llama_") -> dict[str, tuple[str, list[str]]]:
-    header = header_path.read_text()
+    paths = header_path if isinstance(header_path, tuple) else (header_path,)
+    header = "\n".join(p.read_text() for p in paths)
     header = re.sub(r"//[^\n]*", "", header)
     header = re.sub(r"/\*.*?\*/", "", header, flags=re.S)
     protos: dict[str, tuple[str, list[str]]] = {}
@@ -84,10 +86,13 @@ def _kind_of_ctypes(t: object) -> str:
 
 
 GGML_INCLUDE = LLAMA_SRC / "ggml" / "include"
+MTMD_INCLUDE = LLAMA_SRC / "tools" / "mtmd"
 HEADERS = {  # the declaration table -> the header it mirrors
     "llama": (L.declared_functions, LLAMA_SRC / "include" / "llama.h", "LLAMA_API", "llama_"),
     "ggml-backend": (L.declared_ggml_functions, GGML_INCLUDE / "ggml-backend.h", "GGML_API", "ggml_"),
     "ggml-rpc": (L.declared_rpc_functions, GGML_INCLUDE / "ggml-rpc.h", "GGML_BACKEND_API", "ggml_"),
+    "mtmd": (L.declared_mtmd_functions, (MTMD_INCLUDE / "mtmd.h", MTMD_INCLUDE / "mtmd-helper.h"), "MTMD_API",
+             "mtmd_"),
 }
 
 
@@ -98,7 +103,7 @@ def test_declared_functions_match_the_header(table: str) -> None:
     problems = []
     for name, (restype, argtypes) in declared().items():
         if name not in protos:
-            problems.append(f"{name}: not in {header.name}")
+            problems.append(f"{name}: not in {table}'s header")
             continue
         _, params = protos[name]
         if len(params) != len(argtypes):
@@ -138,12 +143,13 @@ def test_description_is_what_the_headers_say() -> None:
 
 
 def test_description_layouts_are_the_compilers(tmp_path: Path, c_compiler: str, lib_dir: Path) -> None:
-    """Every struct of llama.h in abi.json: the size and field offsets the C compiler gives, which the
+    """Every struct of llama.h and mtmd.h in abi.json: the size and field offsets the C compiler gives, which the
     ctypes mirrors (built from the description) also give."""
     from mullama import _abi
-    structs = {n: s for n, s in _abi.description()["structs"].items() if n.startswith("llama_")
+    structs = {n: s for n, s in _abi.description()["structs"].items() if n.startswith(("llama_", "mtmd_"))
                and all("[" not in t for _, t, _ in s["fields"])}
-    lines = ['#include <stdio.h>', '#include <stddef.h>', '#include "llama.h"', "int main(void) {"]
+    lines = ['#include <stdio.h>', '#include <stddef.h>', '#include "llama.h"', '#include "mtmd.h"',
+             '#include "mtmd-helper.h"', "int main(void) {"]
     for name, s in structs.items():
         lines.append(f'printf("{name} size %zu\\n", sizeof(struct {name}));')
         for field, _, _ in s["fields"]:

@@ -162,7 +162,7 @@ BAD: list[tuple[str, str, bytes, int, str]] = [
     ("content of wrong type", "/v1/chat/completions", b'{"messages": [{"role": "user", "content": 5}]}', 400,
      "content"),
     ("image part", "/v1/chat/completions",
-     b'{"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]}', 400, "text"),
+     b'{"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]}', 400, "--mmproj"),
     ("temperature of wrong type", "/v1/completions", b'{"prompt": "x", "temperature": "hot"}', 400, "temperature"),
     ("temperature out of range", "/v1/completions", b'{"prompt": "x", "temperature": 2.5}', 400, "temperature"),
     ("top_p zero", "/v1/completions", b'{"prompt": "x", "top_p": 0}', 400, "top_p"),

@@ -60,7 +60,7 @@ class Mapper {
       const inner = t.slice(0, -1).trim();
       if (inner === 'const char') return 'const char *';
       if (inner === 'const char *') return 'const char **';
-      if (/^(struct \w+|void) \*$/.test(inner)) return 'void **'; // an array of handles
+      if (/^(const )?(struct \w+|void) \*$/.test(inner)) return 'void **'; // an array of handles
       const bare = inner.replace(/^const /, '');
       if (bare.startsWith('struct ') && !bare.endsWith('*') && this.structs.has(bare.slice(7))) {
         return `${bare.slice(7)} *`;

@@ -590,8 +590,15 @@ class JsContext extends NativeHandle {
     try {
       let r = steps.next();
       while (!r.done) {
-        if (r.value === DECODE) {
-          r = steps.next(yield DECODE);
+        if (r.value === DECODE || r.value instanceof MediaStep) {
+          let result;
+          try {
+            result = yield r.value;
+          } catch (e) { // a media step that failed: the steps clean up and rethrow
+            r = steps.throw(e);
+            continue;
+          }
+          r = steps.next(result);
           continue;
         }
         if (r.value === null) yield cut(null);

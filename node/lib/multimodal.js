@@ -257,7 +257,7 @@ class Projector extends NativeHandle {
     try {
       st = fs.statSync(path);
     } catch (e) {
-      if (e.code === 'ENOENT' || e.code === 'ENOTDIR') throw new Error(`media file not found: ${path}`);
+      if (e.code === 'ENOENT' || e.code === 'ENOTDIR') throw new RangeError(`media file not found: ${path}`);
       throw new RangeError(`cannot read media file ${path}: ${e.message}`);
     }
     if (st.isDirectory()) throw new RangeError(`${path} is a directory, not a media file`);

@@ -86,7 +86,8 @@ test('Python and Node declare the same functions and structs', () => {
 });
 
 test('struct layouts match the header', () => {
-  const lines = ['#include <stdio.h>', '#include <stddef.h>', '#include "llama.h"', 'int main(void) {'];
+  const lines = ['#include <stdio.h>', '#include <stddef.h>', '#include "llama.h"', '#include "mtmd.h"',
+    '#include "mtmd-helper.h"', 'int main(void) {'];
   for (const [name, fields] of Object.entries(L.STRUCTS)) {
     lines.push(`printf("%s size %zu\\n", "${name}", sizeof(struct ${name}));`);
     for (const f of Object.keys(fields)) lines.push(`printf("%s.%s %zu\\n", "${name}", "${f}", offsetof(struct ${name}, ${f}));`);
@@ -96,7 +97,8 @@ test('struct layouts match the header', () => {
   try {
     fs.writeFileSync(path.join(dir, 'probe.c'), lines.join('\n'));
     execFileSync(process.env.CC || 'cc', ['-o', path.join(dir, 'probe'), path.join(dir, 'probe.c'),
-      `-I${path.join(LLAMA_SRC, 'include')}`, `-I${path.join(LLAMA_SRC, 'ggml', 'include')}`]);
+      `-I${path.join(LLAMA_SRC, 'include')}`, `-I${path.join(LLAMA_SRC, 'ggml', 'include')}`,
+      `-I${path.join(LLAMA_SRC, 'tools', 'mtmd')}`]);
     const seen = Object.fromEntries(execFileSync(path.join(dir, 'probe'), { encoding: 'utf8' }).trim().split('\n')
       .map((l) => [l.slice(0, l.lastIndexOf(' ')), Number(l.slice(l.lastIndexOf(' ') + 1))]));
     const mismatches = [];

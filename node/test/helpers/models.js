@@ -41,4 +41,11 @@ function loraPaths() {
     + 'print(json.dumps({k: str(v) for k, v in ensure_lora().items()}))'));
 }
 
-module.exports = { ROOT, LLAMA_SRC, smollmPath, minilmPath, loraPaths, python };
+/** The tiny vision model (scripts/make_vision_model.py): { model, mmproj, wrong_mmproj }. */
+function visionPaths() {
+  return JSON.parse(resolve('MULLAMA_TEST_VISION',
+    'import sys, json; sys.path.insert(0, "scripts"); from make_vision_model import ensure_vision_model; '
+    + 'print(json.dumps({k: str(v) for k, v in ensure_vision_model().items()}))'));
+}
+
+module.exports = { ROOT, LLAMA_SRC, smollmPath, minilmPath, loraPaths, visionPaths, python };

@@ -1,0 +1,229 @@
+'use strict';
+// Images in the prompt in Node (mirrors tests/test_multimodal.py): on the tiny
+// random-weight SmolVLM made by scripts/make_vision_model.py, the same greedy
+// text as llama.cpp's llama-mtmd-cli and the same tokens, chunks and cache ids
+// as the Python binding (both references computed in this run), every way of
+// giving an image, hostile inputs, and the cache keeping an image.
+const test = require('node:test');
+const assert = require('node:assert/strict');
+const fs = require('node:fs');
+const os = require('node:os');
+const path = require('node:path');
+const { execFileSync } = require('node:child_process');
+const { JsModel, JsContext, Projector, Media, splitChatMedia, ContextFullError, samplerParamsGreedy } = require('..');
+const { ROOT, LLAMA_SRC, visionPaths, python } = require('./helpers/models');
+
+const N = 16;
+const greedy = samplerParamsGreedy();
+const JPEG = path.join(LLAMA_SRC, 'tools', 'mtmd', 'test-1.jpeg');
+const chatml = (user) => `<|im_start|>user\n${user}<|im_end|>\n<|im_start|>assistant\n`;
+const ASKS = [['<__media__>What is in the image?', ['jpeg']], ['Describe <__media__> briefly.', ['wide']],
+  ['Compare <__media__> with <__media__>.', ['wide', 'jpeg']]];
+
+let files;
+let tmp;
+let ref;
+let model;
+let proj;
+let img;
+
+// The references, from Python in this run: llama-mtmd-cli's text and chunk counts, and the Python
+// binding's tokens and cache ids; it also writes the test images (array.png holds array.rgb's pixels).
+const REFERENCE = `
+import json, sys
+from pathlib import Path
+sys.path.insert(0, "scripts")
+from make_vision_model import ensure_mtmd_cli, ensure_vision_model, mtmd_cli_generate
+from tests.images import pattern, png, bmp
+from mullama import Context, Model, Projector, SamplerParams
+out_dir, asks = Path(sys.argv[1]), json.loads(sys.argv[2])
+files = ensure_vision_model()
+img = {"jpeg": Path(sys.argv[3])}
+for name, data in (("wide.png", png(pattern(60, 150, 1))), ("square.bmp", bmp(pattern(40, 40, 2))),
+                   ("array.png", png(pattern(90, 70, 3)))):
+    (out_dir / name).write_bytes(data)
+    img[name.split(".")[0]] = out_dir / name
+(out_dir / "array.rgb").write_bytes(pattern(90, 70, 3).tobytes())
+exe = ensure_mtmd_cli()
+model = Model.load(files["model"])
+proj = Projector.load(files["mmproj"], model)
+res = []
+for user, names in asks:
+    paths = [img[n] for n in names]
+    cli = mtmd_cli_generate(exe, files["model"], files["mmproj"], paths, user, n_predict=${N})
+    prompt = f"<|im_start|>user\\n{user}<|im_end|>\\n<|im_start|>assistant\\n"
+    mp = proj.tokenize(prompt, paths)
+    with Context(model, n_ctx=1024, projector=proj) as ctx:
+        done = ctx.complete(prompt, ${N}, SamplerParams(temperature=0.0), media=paths, ignore_eos=True)
+    res.append({"cli": cli["text"], "image_tokens": cli["image_tokens"], "image_chunks": cli["image_chunks"],
+                "chunks": cli["chunks"], "prompt_tokens": cli["prompt_tokens"], "tokens": done.tokens,
+                "text": done.text, "cache_ids": mp.cache_ids,
+                "kinds": [[c.kind, c.n_tokens, c.n_pos] for c in mp.chunks]})
+print(json.dumps({"asks": res, "images": {k: str(v) for k, v in img.items()}}))
+`;
+
+test.before(() => {
+  files = visionPaths();
+  tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'mullama-mm-'));
+  const out = execFileSync(python(), ['-c', REFERENCE, tmp, JSON.stringify(ASKS), JPEG],
+    { cwd: ROOT, encoding: 'utf8', env: { ...process.env, PYTHONPATH: ROOT }, maxBuffer: 1 << 26 });
+  ref = JSON.parse(out.trim().split('\n').pop());
+  img = ref.images;
+  model = JsModel.load(files.model);
+  proj = Projector.load(files.mmproj, model);
+});
+
+test.after(() => {
+  if (proj) proj.close();
+  if (model) model.close();
+  if (tmp) fs.rmSync(tmp, { recursive: true, force: true });
+});
+
+function context(params = {}) {
+  return new JsContext(model, { nCtx: 1024, projector: proj, ...params });
+}
+
+test('greedy text equals llama-mtmd-cli, tokens and chunks equal Python', () => {
+  ASKS.forEach(([user, names], i) => {
+    const r = ref.asks[i];
+    const media = names.map((n) => img[n]);
+    const mp = proj.tokenize(chatml(user), media);
+    assert.deepEqual(mp.chunks.map((c) => [c.kind, c.nTokens, c.nPos]), r.kinds);
+    assert.deepEqual(mp.cacheIds, r.cache_ids);
+    const images = mp.chunks.filter((c) => c.kind === 'image');
+    assert.equal(images.length, r.image_chunks);
+    assert.equal(images.reduce((a, c) => a + c.nTokens, 0), r.image_tokens);
+    assert.equal(mp.chunks.length, r.chunks);
+    assert.equal(mp.nTokens, r.prompt_tokens);
+    const ctx = context();
+    const done = ctx.complete(chatml(user), N, greedy, { media, ignoreEos: true });
+    ctx.close();
+    assert.deepEqual(done.tokens, r.tokens);
+    assert.equal(done.text, r.cli);
+  });
+});
+
+test('streaming and async give the same text', async () => {
+  const [user, names] = ASKS[0];
+  const media = names.map((n) => img[n]);
+  const ctx = context();
+  const pieces = ctx.generateStream(chatml(user), N, greedy, { media, ignoreEos: true });
+  assert.ok(pieces.length > 1);
+  assert.equal(pieces.join(''), ref.asks[0].cli);
+  const fresh = context();
+  assert.equal(await fresh.generateAsync(chatml(user), N, greedy, { media, ignoreEos: true }), ref.asks[0].cli);
+  ctx.close();
+  fresh.close();
+});
+
+test('a path, a Buffer, a Uint8Array, raw pixels and a Media give the same tokens', () => {
+  const file = img.array;
+  const rgb = new Uint8Array(fs.readFileSync(path.join(tmp, 'array.rgb')));
+  const pixels = { rgb, width: 70, height: 90 };
+  const made = proj.media(pixels);
+  assert.ok(made instanceof Media);
+  assert.deepEqual([made.kind, made.width, made.height, made.nBytes], ['image', 70, 90, 70 * 90 * 3]);
+  const user = '<__media__>Tell me.';
+  const results = [file, fs.readFileSync(file), new Uint8Array(fs.readFileSync(file)), pixels, made].map((source) => {
+    const ctx = context();
+    const t = ctx.complete(chatml(user), N, greedy, { media: [source], ignoreEos: true }).tokens;
+    ctx.close();
+    return JSON.stringify(t);
+  });
+  assert.equal(new Set(results).size, 1);
+  assert.equal(proj.media(file).id, proj.media(fs.readFileSync(file)).id);
+  assert.notEqual(proj.media(file).id, made.id);
+  assert.equal(proj.media(pixels).id, made.id);
+});
+
+test('a follow-up turn does not encode the image again', () => {
+  const turn1 = chatml('<__media__>What is in the image?');
+  const ctx = context();
+  const answer = ctx.generate(turn1, N, greedy, { media: [JPEG], ignoreEos: true });
+  const first = proj.tokenize(turn1, [JPEG]);
+  assert.equal(ctx.lastPromptEvaluated, first.nPos);
+  const turn2 = `${turn1}${answer}<|im_end|>\n<|im_start|>user\nAnd the colours?<|im_end|>\n<|im_start|>assistant\n`;
+  const follow = ctx.generate(turn2, N, greedy, { media: [JPEG], ignoreEos: true });
+  const second = proj.tokenize(turn2, [JPEG]);
+  assert.ok(ctx.lastPromptEvaluated < second.nPos - first.nPos + 2, `${ctx.lastPromptEvaluated}`);
+  ctx.close();
+  const fresh = context();
+  assert.equal(fresh.generate(turn2, N, greedy, { media: [JPEG], ignoreEos: true }), follow);
+  fresh.close();
+});
+
+test('chat messages with image parts', () => {
+  const url = `data:image/jpeg;base64,${fs.readFileSync(JPEG).toString('base64')}`;
+  for (const part of [{ type: 'image', image: JPEG }, { type: 'image_url', image_url: { url } }]) {
+    const { prompt, media } = proj.applyChatTemplate([{ role: 'user', content: [part, { type: 'text', text: 'Hi?' }] }]);
+    assert.equal(prompt, model.applyChatTemplate([{ role: 'user', content: '<__media__>Hi?' }]));
+    assert.equal(media.length, 1);
+    const a = context();
+    const b = context();
+    assert.equal(a.generate(prompt, N, greedy, { media, ignoreEos: true }),
+      b.generate(prompt, N, greedy, { media: [JPEG], ignoreEos: true }));
+    a.close();
+    b.close();
+  }
+  assert.throws(() => splitChatMedia([{ role: 'user', content: [{ type: 'image_url', image_url: { url: 'https://x/y.png' } }] }],
+    '<m>'), { name: 'RangeError', message: /remote image URLs/ });
+  assert.throws(() => splitChatMedia([{ role: 'user', content: [{ type: 'image_url', image_url: { url: 'data:image/png;base64,@@' } }] }],
+    '<m>'), { name: 'RangeError', message: /base64/ });
+  assert.throws(() => splitChatMedia([{ role: 'user', content: [{ type: 'video', video: 'x' }] }], '<m>'),
+    { name: 'RangeError', message: /unsupported content part type "video"/ });
+});
+
+test('hostile media are clear errors and the process lives', () => {
+  const good = fs.readFileSync(img.array);
+  const header = (w, h) => { // a PNG that claims w x h pixels and holds almost nothing
+    const b = Buffer.from(good);
+    b.writeUInt32BE(w, 16);
+    b.writeUInt32BE(h, 20);
+    return b;
+  };
+  const notes = path.join(tmp, 'notes.png');
+  fs.writeFileSync(notes, 'this is not a picture');
+  const cases = [
+    [good.subarray(0, good.length >> 1), RangeError, /could not be decoded.*PNG/],
+    [header(20000, 20000), RangeError, /20000x20000 PNG image .* above maxImagePixels/],
+    [header(0, 5), RangeError, /size of 0x5/],
+    [Buffer.from('just some text, not an image'), RangeError, /could not be decoded/],
+    [Buffer.alloc(0), RangeError, /empty/],
+    [Buffer.from('RIFF\0\0\0\0WEBPVP8 ', 'latin1'), RangeError, /WebP/],
+    [Buffer.from('RIFF$\0\0\0WAVEfmt ', 'latin1'), RangeError, /WAV audio, but this projector takes no audio/],
+    [new Float32Array(16), RangeError, /takes no audio/],
+    [{ rgb: new Uint8Array(10), width: 4, height: 4 }, RangeError, /needs 48/],
+    [12, TypeError, /a medium must be/],
+    [path.join(tmp, 'missing.png'), RangeError, /not found/],
+    [tmp, RangeError, /directory/],
+    [notes, RangeError, /could not be decoded/],
+  ];
+  for (const [source, kind, message] of cases) {
+    assert.throws(() => proj.media(source), (e) => e instanceof kind && message.test(e.message), String(message));
+  }
+  const ctx = context();
+  const prompt = chatml('<__media__>What?');
+  assert.throws(() => ctx.generate(prompt, 4, greedy, { media: [] }), { name: 'RangeError', message: /1 media marker.* but 0 media/ });
+  assert.throws(() => ctx.generate(chatml('What?'), 4, greedy, { media: [JPEG] }), { name: 'RangeError', message: /0 media marker/ });
+  assert.throws(() => ctx.generate(prompt, 4, greedy, { media: JPEG }), { name: 'TypeError', message: /array of media/ });
+  assert.throws(() => ctx.generateFromTokens([1, 2], 4, greedy, { media: [JPEG] }), { name: 'TypeError', message: /must be text/ });
+  assert.ok(ctx.generate(prompt, 4, greedy, { media: [img.square], ignoreEos: true }).length > 0);
+  ctx.close();
+  const plain = new JsContext(model, { nCtx: 256 });
+  assert.throws(() => plain.generate(prompt, 4, greedy, { media: [JPEG] }), { name: 'RangeError', message: /no projector/ });
+  plain.close();
+  assert.throws(() => Projector.load(files.wrong_mmproj, model), { name: 'RangeError', message: /n_embd/ });
+  assert.throws(() => Projector.load(path.join(tmp, 'missing.gguf'), model), /Failed to load projector/);
+  assert.throws(() => Projector.load(files.mmproj, model, { imageMinTokens: 9, imageMaxTokens: 4 }), RangeError);
+  assert.throws(() => Projector.load(files.mmproj, model, { bogus: 1 }), TypeError);
+  assert.throws(() => new JsContext(model, { projector: 'mmproj.gguf' }), TypeError);
+  const small = Projector.load(files.mmproj, model, { maxImagePixels: 100, maxMediaBytes: 1000 });
+  assert.throws(() => small.media(JPEG), { name: 'RangeError', message: /maxMediaBytes=1000/ });
+  small.close();
+  const full = new JsContext(model, { nCtx: 256, projector: proj });
+  const long = Array(226).fill('word').join(' ');
+  assert.throws(() => full.generate(chatml(`${long}<__media__>What?`), 4, greedy, { media: [JPEG] }), ContextFullError);
+  full.close();
+  assert.deepEqual([proj.supportsVision, proj.supportsAudio, proj.audioSampleRate, proj.usesMrope, proj.marker],
+    [true, false, null, false, '<__media__>']);
+});
