@@ -33,6 +33,9 @@ cp -r "$src"/tools/{llama-bench,batched-bench,server,mtmd} "$dst/tools/"
 cp "$src"/tools/ui/{CMakeLists.txt,ui.cpp.in,ui.h.in,sources.cmake} "$dst/tools/ui/"
 cp -r "$src"/examples/{lookup,speculative-simple} "$dst/examples/"
 cp "$src/models/ggml-vocab-llama-bpe.gguf" .devsrc/
+# SmolVLM's vocabulary (SmolLM2's and the image template's tokens), for the multimodal benchmark's text model
+vision=$(python3 -c "import sys; sys.path.insert(0, 'scripts'); from make_vision_model import ensure_vision_model; print(ensure_vision_model()['model'])")
+python3 benchmarks/make_model.py --extract-vocab "$vision" --out .devsrc/smolvlm-vocab.gguf
 # the pinned CCCL (native/pin.json), which build_lib.py fetches when the toolkit's predates CUB's DeviceTopK
 mkdir -p .devsrc/cccl
 python3 -c "import json; c = json.load(open('native/pin.json'))['cuda_cccl']; print(c['name'] + '==' + c['version'])" \

@@ -18,6 +18,9 @@
 #   spec:T:D   models T and D, then benchmarks/speculative.py: T with D as its draft model, and prompt
 #              lookup, against llama-speculative-simple and llama-lookup from the same build
 #   kv:P       model:P, then benchmarks/kv_cache.py (each KV-cache type's size and speed) on it
+#   mtmd:P     a model of preset P with SmolVLM's vocabulary (MTMD_VOCAB, default .devsrc/smolvlm-vocab.gguf)
+#              and a random SigLIP-B/16 projector for it (benchmarks/make_mmproj.py), then
+#              benchmarks/multimodal.py (image encode time against llama-mtmd-cli from the same build)
 #   sampling-tests  tests/test_sampling.py with every layer on the GPU (MULLAMA_TEST_NGL=-1), the
 #              reference comparisons on the 1b model
 # Environment: OUT (results, default /tmp/mullama-bench), MODELS (default
@@ -177,6 +180,22 @@ stage_kv() {
         --out "$OUT/kv-$1.json" 2>&1 | tee -a "$OUT/kv.txt"
 }
 
+stage_mtmd() {
+    local p=$1 f=$MODELS/llama-$1-smolvlm.Q4_K_M.gguf mm=$MODELS/mmproj-base-$1.gguf n_embd
+    if [ ! -f "$f" ]; then
+        echo "== model:$p with SmolVLM's vocabulary ($(elapsed)s)"
+        python3 benchmarks/make_model.py --preset "$p" --out "$f" --vocab-from "${MTMD_VOCAB:-.devsrc/smolvlm-vocab.gguf}" \
+            || return $?
+    fi
+    n_embd=$(python3 -c "import sys; sys.path.insert(0, 'benchmarks'); from make_model import PRESETS; print(PRESETS['$p']['n_embd'])")
+    [ -f "$mm" ] || python3 benchmarks/make_mmproj.py --n-embd "$n_embd" --out "$mm" || return $?
+    echo "== mtmd:$p ($(elapsed)s)"
+    local bins
+    bins=$(dirname "$(find "${MULLAMA_CACHE:-$HOME/.cache/mullama}/build" -name llama-mtmd-cli -type f | head -n1)")
+    python3 benchmarks/multimodal.py --model "$f" --mmproj "$mm" --bin-dir "$bins" --ngl -1 --threads "$THREADS" \
+        --reps "${MTMD_REPS:-5}" --json "$OUT/mtmd-$p.json" 2>&1 | tee -a "$OUT/mtmd.txt"
+}
+
 for st in "$@"; do
     if [ "$(elapsed)" -ge "$DEADLINE" ]; then
         echo "== $st: skipped, past DEADLINE=${DEADLINE}s"
@@ -193,6 +212,7 @@ for st in "$@"; do
         lls:*) stage_lls "${st#lls:}" || exit $? ;;
         spec:*) stage_spec "${st#spec:}" || exit $? ;;
         kv:*) stage_kv "${st#kv:}" || exit $? ;;
+        mtmd:*) stage_mtmd "${st#mtmd:}" || exit $? ;;
         sampling-tests) stage_sampling_tests || exit $? ;;
         *) echo "unknown stage $st"; exit 2 ;;
     esac

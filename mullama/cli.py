@@ -18,6 +18,7 @@ from ._download import ensure_model
 from .context import Context
 from .embedding import EmbeddingGenerator
 from .model import Model
+from .multimodal import Projector
 from .sampling import SamplerParams
 
 PRESETS = {"greedy": SamplerParams.greedy, "creative": SamplerParams.creative, "precise": SamplerParams.precise,
@@ -68,11 +69,18 @@ def _draft(args: argparse.Namespace) -> Any:
 
 def cmd_run(args: argparse.Namespace) -> int:
     model = _load(args)
-    ctx = Context(model, n_ctx=args.ctx, n_threads=args.threads, draft=_draft(args), **_cache_args(args))
+    if args.image and not args.mmproj:
+        raise SystemExit("mullama run: --image needs --mmproj (the model's multimodal projector)")
+    projector = Projector.load(args.mmproj, model, n_threads=args.threads or None) if args.mmproj else None
+    ctx = Context(model, n_ctx=args.ctx, n_threads=args.threads, draft=_draft(args), projector=projector,
+                  **_cache_args(args))
     prompt = args.prompt
+    media = list(args.image) if args.image else None
+    if media and projector is not None and projector.marker not in prompt:
+        prompt = projector.marker * len(media) + prompt  # as llama-mtmd-cli does: the images first
     if args.chat_template:
         prompt = model.apply_chat_template([("user", prompt)])
-    for piece in ctx.generate_stream(prompt, max_tokens=args.max_tokens, params=_params(args)):
+    for piece in ctx.generate_stream(prompt, max_tokens=args.max_tokens, params=_params(args), media=media):
         sys.stdout.write(piece)
         sys.stdout.flush()
     sys.stdout.write("\n")
@@ -241,6 +249,10 @@ def build_parser() -> argparse.ArgumentParser:
     sampling(run)
     draft_options(run)
     run.add_argument("--chat-template", action="store_true", help="wrap PROMPT as a user message")
+    run.add_argument("--mmproj", metavar="PATH", help="the model's multimodal projector (GGUF), for --image")
+    run.add_argument("--image", action="append", metavar="PATH",
+                     help="an image (or, for audio models, a sound) for the prompt: it goes where PROMPT has "
+                          "<__media__>, or before PROMPT; repeatable")
     run.set_defaults(func=cmd_run)
 
     chat = sub.add_parser("chat", help="interactive chat with the model's template (/reset, /quit)")

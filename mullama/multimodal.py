@@ -125,6 +125,11 @@ class MediaPrompt(NativeHandle):
                 n = ctypes.c_size_t()
                 ids = M.mtmd_input_chunk_get_tokens_text(c, ctypes.byref(n))
                 tokens = tuple(int(ids[j]) for j in range(n.value))
+                if any(t < 0 for t in tokens):
+                    self.close()
+                    raise ValueError("the text model's vocabulary lacks special tokens that this projector's image "
+                                     "template needs (libmtmd gave none for them): the projector is not for this "
+                                     "model")
                 chunks.append(Chunk(kind, len(tokens), len(tokens), tokens, None))
             else:
                 raw = M.mtmd_input_chunk_get_id(c)

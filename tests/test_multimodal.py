@@ -440,3 +440,40 @@ def test_remote_images_are_fetched_with_limits(tmp_path: Path) -> None:
     finally:
         httpd.shutdown()
         httpd.server_close()
+
+
+def test_a_text_model_without_the_image_template_tokens_is_a_clear_error(files: dict[str, Path],
+                                                                          tmp_path: Path) -> None:
+    """The same embedding width but SmolLM2's plain vocabulary: libmtmd finds none of <global-img>,
+    <row_1_col_1>... (it would put -1 into the prompt, which llama_decode refuses)."""
+    import subprocess
+    import sys
+    out = tmp_path / "plain-vocab.gguf"
+    subprocess.run([sys.executable, str(Path(__file__).parents[1] / "benchmarks" / "make_model.py"), "--preset", "tiny",
+                    "--n-embd", "64", "--ftype", "f16", "--out", str(out)], check=True, capture_output=True)
+    with Model.load(out) as model:
+        proj = Projector.load(files["mmproj"], model)
+        with pytest.raises(ValueError, match="lacks special tokens"):
+            proj.tokenize("<__media__>What?", [JPEG])
+        with Context(model, n_ctx=256, projector=proj) as ctx:
+            with pytest.raises(ValueError, match="lacks special tokens"):
+                ctx.generate("<__media__>What?", 4, GREEDY, media=[JPEG])
+            assert ctx.generate("Still fine?", 2, GREEDY, ignore_eos=True)
+        proj.close()
+
+
+def test_cli_run_with_an_image(files: dict[str, Path], vlm: tuple[Model, Projector]) -> None:
+    import subprocess
+    import sys
+    user = "What is this?"
+    proc = subprocess.run([sys.executable, "-m", "mullama", "run", str(files["model"]), user, "--mmproj",
+                           str(files["mmproj"]), "--image", str(JPEG), "--chat-template", "-n", str(N), "--temp", "0"],
+                          capture_output=True, text=True, cwd=Path(__file__).parents[1])
+    assert proc.returncode == 0, proc.stderr
+    model, proj = vlm
+    with context(vlm) as ctx:
+        want = ctx.generate(model.apply_chat_template([("user", proj.marker + user)]), N, GREEDY, media=[JPEG])
+    assert proc.stdout == want + "\n"
+    bad = subprocess.run([sys.executable, "-m", "mullama", "run", str(files["model"]), user, "--image", str(JPEG)],
+                         capture_output=True, text=True, cwd=Path(__file__).parents[1])
+    assert bad.returncode != 0 and "--image needs --mmproj" in bad.stderr

@@ -66,7 +66,8 @@ def build(opts: ServeOptions) -> tuple[Any, Any]:
     projector = None
     if opts.mmproj is not None:
         from ..multimodal import Projector
-        projector = Projector.load(opts.mmproj, model, n_threads=opts.n_threads or None)
+        # a warm-up encode at start, so that the first image request does not pay for it
+        projector = Projector.load(opts.mmproj, model, n_threads=opts.n_threads or None, warmup=True)
     engine = Engine(model, parallel=opts.parallel, n_ctx=opts.n_ctx, n_threads=opts.n_threads, type_k=opts.type_k,
                     type_v=opts.type_v, flash_attn=opts.flash_attn, draft=draft, projector=projector)
     if model._output_on_device:

@@ -91,6 +91,11 @@ class MediaPrompt extends NativeHandle {
         const count = [0];
         const ids = M.mtmd_input_chunk_get_tokens_text(c, count);
         const tokens = Number(count[0]) ? Array.from(koffi.decode(ids, 'int32_t', Number(count[0]))) : [];
+        if (tokens.some((t) => t < 0)) {
+          this.close();
+          throw new RangeError("the text model's vocabulary lacks special tokens that this projector's image "
+            + 'template needs (libmtmd gave none for them): the projector is not for this model');
+        }
         chunks.push(Object.freeze({ kind, nTokens: tokens.length, nPos: tokens.length, tokens, id: null }));
       } else {
         chunks.push(Object.freeze({ kind, nTokens: Number(M.mtmd_input_chunk_get_n_tokens(c)),

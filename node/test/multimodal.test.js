@@ -44,6 +44,11 @@ for name, data in (("wide.png", png(pattern(60, 150, 1))), ("square.bmp", bmp(pa
     (out_dir / name).write_bytes(data)
     img[name.split(".")[0]] = out_dir / name
 (out_dir / "array.rgb").write_bytes(pattern(90, 70, 3).tobytes())
+# the same embedding width as the vision model, but SmolLM2's plain vocabulary (no <global-img>, ...)
+import subprocess
+subprocess.run([sys.executable, "benchmarks/make_model.py", "--preset", "tiny", "--n-embd", "64", "--ftype", "f16",
+                "--out", str(out_dir / "plain-vocab.gguf")], check=True, capture_output=True)
+img["plain_vocab_model"] = out_dir / "plain-vocab.gguf"
 exe = ensure_mtmd_cli()
 model = Model.load(files["model"])
 proj = Projector.load(files["mmproj"], model)
@@ -226,4 +231,16 @@ test('hostile media are clear errors and the process lives', () => {
   full.close();
   assert.deepEqual([proj.supportsVision, proj.supportsAudio, proj.audioSampleRate, proj.usesMrope, proj.marker],
     [true, false, null, false, '<__media__>']);
+});
+
+test('a text model without the image template tokens is a clear error', () => {
+  const plainModel = JsModel.load(img.plain_vocab_model);
+  const p = Projector.load(files.mmproj, plainModel);
+  assert.throws(() => p.tokenize('<__media__>What?', [JPEG]), { name: 'RangeError', message: /lacks special tokens/ });
+  const ctx = new JsContext(plainModel, { nCtx: 256, projector: p });
+  assert.throws(() => ctx.generate('<__media__>What?', 4, greedy, { media: [JPEG] }), /lacks special tokens/);
+  assert.ok(ctx.generate('Still fine?', 2, greedy, { ignoreEos: true }).length >= 0);
+  ctx.close();
+  p.close();
+  plainModel.close();
 });
