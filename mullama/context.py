@@ -379,10 +379,8 @@ class Context(NativeHandle):
         if self._is_encoder and n > self._n_batch:
             raise ContextFullError(f"{n} tokens exceed n_batch={self._n_batch}, which an embedding model "
                                    f"must evaluate at once; use a larger n_batch")
-        if n and self._tokens and self._kv_loras != self._loras:
-            self._kv_loras = None  # a cache decoded partly with other adapters: no prompt may reuse it
-        elif n and not self._tokens:
-            self._kv_loras = self._loras
+        if n:
+            self._note_loras()
         interruptible = _SigintGuard(self._cancel)
         L.llama_set_abort_callback(ctx, self._abort_cb, None)
         try:
@@ -403,6 +401,13 @@ class Context(NativeHandle):
         self._truncate_cache(n_before)
         if self._mem:
             _backend.lib().llama_memory_seq_rm(self._mem, 0, len(self._tokens), -1)
+
+    def _note_loras(self) -> None:
+        """Before something is added to the cache: record which adapters it is decoded with."""
+        if self._tokens and self._kv_loras != self._loras:
+            self._kv_loras = None  # a cache decoded partly with other adapters: no prompt may reuse it
+        elif not self._tokens:
+            self._kv_loras = self._loras
 
     def _after_failed_decode(self, rc: int, n_before: int) -> None:
         self._drop_after(n_before)
@@ -912,10 +917,7 @@ class Context(NativeHandle):
             raise ContextFullError(
                 f"a medium of {n_pos} positions does not fit in the context: it holds {n_before} of "
                 f"n_ctx={self._n_ctx}; use a larger n_ctx or fewer media")
-        if self._tokens and self._kv_loras != self._loras:
-            self._kv_loras = None
-        elif not self._tokens:
-            self._kv_loras = self._loras
+        self._note_loras()
         try:
             end = self._projector.evaluate(ctx, native, n_before, 0, self._n_batch)
         except RuntimeError:

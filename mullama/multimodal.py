@@ -48,6 +48,8 @@ DEFAULT_MAX_IMAGE_PIXELS: Final = 1 << 26  # 67 million pixels, e.g. 8192 x 8192
 # Encoded media larger than this are refused before they are read.
 DEFAULT_MAX_MEDIA_BYTES: Final = 1 << 28  # 256 MiB
 
+# libmtmd aborts the process on a sound of fewer samples (GGML_ASSERT in its preprocessing).
+MIN_AUDIO_SAMPLES: Final = 2
 # What libmtmd's helper decodes (stb_image for images, miniaudio for sound).
 IMAGE_FORMATS: Final = ("PNG", "JPEG", "BMP", "GIF", "TGA", "PSD", "HDR", "PNM")
 AUDIO_FORMATS: Final = ("WAV", "MP3", "FLAC")
@@ -386,10 +388,14 @@ class Projector(NativeHandle):
             ptr = M.mtmd_bitmap_init(w, h, data.ctypes.data_as(ctypes.c_void_p))
             shape = f"{h}x{w}x3"
         elif a.dtype == np.float32:
-            if a.ndim != 1 or a.shape[0] == 0:
+            if a.ndim != 1:
                 raise ValueError(f"an audio array must be 1-D float32 samples, not of shape {a.shape}")
             if not self.supports_audio:
                 raise ValueError("a float32 array is audio, but this projector takes no audio")
+            if a.shape[0] < MIN_AUDIO_SAMPLES:
+                raise ValueError(f"an audio array needs at least {MIN_AUDIO_SAMPLES} samples, not {a.shape[0]}")
+            if not np.isfinite(a).all():
+                raise ValueError("an audio array holds NaN or infinite samples")
             data = np.ascontiguousarray(a)
             ptr = M.mtmd_bitmap_init_from_audio(int(a.shape[0]), data.ctypes.data_as(ctypes.POINTER(ctypes.c_float)))
             shape = f"{a.shape[0]}"
@@ -404,6 +410,9 @@ class Projector(NativeHandle):
         return media
 
     def _check_kind(self, media: Media, what: str) -> None:
+        if media.kind == KIND_AUDIO and media.width < MIN_AUDIO_SAMPLES:
+            media.close()
+            raise ValueError(f"{what} holds {media.width} audio samples; at least {MIN_AUDIO_SAMPLES} are needed")
         if media.kind == KIND_IMAGE and not self.supports_vision:
             media.close()
             raise ValueError(f"{what} is an image, but this projector takes audio only")
@@ -434,8 +443,9 @@ class Projector(NativeHandle):
         if not chunks:
             raise MemoryError("libmtmd could not allocate a chunk list")
         _lib.take_errors()
-        with self._lock:
-            rc = M.mtmd_tokenize(self.ptr(), chunks, ctypes.byref(text), bitmaps, len(items))
+        # (no lock: mtmd_tokenize reads the projector only, and may run while another thread encodes,
+        # as llama-server's HTTP threads do)
+        rc = M.mtmd_tokenize(self.ptr(), chunks, ctypes.byref(text), bitmaps, len(items))
         if rc != 0:
             why = _lib.take_errors()
             M.mtmd_input_chunks_free(chunks)

@@ -1,12 +1,16 @@
 #!/usr/bin/env python3
-"""Make a tiny random-weight vision-language test model (SmolVLM / Idefics3) for libmtmd, reproducibly.
+"""Make tiny random-weight multimodal test models for libmtmd, reproducibly: SmolVLM (images) and Qwen2-Audio (sound).
 
-    python scripts/make_vision_model.py              # prints a JSON object with the paths
+    python scripts/make_vision_model.py              # prints a JSON object with the vision model's paths
+    python scripts/make_vision_model.py --audio      # the same for the audio model
     python scripts/make_vision_model.py --force      # make them again
     python scripts/make_vision_model.py --check      # also run llama-mtmd-cli on test-1.jpeg (stderr)
+    python scripts/make_vision_model.py --audio --check  # ... on test-2.mp3
 
-A test model for images in the prompt, made from pinned inputs only (the packaged SmolLM2 GGUF, the
-pinned llama.cpp source, fixed seeds; nothing is downloaded from Hugging Face):
+Test models for images and sound in the prompt, made from pinned inputs only (the packaged SmolLM2
+GGUF, the pinned llama.cpp source, fixed seeds; nothing is downloaded from Hugging Face).
+
+The vision model (ensure_vision_model()):
 
 model         the text model, F32: a transformers Idefics3ForConditionalGeneration (the SmolVLM
               architecture) whose llama text model has hidden size 64, 2 layers, 4 heads (2 KV heads),
@@ -26,29 +30,62 @@ wrong_mmproj  the projector of the same recipe with a text hidden size of 96: it
               values, so libmtmd must refuse to pair it with the model (mtmd_init_from_file returns NULL
               and logs "mismatch between text model (n_embd = 64) and mmproj (n_embd = 96)").
 
-All weights are drawn from N(0, INIT_STD**2) after torch.manual_seed (norm scales 1, biases 0); the
-greedy continuation of an image prompt is checked, in transformers, to have at least 3 distinct
+The audio model (ensure_audio_model()):
+
+model         the text model, F32: a transformers Qwen2AudioForConditionalGeneration whose Qwen2 text
+              model has hidden size 64, 2 layers, 4 heads (2 KV heads), FFN 128, 2048 positions, rope
+              theta 10000, converted as qwen2.  Its tokenizer is SmolLM2's as above (ChatML template
+              included) plus Qwen2-Audio's added tokens <|audio_bos|>, <|AUDIO|> and <|audio_eos|>.
+mmproj        its audio tower (--mmproj, F32 but for the two convolutions, which the converter always
+              writes F16): a Whisper encoder (128 mel bins, hidden 32, 3 layers, 2 heads, FFN 64, 1500
+              positions), average pooling by 2 and a linear projection to 64, projector type qwen2a.
+              3 layers because the converter names audio_tower.conv1/conv2 through the block-indexed
+              tensor map, which has no index 2 for 2 layers; 1500 positions because libmtmd encodes
+              30 s windows of 3000 mel frames (1500 after the stride-2 convolution), the only input
+              length transformers' encoder takes.
+
+libmtmd (projector qwen2a) takes 16 kHz mono samples (a file is decoded and resampled by miniaudio; an
+array of float32 samples must be 16 kHz already), computes Whisper's log-mel spectrogram (n_fft 400,
+hop 160, 128 bins) of the samples followed by 30 s of silence, and keeps its whole 3000-frame windows:
+n samples give floor(((n + 480000) // 160 + 1) / 3000) windows (1 for up to 30 s less 161 samples,
+2 from 30 s, ...), each one audio chunk of 750 embeddings (conv stride 2, pooling 2).  A sound's chunks
+come between "<|audio_bos|>" and "<|audio_eos|>", tokenized as text with special tokens parsed.
+test-2.mp3 (17.4 s) is 1 chunk of 750: the ChatML prompt "What do you hear?" with it in front becomes
+3 chunks (text 4, audio 750, text 12), 766 tokens.  libmtmd floors the mel power at 2**-24 where
+Whisper (and transformers' WhisperFeatureExtractor) floor it at 1e-10, so their features differ for
+very quiet sounds (all-zero samples in particular); for the 1 s sine of the check below the projected
+embeddings agree to within 1e-4 (the F16 convolutions), and so do the 16 greedy tokens.
+
+All weights are drawn from N(0, std**2) after torch.manual_seed (norm scales 1, biases 0; std INIT_STD
+for the vision model, AUDIO_INIT_STD for the audio one); the greedy continuation of a media prompt (a
+synthetic 64x64 image; a 1 s 440 Hz sine) is checked, in transformers, to have at least 3 distinct
 tokens among its first 16 (recorded in the stamp).
 
-The outputs live in <cache>/models/vision-<key>/, where <key> hashes the pinned llama.cpp commit, the
-SmolLM2 GGUF's sha256 and this script's parameters; a stamp written last makes a repeated run a no-op.
-<cache> is MULLAMA_CACHE (default ~/.cache/mullama), as for scripts/build_lib.py.
+The outputs live in <cache>/models/vision-<key>/ and <cache>/models/audio-<key>/, where <key> hashes
+the pinned llama.cpp commit, the SmolLM2 GGUF's sha256 and this script's parameters; a stamp written
+last makes a repeated run a no-op.  <cache> is MULLAMA_CACHE (default ~/.cache/mullama), as for
+scripts/build_lib.py.
 
 llama-mtmd-cli (--check; built from the pinned source by scripts/llama_tools.py, ensure_mtmd_cli()):
-greedy, non-interactive output for one prompt and image is
+greedy, non-interactive output for one prompt and image (or sound) is
 
     llama-mtmd-cli -m MODEL --mmproj MMPROJ --image IMAGE -p PROMPT -n 16 --temp 0 --seed 0 -t 2 \\
         --ignore-eos --no-warmup -lv 1 < /dev/null
 
-(mtmd_cli_command() builds it).  With both -p and --image it runs one turn and exits (without them it
-is an interactive chat reading stdin, hence /dev/null).  --temp 0 is greedy (its default is 0.2);
---seed does not matter then.  Its output was the same with 1 or 2 threads and flash attention on or off.
+with --audio SOUND for a sound (mtmd_cli_command() builds it).  --image and --audio are one option
+(also --video; a comma separates several files): the file's contents decide what it is, the name
+only makes the command readable.  With both -p and a medium it runs one turn and exits (without them
+it is an interactive chat reading stdin, hence /dev/null).  --temp 0 is greedy (its default is 0.2);
+--seed does not matter then, and its other samplers are neutral by default (no repetition penalty: a
+binding's greedy run must not apply one either).  Its output was the same with 1 or 2 threads and
+flash attention on or off.
 --ignore-eos makes it generate exactly -n tokens, by a logit bias of -inf on every end-of-generation
 token (so an EOG token can never be the greedy choice; without it, generation stops at one).
 -lv 1 keeps only errors on stderr.  -lv 4 logs, per image chunk, "decoding image batch 1/1,
-n_tokens_batch = 4" (libmtmd's info messages need 4; the default 3 shows only "encoding mtmd batch,
-... total = <chunks>"), and at the end "prompt eval time = ... / <text + image> tokens" and
-"eval time = ... / <n - 1> runs".
+n_tokens_batch = 4" (per audio chunk "decoding audio batch 1/1, n_tokens_batch = 750"; a chunk
+larger than the batch, 2048, is decoded in several; libmtmd's info messages need 4; the default 3
+shows only "encoding mtmd batch, ... total = <chunks>"), and at the end "prompt eval time = ... /
+<text + media> tokens" and "eval time = ... / <n - 1> runs".
 
 The prompt always goes through a chat template, as one user message; there is no raw mode flag:
   * default (no --jinja): the model's template is matched to a built-in one, here "chatml":
@@ -59,7 +96,7 @@ The prompt always goes through a chat template, as one user message; there is no
   * a raw prompt: --jinja --chat-template '{% for message in messages %}{{ message["content"] }}{% endfor %}'
     (RAW_TEMPLATE) gives PROMPT verbatim.
 The image goes where PROMPT has the marker <__media__> (mtmd_default_marker()); a prompt without
-markers gets one per image put in front of it, before templating.  The text is tokenized with special
+markers gets one per medium put in front of it, before templating.  The text is tokenized with special
 tokens parsed, and no BOS is added (the vocabulary's add_bos_token is false).  For a 2x2 grid the image
 becomes: for each tile "<fake_token_around_image><row_R_col_C>" and its 4 embeddings, "\\n" after each
 row, then "\\n\\n<fake_token_around_image><global-img>", the overview's 4 embeddings and
@@ -72,8 +109,8 @@ Token ids are not printed: compare a binding's greedy tokens by their pieces joi
 (mtmd_cli_generate() returns that text), with the same EOG rule (a binding that only does not stop at
 an EOG token differs if one is the greedy choice).
 
-Needs torch, transformers, tokenizers, safetensors and sentencepiece (llama.cpp's converter imports it
-for llama models) in this interpreter, the llama.cpp source in native/llama.cpp (python
+Needs torch, transformers, tokenizers, safetensors, sentencepiece (llama.cpp's converter imports it
+for llama models) and numpy in this interpreter, the llama.cpp source in native/llama.cpp (python
 scripts/build_lib.py fetches it), and for --check cmake and a C++ compiler.
 """
 
@@ -163,6 +200,52 @@ MMPROJ_FILE = f"mmproj-{MODEL_NAME}-f32.gguf"
 WRONG_FILE = f"mmproj-{MODEL_NAME}-wrong-n-embd-96-f32.gguf"
 OUTPUTS = {"model": MODEL_FILE, "mmproj": MMPROJ_FILE, "wrong_mmproj": WRONG_FILE}
 
+# The audio model: Qwen2AudioConfig(text_config=..., audio_config=...); vocab_size set when made.  The
+# converter takes the text model as Qwen2 from the top-level architecture.
+AUDIO_TEXT_CONFIG: dict[str, Any] = {
+    "model_type": "qwen2",
+    "hidden_size": 64,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "intermediate_size": 128,
+    "max_position_embeddings": 2048,
+    "rope_theta": 10000.0,
+    "rms_norm_eps": 1e-6,
+    "hidden_act": "silu",
+    "tie_word_embeddings": False,
+}
+AUDIO_CONFIG: dict[str, Any] = {
+    "model_type": "qwen2_audio_encoder",
+    "num_mel_bins": 128,  # Qwen2-Audio's; libmtmd takes 1 to 256
+    "d_model": 32,
+    "encoder_layers": 3,  # the fewest the converter can name conv2 with (see the module's docstring)
+    "encoder_attention_heads": 2,
+    "encoder_ffn_dim": 64,
+    "max_source_positions": 1500,  # a 30 s window: 3000 mel frames, halved by conv2
+}
+# Whisper's feature extractor, as libmtmd computes it for qwen2a (clip.cpp sets these, not the GGUF).
+AUDIO_SAMPLE_RATE = 16000
+AUDIO_N_FFT = 400
+AUDIO_HOP = 160
+AUDIO_WINDOW_S = 30
+# 0.01: 16 greedy tokens after test-2.mp3, a 440 Hz or 1 kHz sine or noise are 16 distinct ones, and
+# differ between them.  0.02 loops on the sines within 16 tokens (3 distinct for 440 Hz); 0.05 and 0.1
+# loop at once.
+AUDIO_INIT_STD = 0.01
+# What the transformers check puts in the prompt: a sine of this frequency and amplitude, 1 s.
+CHECK_AUDIO_HZ = 440.0
+CHECK_AUDIO_AMPLITUDE = 0.5
+CHECK_AUDIO_PROMPT = "What do you hear?"
+
+# Qwen2-Audio's added tokens, after SmolLM2's vocabulary, in this order; libmtmd puts the first and the
+# last around a sound, transformers replaces each AUDIO_TOKEN with one embedding.
+AUDIO_TOKEN = "<|AUDIO|>"
+AUDIO_EXTRA_TOKENS = ("<|audio_bos|>", AUDIO_TOKEN, "<|audio_eos|>")
+
+AUDIO_MODEL_NAME = "Qwen2-Audio-tiny-random"
+AUDIO_OUTPUTS = {"model": f"{AUDIO_MODEL_NAME}-f32.gguf", "mmproj": f"mmproj-{AUDIO_MODEL_NAME}-f32.gguf"}
+
 # import name -> pip requirement, for making and converting the model
 PY_MODULES = {
     "torch": "torch==2.13.0",
@@ -179,6 +262,8 @@ MTMD_CLI = "llama-mtmd-cli"
 RAW_TEMPLATE = '{% for message in messages %}{{ message["content"] }}{% endfor %}'
 MEDIA_MARKER = "<__media__>"
 CHECK_PROMPT = "Describe the image."
+# What llama-mtmd-cli's --audio takes (miniaudio decodes these); other files go as --image.
+AUDIO_SUFFIXES = (".wav", ".mp3", ".flac")
 
 
 class VisionError(RuntimeError):
@@ -287,8 +372,9 @@ def read_vocab(model: Path, source_dir: Path) -> GgufVocab:
     )
 
 
-def write_tokenizer(vocab: GgufVocab, out_dir: Path) -> int:
-    """tokenizer.json and tokenizer_config.json for ``vocab`` plus EXTRA_TOKENS in out_dir; returns the size.
+def write_tokenizer(vocab: GgufVocab, out_dir: Path, extra_tokens: Sequence[str] = EXTRA_TOKENS) -> int:
+    """tokenizer.json and tokenizer_config.json for ``vocab`` plus extra_tokens (special, appended) in out_dir;
+    returns the size.
 
     The pre-tokenizer is SmolLM2's (StarCoder's): single digits, then GPT-2 byte level.  llama.cpp's
     converter recognises it by hashing the ids of a test string, so a different one would fail there.
@@ -315,10 +401,10 @@ def write_tokenizer(vocab: GgufVocab, out_dir: Path) -> int:
                             for t, ty in zip(vocab.tokens, vocab.token_types) if ty == control])
     tok.add_tokens([AddedToken(t, special=False, normalized=False)
                     for t, ty in zip(vocab.tokens, vocab.token_types) if ty == user_defined])
-    tok.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in EXTRA_TOKENS])
+    tok.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in extra_tokens])
     size = int(tok.get_vocab_size())
-    if size != len(vocab.tokens) + len(EXTRA_TOKENS):
-        raise VisionError(f"the tokenizer has {size} tokens, expected {len(vocab.tokens)} + {len(EXTRA_TOKENS)}")
+    if size != len(vocab.tokens) + len(extra_tokens):
+        raise VisionError(f"the tokenizer has {size} tokens, expected {len(vocab.tokens)} + {len(extra_tokens)}")
     tok.save(str(out_dir / "tokenizer.json"))
     config: dict[str, Any] = {
         "tokenizer_class": "PreTrainedTokenizerFast",
@@ -363,6 +449,31 @@ def _tokens_per_tile() -> int:
     return side * side // (SCALE_FACTOR * SCALE_FACTOR)
 
 
+def write_audio_processor_config(out_dir: Path) -> None:
+    """Qwen2-Audio's feature extractor settings (Whisper's, 128 bins); the transformers check reads them."""
+    window = AUDIO_WINDOW_S * AUDIO_SAMPLE_RATE
+    features = {
+        "feature_extractor_type": "WhisperFeatureExtractor",
+        "processor_class": "Qwen2AudioProcessor",
+        "feature_size": AUDIO_CONFIG["num_mel_bins"],
+        "sampling_rate": AUDIO_SAMPLE_RATE,
+        "hop_length": AUDIO_HOP,
+        "n_fft": AUDIO_N_FFT,
+        "chunk_length": AUDIO_WINDOW_S,
+        "n_samples": window,
+        "nb_max_frames": window // AUDIO_HOP,
+        "padding_side": "right",
+        "padding_value": 0.0,
+        "return_attention_mask": True,
+    }
+    (out_dir / "preprocessor_config.json").write_text(json.dumps(features, indent=2) + "\n", encoding="utf-8")
+
+
+def _tokens_per_window() -> int:
+    """Audio embeddings per 30 s window: max_source_positions after conv2, halved by the pooling."""
+    return int(AUDIO_CONFIG["max_source_positions"]) // 2
+
+
 # --------------------------------------------------------------------------
 # The model: transformers, then llama.cpp's converter
 # --------------------------------------------------------------------------
@@ -372,7 +483,7 @@ def check_py_modules() -> None:
     missing = [mod for mod in PY_MODULES if importlib.util.find_spec(mod) is None]
     if missing:
         raise VisionError(
-            f"making the vision test model needs {', '.join(missing)} in this Python ({sys.executable}); "
+            f"making the test models needs {', '.join(missing)} in this Python ({sys.executable}); "
             f"install with: {sys.executable} -m pip install {' '.join(PY_MODULES[m] for m in missing)}"
         )
 
@@ -389,23 +500,52 @@ def _offline_env(source_dir: Path | None = None) -> dict[str, str]:
 
 
 def _hf_model(spec: Mapping[str, Any]) -> None:
-    """Save an Idefics3ForConditionalGeneration with seeded random weights into spec["out_dir"].
+    """Save a transformers model with seeded random weights into spec["out_dir"]: spec["family"] "vision"
+    (Idefics3ForConditionalGeneration) or "audio" (Qwen2AudioForConditionalGeneration).
 
     Runs in a child process (see make_hf_model): it imports torch.  With spec["check"], first greedy
-    decodes an image prompt and writes the ids to out_dir/greedy.json, failing when too few are distinct.
+    decodes a media prompt and writes the ids to out_dir/greedy.json, failing when too few are distinct.
     """
-    import torch
-    from transformers import Idefics3Config, Idefics3ForConditionalGeneration
-
     out_dir = Path(spec["out_dir"])
-    config = Idefics3Config(text_config=dict(spec["text_config"]), vision_config=dict(spec["vision_config"]),
-                            scale_factor=int(spec["scale_factor"]), image_token_id=int(spec["image_token_id"]),
-                            tie_word_embeddings=False)
-    model = Idefics3ForConditionalGeneration(config)
-    # Our own draws in a fixed order rather than transformers' initialisers, which may change between
-    # versions: every matrix N(0, std^2), norm scales 1, biases 0.
-    torch.manual_seed(int(spec["seed"]))
-    std = float(spec["init_std"])
+    family = str(spec["family"])
+    media_token_id = int(spec["media_token_id"])
+    model: Any
+    if family == "vision":
+        from transformers import Idefics3Config, Idefics3ForConditionalGeneration
+
+        config: Any = Idefics3Config(text_config=dict(spec["text_config"]), vision_config=dict(spec["media_config"]),
+                                     scale_factor=int(spec["scale_factor"]), image_token_id=media_token_id,
+                                     tie_word_embeddings=False)
+        model = Idefics3ForConditionalGeneration(config)
+    elif family == "audio":
+        from transformers import Qwen2AudioConfig, Qwen2AudioForConditionalGeneration
+
+        config = Qwen2AudioConfig(text_config=dict(spec["text_config"]), audio_config=dict(spec["media_config"]),
+                                  audio_token_index=media_token_id)
+        model = Qwen2AudioForConditionalGeneration(config)
+    else:
+        raise VisionError(f"unknown model family {family!r}")
+    _init_weights(model, int(spec["seed"]), float(spec["init_std"]))
+    model.train(False)  # eval mode: no dropout
+    if spec.get("check"):
+        if family == "vision":
+            ids, what = _greedy_image_prompt(model, out_dir, media_token_id), "an image prompt"
+        else:
+            ids, what = _greedy_audio_prompt(model, out_dir, media_token_id), "an audio prompt"
+        distinct = len(set(ids))
+        (out_dir / "greedy.json").write_text(json.dumps({"ids": ids, "distinct": distinct}) + "\n", encoding="utf-8")
+        if distinct < MIN_DISTINCT:
+            raise VisionError(f"the greedy continuation of {what} has {distinct} distinct tokens in {len(ids)} "
+                              f"({ids}); change the init std")
+    model.save_pretrained(str(out_dir))
+
+
+def _init_weights(model: Any, seed: int, std: float) -> None:
+    """Our own draws in a fixed order rather than transformers' initialisers, which may change between
+    versions: every matrix (and convolution kernel, position table) N(0, std^2), norm scales 1, biases 0."""
+    import torch
+
+    torch.manual_seed(seed)
     with torch.no_grad():
         for name, p in sorted(model.named_parameters()):
             if p.dim() >= 2:
@@ -416,115 +556,167 @@ def _hf_model(spec: Mapping[str, Any]) -> None:
                 p.fill_(1.0)
             else:
                 raise VisionError(f"unexpected parameter {name} {tuple(p.shape)}")
-    model.train(False)  # eval mode: no dropout
-    if spec.get("check"):
-        ids = _greedy_image_prompt(model, out_dir, int(spec["image_token_id"]))
-        distinct = len(set(ids))
-        (out_dir / "greedy.json").write_text(json.dumps({"ids": ids, "distinct": distinct}) + "\n", encoding="utf-8")
-        if distinct < MIN_DISTINCT:
-            raise VisionError(f"the greedy continuation of an image prompt has {distinct} distinct tokens in "
-                              f"{len(ids)} ({ids}); change INIT_STD")
-    model.save_pretrained(str(out_dir))
+
+
+def _greedy_ids(model: Any, ids: list[int], **media: Any) -> list[int]:
+    """The first CHECK_TOKENS greedy ids after ids (the media's inputs given at every step)."""
+    import torch
+
+    out: list[int] = []
+    with torch.no_grad():
+        for _ in range(CHECK_TOKENS):
+            logits = model(input_ids=torch.tensor([ids + out]), **media).logits
+            out.append(int(logits[0, -1].argmax()))
+    return out
+
+
+def _check_prompt_ids(tokenizer_dir: Path, prompt: str, media_token_id: int, expected: int) -> list[int]:
+    from tokenizers import Tokenizer
+
+    tok = Tokenizer.from_file(str(tokenizer_dir / "tokenizer.json"))
+    ids = list(tok.encode(prompt, add_special_tokens=False).ids)
+    if ids.count(media_token_id) != expected:
+        raise VisionError(f"the check prompt has {ids.count(media_token_id)} media tokens, expected {expected}")
+    return ids
 
 
 def _greedy_image_prompt(model: Any, tokenizer_dir: Path, image_token_id: int) -> list[int]:
     """The first CHECK_TOKENS greedy ids after a chat prompt holding one synthetic 64x64 image (no tiles)."""
     import torch
-    from tokenizers import Tokenizer
 
-    tok = Tokenizer.from_file(str(tokenizer_dir / "tokenizer.json"))
     image = ("<fake_token_around_image><global-img>" + IMAGE_TOKEN * _tokens_per_tile()
              + "<fake_token_around_image>")
     prompt = f"<|im_start|>user\n{image}{CHECK_PROMPT}<|im_end|>\n<|im_start|>assistant\n"
-    ids = list(tok.encode(prompt, add_special_tokens=False).ids)
-    if ids.count(image_token_id) != _tokens_per_tile():
-        raise VisionError(f"the check prompt has {ids.count(image_token_id)} image tokens, expected {_tokens_per_tile()}")
+    ids = _check_prompt_ids(tokenizer_dir, prompt, image_token_id, _tokens_per_tile())
     # A fixed, varied picture in the normalised range [-1, 1]: gradients and a sine pattern.
     side = int(VISION_CONFIG["image_size"])
     y, x = torch.meshgrid(torch.linspace(-1, 1, side), torch.linspace(-1, 1, side), indexing="ij")
     pixels = torch.stack([x, y, torch.sin(6 * x) * torch.cos(4 * y)]).reshape(1, 1, 3, side, side)
-    out: list[int] = []
-    with torch.no_grad():
-        for _ in range(CHECK_TOKENS):
-            logits = model(input_ids=torch.tensor([ids + out]), pixel_values=pixels).logits
-            out.append(int(logits[0, -1].argmax()))
-    return out
+    return _greedy_ids(model, ids, pixel_values=pixels)
 
 
-def make_hf_model(work: Path, name: str, text_config: Mapping[str, Any], seed: int, image_token_id: int,
-                  vocab: GgufVocab, check: bool, verbose: bool = False) -> Path:
-    """work/<name>/: tokenizer, processor config and the transformers model (made in a child process)."""
+def _greedy_audio_prompt(model: Any, tokenizer_dir: Path, audio_token_id: int) -> list[int]:
+    """The first CHECK_TOKENS greedy ids after a chat prompt holding a 1 s sine (one 30 s window), as libmtmd
+    lays it out: "<|audio_bos|>", the window's embeddings, "<|audio_eos|>"."""
+    import numpy as np
+    import torch
+    from transformers import WhisperFeatureExtractor
+
+    n = _tokens_per_window()
+    sound = AUDIO_EXTRA_TOKENS[0] + AUDIO_TOKEN * n + AUDIO_EXTRA_TOKENS[2]
+    prompt = f"<|im_start|>user\n{sound}{CHECK_AUDIO_PROMPT}<|im_end|>\n<|im_start|>assistant\n"
+    ids = _check_prompt_ids(tokenizer_dir, prompt, audio_token_id, n)
+    t = np.arange(AUDIO_SAMPLE_RATE, dtype=np.float64) / AUDIO_SAMPLE_RATE
+    samples = (CHECK_AUDIO_AMPLITUDE * np.sin(2 * np.pi * CHECK_AUDIO_HZ * t)).astype(np.float32)
+    extractor = WhisperFeatureExtractor.from_pretrained(str(tokenizer_dir))
+    features = extractor(samples, sampling_rate=AUDIO_SAMPLE_RATE, return_tensors="pt",
+                         padding="max_length")["input_features"]
+    # libmtmd encodes the whole window, the silence after the sound included: no mask
+    mask = torch.ones((1, int(features.shape[-1])), dtype=torch.long)
+    return _greedy_ids(model, ids, input_features=features, feature_attention_mask=mask)
+
+
+def make_hf_model(work: Path, name: str, family: str, text_config: Mapping[str, Any], seed: int,
+                  media_token_id: int, vocab: GgufVocab, check: bool, verbose: bool = False) -> Path:
+    """work/<name>/: tokenizer, processor config and the transformers model of family "vision" or "audio"
+    (made in a child process)."""
     out_dir = work / name
     out_dir.mkdir(parents=True, exist_ok=True)
-    write_tokenizer(vocab, out_dir)
-    write_processor_config(out_dir)
-    spec = json.dumps({
-        "out_dir": str(out_dir),
-        "text_config": dict(text_config),
-        "vision_config": VISION_CONFIG,
-        "scale_factor": SCALE_FACTOR,
-        "image_token_id": image_token_id,
-        "seed": seed,
-        "init_std": INIT_STD,
-        "check": check,
-    })
-    _run([sys.executable, str(Path(__file__).resolve()), "--hf-child", spec], f"making the transformers model {name}",
-         env=_offline_env(), verbose=verbose)
+    spec: dict[str, Any] = {"out_dir": str(out_dir), "family": family, "text_config": dict(text_config),
+                            "media_token_id": media_token_id, "seed": seed, "check": check}
+    if family == "vision":
+        write_tokenizer(vocab, out_dir, EXTRA_TOKENS)
+        write_processor_config(out_dir)
+        spec.update(media_config=VISION_CONFIG, scale_factor=SCALE_FACTOR, init_std=INIT_STD)
+    else:
+        write_tokenizer(vocab, out_dir, AUDIO_EXTRA_TOKENS)
+        write_audio_processor_config(out_dir)
+        spec.update(media_config=AUDIO_CONFIG, init_std=AUDIO_INIT_STD)
+    _run([sys.executable, str(Path(__file__).resolve()), "--hf-child", json.dumps(spec)],
+         f"making the transformers model {name}", env=_offline_env(), verbose=verbose)
     if not (out_dir / "model.safetensors").is_file():
         raise VisionError(f"transformers wrote no model.safetensors in {out_dir}")
     return out_dir
 
 
-def convert(hf_dir: Path, out: Path, source_dir: Path, *, mmproj: bool, verbose: bool = False) -> None:
+def convert(hf_dir: Path, out: Path, source_dir: Path, *, mmproj: bool, model_name: str = MODEL_NAME,
+            verbose: bool = False) -> None:
     converter = source_dir / "convert_hf_to_gguf.py"
     if not converter.is_file():
         raise VisionError(f"{converter} not found; run `python scripts/build_lib.py` first, it fetches the pinned source")
     # --model-name: otherwise general.name comes from the (temporary) folder's name.
     cmd = [sys.executable, str(converter), str(hf_dir), "--outtype", "f32", "--outfile", str(out),
-           "--model-name", MODEL_NAME] + (["--mmproj"] if mmproj else [])
+           "--model-name", model_name] + (["--mmproj"] if mmproj else [])
     _run(cmd, "convert_hf_to_gguf.py" + (" --mmproj" if mmproj else ""), cwd=source_dir,
          env=_offline_env(source_dir), verbose=verbose)
     if not out.is_file() or out.stat().st_size == 0:
         raise VisionError(f"convert_hf_to_gguf.py wrote nothing to {out}")
 
 
-def verify(paths: Mapping[str, Path], base: GgufVocab, source_dir: Path) -> None:
-    """The converted files say what this script meant: SmolLM2's vocabulary and template, the shapes."""
+def _verify_text_model(path: Path, base: GgufVocab, source_dir: Path, extra_tokens: Sequence[str], arch: str,
+                       expected: Mapping[str, Any]) -> None:
+    """path has SmolLM2's vocabulary and template plus extra_tokens, and the hyperparameters <arch>.<key>
+    in expected (None: absent)."""
     gguf = _gguf_module(source_dir)
-    text = read_vocab(paths["model"], source_dir)
+    text = read_vocab(path, source_dir)
     n = len(base.tokens)
     differ = [k for k in ("merges", "pre", "bos", "eos", "unk", "pad", "chat_template")
               if getattr(text, k) != getattr(base, k)]
     differ += [k for k in ("add_bos", "add_eos") if bool(getattr(text, k)) != bool(getattr(base, k))]
     differ += [k for k in ("tokens", "token_types") if getattr(text, k)[:n] != getattr(base, k)]
     if differ:
-        raise VisionError(f"{paths['model'].name}: its {', '.join(differ)} differ from SmolLM2's")
-    if tuple(text.tokens[n:]) != EXTRA_TOKENS:
-        raise VisionError(f"{paths['model'].name}: the added tokens are {text.tokens[n:]}, expected {EXTRA_TOKENS}")
-    reader = gguf.GGUFReader(str(paths["model"]))
-    hparams = {k: reader.fields[f"llama.{k}"].contents() if f"llama.{k}" in reader.fields else None
-               for k in ("embedding_length", "block_count", "attention.head_count", "attention.head_count_kv",
-                         "feed_forward_length", "context_length", "rope.freq_base", "vocab_size")}
-    expected = {"embedding_length": TEXT_CONFIG["hidden_size"], "block_count": TEXT_CONFIG["num_hidden_layers"],
-                "attention.head_count": TEXT_CONFIG["num_attention_heads"],
-                "attention.head_count_kv": TEXT_CONFIG["num_key_value_heads"],
-                "feed_forward_length": TEXT_CONFIG["intermediate_size"],
-                "context_length": TEXT_CONFIG["max_position_embeddings"], "rope.freq_base": TEXT_CONFIG["rope_theta"],
-                "vocab_size": n + len(EXTRA_TOKENS)}
-    if hparams != expected:
-        raise VisionError(f"{paths['model'].name}: {hparams}, expected {expected}")
+        raise VisionError(f"{path.name}: its {', '.join(differ)} differ from SmolLM2's")
+    if tuple(text.tokens[n:]) != tuple(extra_tokens):
+        raise VisionError(f"{path.name}: the added tokens are {text.tokens[n:]}, expected {tuple(extra_tokens)}")
+    reader = gguf.GGUFReader(str(path))
+    got_arch = reader.fields["general.architecture"].contents()
+    if got_arch != arch:
+        raise VisionError(f"{path.name}: architecture {got_arch!r}, expected {arch!r}")
+    hparams = {k: reader.fields[f"{arch}.{k}"].contents() if f"{arch}.{k}" in reader.fields else None
+               for k in expected}
+    if hparams != dict(expected):
+        raise VisionError(f"{path.name}: {hparams}, expected {dict(expected)}")
+
+
+def _text_hparams(config: Mapping[str, Any]) -> dict[str, Any]:
+    """The GGUF hyperparameters (without the architecture's prefix) a transformers text config becomes."""
+    return {"embedding_length": config["hidden_size"], "block_count": config["num_hidden_layers"],
+            "attention.head_count": config["num_attention_heads"],
+            "attention.head_count_kv": config["num_key_value_heads"],
+            "feed_forward_length": config["intermediate_size"],
+            "context_length": config["max_position_embeddings"], "rope.freq_base": config["rope_theta"]}
+
+
+def _verify_mmproj(path: Path, source_dir: Path, want: Mapping[str, Any]) -> None:
+    gguf = _gguf_module(source_dir)
+    r = gguf.GGUFReader(str(path))
+    got = {k: r.fields[k].contents() if k in r.fields else None for k in want}
+    if got != dict(want):
+        raise VisionError(f"{path.name}: {got}, expected {dict(want)}")
+
+
+def verify(paths: Mapping[str, Path], base: GgufVocab, source_dir: Path) -> None:
+    """The converted vision files say what this script meant: SmolLM2's vocabulary and template, the shapes."""
+    _verify_text_model(paths["model"], base, source_dir, EXTRA_TOKENS, "llama",
+                       {**_text_hparams(TEXT_CONFIG), "vocab_size": len(base.tokens) + len(EXTRA_TOKENS)})
     for key, expected_dim in (("mmproj", TEXT_CONFIG["hidden_size"]), ("wrong_mmproj", WRONG_TEXT["hidden_size"])):
-        r = gguf.GGUFReader(str(paths[key]))
-        got = {k: r.fields[k].contents() for k in ("clip.projector_type", "clip.vision.projection_dim",
-                                                    "clip.vision.image_size", "clip.vision.patch_size",
-                                                    "clip.vision.preproc_image_size",
-                                                    "clip.vision.projector.scale_factor") if k in r.fields}
-        want = {"clip.projector_type": "idefics3", "clip.vision.projection_dim": expected_dim,
-                "clip.vision.image_size": VISION_CONFIG["image_size"],
-                "clip.vision.patch_size": VISION_CONFIG["patch_size"],
-                "clip.vision.preproc_image_size": LONGEST_EDGE, "clip.vision.projector.scale_factor": SCALE_FACTOR}
-        if got != want:
-            raise VisionError(f"{paths[key].name}: {got}, expected {want}")
+        _verify_mmproj(paths[key], source_dir, {
+            "clip.projector_type": "idefics3", "clip.vision.projection_dim": expected_dim,
+            "clip.vision.image_size": VISION_CONFIG["image_size"], "clip.vision.patch_size": VISION_CONFIG["patch_size"],
+            "clip.vision.preproc_image_size": LONGEST_EDGE, "clip.vision.projector.scale_factor": SCALE_FACTOR})
+
+
+def verify_audio(paths: Mapping[str, Path], base: GgufVocab, source_dir: Path) -> None:
+    """The converted audio files say what this script meant (the vocabulary as for verify())."""
+    _verify_text_model(paths["model"], base, source_dir, AUDIO_EXTRA_TOKENS, "qwen2", _text_hparams(AUDIO_TEXT_CONFIG))
+    _verify_mmproj(paths["mmproj"], source_dir, {
+        "clip.projector_type": "qwen2a", "clip.has_audio_encoder": True, "clip.has_vision_encoder": None,
+        "clip.audio.projection_dim": AUDIO_TEXT_CONFIG["hidden_size"],
+        "clip.audio.embedding_length": AUDIO_CONFIG["d_model"],
+        "clip.audio.feed_forward_length": AUDIO_CONFIG["encoder_ffn_dim"],
+        "clip.audio.block_count": AUDIO_CONFIG["encoder_layers"],
+        "clip.audio.attention.head_count": AUDIO_CONFIG["encoder_attention_heads"],
+        "clip.audio.num_mel_bins": AUDIO_CONFIG["num_mel_bins"]})
 
 
 # --------------------------------------------------------------------------
@@ -543,6 +735,7 @@ def _base_model_spec() -> tuple[str, Callable[[], Path]]:
 
 
 def _parameters(base_sha256: str) -> dict[str, Any]:
+    """What the vision model is made from: its folder's key, and its stamp's."""
     return {
         "stamp_version": STAMP_VERSION,
         "llama_cpp_commit": _llama_cpp_commit(),
@@ -565,19 +758,47 @@ def _parameters(base_sha256: str) -> dict[str, Any]:
     }
 
 
-def vision_dir(cache_dir: Path | None = None) -> Path:
-    """Where the outputs live (whether or not they exist yet)."""
+def _audio_parameters(base_sha256: str) -> dict[str, Any]:
+    """What the audio model is made from: its folder's key, and its stamp's."""
+    return {
+        "stamp_version": STAMP_VERSION,
+        "family": "audio",
+        "llama_cpp_commit": _llama_cpp_commit(),
+        "base_sha256": base_sha256,
+        "text_config": AUDIO_TEXT_CONFIG,
+        "audio_config": AUDIO_CONFIG,
+        "features": [AUDIO_SAMPLE_RATE, AUDIO_N_FFT, AUDIO_HOP, AUDIO_WINDOW_S],
+        "extra_tokens": list(AUDIO_EXTRA_TOKENS),
+        "seed": SEED,
+        "init_std": AUDIO_INIT_STD,
+        "check": [CHECK_AUDIO_PROMPT, CHECK_AUDIO_HZ, CHECK_AUDIO_AMPLITUDE, CHECK_TOKENS, MIN_DISTINCT],
+        "outtype": "f32",
+        "model_name": AUDIO_MODEL_NAME,
+        "files": AUDIO_OUTPUTS,
+    }
+
+
+def _model_dir(kind: str, params: Mapping[str, Any], cache_dir: Path | None) -> Path:
     cache = cache_dir or default_cache_dir()
-    params = _parameters(_base_model_spec()[0])
     key = hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()[:12]
-    return cache / "models" / f"vision-{key}"
+    return cache / "models" / f"{kind}-{key}"
 
 
-def _paths(folder: Path) -> dict[str, Path]:
-    return {k: folder / v for k, v in OUTPUTS.items()}
+def vision_dir(cache_dir: Path | None = None) -> Path:
+    """Where the vision model's outputs live (whether or not they exist yet)."""
+    return _model_dir("vision", _parameters(_base_model_spec()[0]), cache_dir)
 
 
-def _stamp_ok(folder: Path, params: Mapping[str, Any]) -> bool:
+def audio_dir(cache_dir: Path | None = None) -> Path:
+    """Where the audio model's outputs live (whether or not they exist yet)."""
+    return _model_dir("audio", _audio_parameters(_base_model_spec()[0]), cache_dir)
+
+
+def _paths(folder: Path, outputs: Mapping[str, str] = OUTPUTS) -> dict[str, Path]:
+    return {k: folder / v for k, v in outputs.items()}
+
+
+def _stamp_ok(folder: Path, params: Mapping[str, Any], outputs: Mapping[str, str] = OUTPUTS) -> bool:
     try:
         with open(folder / STAMP_NAME, encoding="utf-8") as f:
             recorded = json.load(f)
@@ -586,18 +807,25 @@ def _stamp_ok(folder: Path, params: Mapping[str, Any]) -> bool:
     if not isinstance(recorded, dict) or recorded.get("parameters") != json.loads(json.dumps(params)):
         return False
     sizes = recorded.get("sizes", {})
-    return all(p.is_file() and p.stat().st_size == sizes.get(k) for k, p in _paths(folder).items())
+    return all(p.is_file() and p.stat().st_size == sizes.get(k) for k, p in _paths(folder, outputs).items())
 
 
-def ensure_vision_model(cache_dir: Path | None = None, *, source_dir: Path | None = None, force: bool = False,
-                        verbose: bool = False) -> dict[str, Path]:
-    """Paths of the vision test model (model, mmproj, wrong_mmproj), made first when absent or stale."""
+# step(name, fn): runs fn, timed and logged as name; returns its result.
+Step = Callable[[str, Callable[[], Any]], Any]
+# maker(staging, vocab, source_dir, step, verbose): writes the outputs into staging, returns the
+# transformers greedy check (for the stamp).
+Maker = Callable[[Path, GgufVocab, Path, Step, bool], Any]
+
+
+def _ensure(kind: str, outputs: Mapping[str, str], parameters: Callable[[str], dict[str, Any]], maker: Maker,
+            cache_dir: Path | None, source_dir: Path | None, force: bool, verbose: bool) -> dict[str, Path]:
+    """The outputs in <cache>/models/<kind>-<key>/, made by maker in a staging folder first when absent or stale."""
     cache = cache_dir or default_cache_dir()
     base_sha256, ensure_model = _base_model_spec()
-    params = _parameters(base_sha256)
-    folder = vision_dir(cache)
-    if not force and _stamp_ok(folder, params):
-        return _paths(folder)
+    params = parameters(base_sha256)
+    folder = _model_dir(kind, params, cache)
+    if not force and _stamp_ok(folder, params, outputs):
+        return _paths(folder, outputs)
 
     src = source_dir or DEFAULT_SOURCE_DIR
     check_py_modules()
@@ -613,26 +841,11 @@ def ensure_vision_model(cache_dir: Path | None = None, *, source_dir: Path | Non
 
     base: Path = step("base_model", ensure_model)
     vocab: GgufVocab = step("read_vocab", lambda: read_vocab(base, src))
-    image_token_id = len(vocab.tokens) + EXTRA_TOKENS.index(IMAGE_TOKEN)
-    text_config = {**TEXT_CONFIG, "vocab_size": len(vocab.tokens) + len(EXTRA_TOKENS),
-                   "bos_token_id": vocab.bos, "eos_token_id": vocab.eos, "pad_token_id": vocab.pad}
     folder.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}-"))
     try:
-        out = _paths(staging)
-        hf_dir: Path = step("hf_model", lambda: make_hf_model(staging, "hf", text_config, SEED, image_token_id,
-                                                              vocab, True, verbose))
-        step("convert_model", lambda: convert(hf_dir, out["model"], src, mmproj=False, verbose=verbose))
-        step("convert_mmproj", lambda: convert(hf_dir, out["mmproj"], src, mmproj=True, verbose=verbose))
-        wrong_dir: Path = step("wrong_hf_model", lambda: make_hf_model(staging, "hf-wrong", {**text_config, **WRONG_TEXT},
-                                                                       WRONG_SEED, image_token_id, vocab, False,
-                                                                       verbose))
-        step("convert_wrong_mmproj", lambda: convert(wrong_dir, out["wrong_mmproj"], src, mmproj=True, verbose=verbose))
-        step("verify", lambda: verify(out, vocab, src))
-        greedy = json.loads((hf_dir / "greedy.json").read_text(encoding="utf-8"))
-        # The transformers folders served their purpose; the GGUF files are the product.
-        shutil.rmtree(hf_dir)
-        shutil.rmtree(wrong_dir)
+        out = _paths(staging, outputs)
+        greedy = maker(staging, vocab, src, step, verbose)
         timings["total"] = round(time.monotonic() - t_all, 2)
         record = {
             "parameters": params,
@@ -650,8 +863,65 @@ def ensure_vision_model(cache_dir: Path | None = None, *, source_dir: Path | Non
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    log(f"made the vision test model in {folder} in {timings['total']:.1f}s")
-    return _paths(folder)
+    log(f"made the {kind} test model in {folder} in {timings['total']:.1f}s")
+    return _paths(folder, outputs)
+
+
+def _text_config(base: Mapping[str, Any], vocab: GgufVocab, extra_tokens: Sequence[str]) -> dict[str, Any]:
+    return {**base, "vocab_size": len(vocab.tokens) + len(extra_tokens),
+            "bos_token_id": vocab.bos, "eos_token_id": vocab.eos, "pad_token_id": vocab.pad}
+
+
+def _greedy_record(hf_dir: Path) -> Any:
+    return json.loads((hf_dir / "greedy.json").read_text(encoding="utf-8"))
+
+
+def _make_vision(staging: Path, vocab: GgufVocab, src: Path, step: Step, verbose: bool) -> Any:
+    out = _paths(staging, OUTPUTS)
+    image_token_id = len(vocab.tokens) + EXTRA_TOKENS.index(IMAGE_TOKEN)
+    text_config = _text_config(TEXT_CONFIG, vocab, EXTRA_TOKENS)
+    hf_dir: Path = step("hf_model", lambda: make_hf_model(staging, "hf", "vision", text_config, SEED, image_token_id,
+                                                          vocab, True, verbose))
+    step("convert_model", lambda: convert(hf_dir, out["model"], src, mmproj=False, verbose=verbose))
+    step("convert_mmproj", lambda: convert(hf_dir, out["mmproj"], src, mmproj=True, verbose=verbose))
+    wrong_dir: Path = step("wrong_hf_model", lambda: make_hf_model(staging, "hf-wrong", "vision",
+                                                                   {**text_config, **WRONG_TEXT}, WRONG_SEED,
+                                                                   image_token_id, vocab, False, verbose))
+    step("convert_wrong_mmproj", lambda: convert(wrong_dir, out["wrong_mmproj"], src, mmproj=True, verbose=verbose))
+    step("verify", lambda: verify(out, vocab, src))
+    greedy = _greedy_record(hf_dir)
+    # The transformers folders served their purpose; the GGUF files are the product.
+    shutil.rmtree(hf_dir)
+    shutil.rmtree(wrong_dir)
+    return greedy
+
+
+def _make_audio(staging: Path, vocab: GgufVocab, src: Path, step: Step, verbose: bool) -> Any:
+    out = _paths(staging, AUDIO_OUTPUTS)
+    audio_token_id = len(vocab.tokens) + AUDIO_EXTRA_TOKENS.index(AUDIO_TOKEN)
+    text_config = _text_config(AUDIO_TEXT_CONFIG, vocab, AUDIO_EXTRA_TOKENS)
+    hf_dir: Path = step("hf_model", lambda: make_hf_model(staging, "hf", "audio", text_config, SEED, audio_token_id,
+                                                          vocab, True, verbose))
+    step("convert_model", lambda: convert(hf_dir, out["model"], src, mmproj=False, model_name=AUDIO_MODEL_NAME,
+                                          verbose=verbose))
+    step("convert_mmproj", lambda: convert(hf_dir, out["mmproj"], src, mmproj=True, model_name=AUDIO_MODEL_NAME,
+                                           verbose=verbose))
+    step("verify", lambda: verify_audio(out, vocab, src))
+    greedy = _greedy_record(hf_dir)
+    shutil.rmtree(hf_dir)
+    return greedy
+
+
+def ensure_vision_model(cache_dir: Path | None = None, *, source_dir: Path | None = None, force: bool = False,
+                        verbose: bool = False) -> dict[str, Path]:
+    """Paths of the vision test model (model, mmproj, wrong_mmproj), made first when absent or stale."""
+    return _ensure("vision", OUTPUTS, _parameters, _make_vision, cache_dir, source_dir, force, verbose)
+
+
+def ensure_audio_model(cache_dir: Path | None = None, *, source_dir: Path | None = None, force: bool = False,
+                       verbose: bool = False) -> dict[str, Path]:
+    """Paths of the audio test model (model, mmproj), made first when absent or stale."""
+    return _ensure("audio", AUDIO_OUTPUTS, _audio_parameters, _make_audio, cache_dir, source_dir, force, verbose)
 
 
 def _umask() -> int:
@@ -677,17 +947,27 @@ def _versions() -> dict[str, str]:
 # --------------------------------------------------------------------------
 
 
-def mtmd_cli_command(exe: Path, model: Path, mmproj: Path, image: Path | Sequence[Path], prompt: str, *,
+def is_audio_file(path: str | os.PathLike[str]) -> bool:
+    """Whether mtmd_cli_command() passes path as --audio (by its suffix) rather than --image."""
+    return Path(path).suffix.lower() in AUDIO_SUFFIXES
+
+
+def mtmd_cli_command(exe: Path, model: Path, mmproj: Path, media: Path | Sequence[Path], prompt: str, *,
                      n_predict: int = 16,
                      threads: int | None = None, raw: bool = False, quiet: bool = True) -> list[str]:
     """The llama-mtmd-cli command line for greedy, single-turn output (see the module's docstring).
 
-    image: one image, or several (one --image each, in the order of the prompt's markers).
+    media: one image or sound file, or several (one --image or --audio each, in the order of the prompt's
+    markers; the two options are the same, see is_audio_file()).
     raw: the prompt verbatim (RAW_TEMPLATE), else the model's template as a built-in (here ChatML).
-    quiet: only errors on stderr (-lv 1), else the info logs that count image chunks and tokens (-lv 4).
+    quiet: only errors on stderr (-lv 1), else the info logs that count media chunks and tokens (-lv 4).
     """
-    images = [image] if isinstance(image, (str, Path)) else list(image)
-    cmd = [str(exe), "-m", str(model), "--mmproj", str(mmproj), *(a for i in images for a in ("--image", str(i))),
+    files = [media] if isinstance(media, (str, Path)) else list(media)
+    for f in files:
+        if "," in str(f):  # the option splits its value at commas
+            raise VisionError(f"llama-mtmd-cli cannot take a file whose path has a comma: {f}")
+    cmd = [str(exe), "-m", str(model), "--mmproj", str(mmproj),
+           *(a for f in files for a in ("--audio" if is_audio_file(f) else "--image", str(f))),
            "-p", prompt,
            "-n", str(n_predict), "--temp", "0", "--seed", "0", "-t", str(threads or available_cpus()),
            "--ignore-eos", "--no-warmup"]
@@ -697,14 +977,15 @@ def mtmd_cli_command(exe: Path, model: Path, mmproj: Path, image: Path | Sequenc
     return cmd
 
 
-def mtmd_cli_generate(exe: Path, model: Path, mmproj: Path, image: Path | Sequence[Path], prompt: str, *, n_predict: int = 16,
-                      threads: int | None = None, raw: bool = False) -> dict[str, Any]:
+def mtmd_cli_generate(exe: Path, model: Path, mmproj: Path, media: Path | Sequence[Path], prompt: str, *,
+                      n_predict: int = 16, threads: int | None = None, raw: bool = False) -> dict[str, Any]:
     """Run llama-mtmd-cli greedily; its generated text (bytes as UTF-8, replaced where invalid) and what it logged.
 
-    Returns text, image_tokens (the image embeddings decoded), image_chunks, chunks (text and image
-    chunks of the tokenized prompt), prompt_tokens (text and image) and the command.
+    Returns text, image_tokens and audio_tokens (the media embeddings decoded), image_chunks and
+    audio_chunks, chunks (text and media chunks of the tokenized prompt), prompt_tokens (text and media)
+    and the command.
     """
-    cmd = mtmd_cli_command(exe, model, mmproj, image, prompt, n_predict=n_predict, threads=threads, raw=raw,
+    cmd = mtmd_cli_command(exe, model, mmproj, media, prompt, n_predict=n_predict, threads=threads, raw=raw,
                            quiet=False)
     proc = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True)
     err = proc.stderr.decode("utf-8", "replace")
@@ -714,17 +995,18 @@ def mtmd_cli_generate(exe: Path, model: Path, mmproj: Path, image: Path | Sequen
     # stdout: "\n", the pieces, "\n\n" (--ignore-eos: never an EOG token's extra "\n")
     if not (proc.stdout.startswith(b"\n") and proc.stdout.endswith(b"\n\n")):
         raise VisionError(f"{MTMD_CLI} printed {proc.stdout!r}, not '\\n' TEXT '\\n\\n'")
-    batches = [int(n) for n in re.findall(r"decoding image batch \d+/\d+, n_tokens_batch = (\d+)", err)]
+    # one line per batch of a media chunk's embeddings; a chunk's first batch is "batch 1/<n>"
+    batches = [(kind, int(i), int(n)) for kind, i, n in
+               re.findall(r"decoding (image|audio) batch (\d+)/\d+, n_tokens_batch = (\d+)", err)]
     totals = re.findall(r"encoding mtmd batch, n_chunks = \d+ \(done = \d+, total = (\d+)\)", err)
     prompt_tokens = re.search(r"prompt eval time =.*?/\s*(\d+) tokens", err)
-    return {
-        "text": proc.stdout[1:-2].decode("utf-8", "replace"),
-        "image_tokens": sum(batches),
-        "image_chunks": len(batches),
-        "chunks": int(totals[0]) if totals else None,
-        "prompt_tokens": int(prompt_tokens.group(1)) if prompt_tokens else None,
-        "command": cmd,
-    }
+    found: dict[str, Any] = {"text": proc.stdout[1:-2].decode("utf-8", "replace")}
+    for kind in ("image", "audio"):
+        found[f"{kind}_tokens"] = sum(n for k, _, n in batches if k == kind)
+        found[f"{kind}_chunks"] = sum(1 for k, i, _ in batches if k == kind and i == 1)
+    found.update(chunks=int(totals[0]) if totals else None,
+                 prompt_tokens=int(prompt_tokens.group(1)) if prompt_tokens else None, command=cmd)
+    return found
 
 
 def mtmd_cli_refuses(exe: Path, model: Path, mmproj: Path, image: Path) -> str:
@@ -737,19 +1019,31 @@ def mtmd_cli_refuses(exe: Path, model: Path, mmproj: Path, image: Path) -> str:
     return found.group(0)
 
 
+def _log_cli_run(paths: Mapping[str, Path], exe: Path, medium: Path, prompt: str, raw: bool) -> None:
+    t0 = time.monotonic()
+    got = mtmd_cli_generate(exe, paths["model"], paths["mmproj"], medium, prompt, raw=raw)
+    log(f"{'raw' if raw else 'chat'} ({time.monotonic() - t0:.1f}s): {prompt!r} -> {got['text']!r}")
+    kind = "audio" if is_audio_file(medium) else "image"
+    log(f"  {kind} tokens {got[f'{kind}_tokens']} in {got[f'{kind}_chunks']} {kind} chunks; "
+        f"{got['chunks']} chunks, {got['prompt_tokens']} prompt tokens")
+    log(f"  {shlex.join(got['command'])}")
+
+
 def check(paths: Mapping[str, Path], cache_dir: Path | None, source_dir: Path | None, jobs: int | None,
           verbose: bool) -> None:
     exe = ensure_mtmd_cli(cache_dir, source_dir=source_dir, jobs=jobs, verbose=verbose)
     image = (source_dir or DEFAULT_SOURCE_DIR) / "tools" / "mtmd" / "test-1.jpeg"
     for raw in (False, True):
-        prompt = f"A picture:{MEDIA_MARKER} of a" if raw else CHECK_PROMPT
-        t0 = time.monotonic()
-        got = mtmd_cli_generate(exe, paths["model"], paths["mmproj"], image, prompt, raw=raw)
-        log(f"{'raw' if raw else 'chat'} ({time.monotonic() - t0:.1f}s): {prompt!r} -> {got['text']!r}")
-        log(f"  image tokens {got['image_tokens']} in {got['image_chunks']} image chunks; "
-            f"{got['chunks']} chunks, {got['prompt_tokens']} prompt tokens")
-        log(f"  {shlex.join(got['command'])}")
+        _log_cli_run(paths, exe, image, f"A picture:{MEDIA_MARKER} of a" if raw else CHECK_PROMPT, raw)
     log(f"wrong_mmproj refused: {mtmd_cli_refuses(exe, paths['model'], paths['wrong_mmproj'], image)}")
+
+
+def check_audio(paths: Mapping[str, Path], cache_dir: Path | None, source_dir: Path | None, jobs: int | None,
+                verbose: bool) -> None:
+    exe = ensure_mtmd_cli(cache_dir, source_dir=source_dir, jobs=jobs, verbose=verbose)
+    sound = (source_dir or DEFAULT_SOURCE_DIR) / "tools" / "mtmd" / "test-2.mp3"
+    for raw in (False, True):
+        _log_cli_run(paths, exe, sound, f"A sound:{MEDIA_MARKER} of a" if raw else CHECK_AUDIO_PROMPT, raw)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -758,12 +1052,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="cache folder (default: $MULLAMA_CACHE or ~/.cache/mullama)")
     parser.add_argument("--source-dir", type=Path, default=None,
                         help=f"llama.cpp source (default: {DEFAULT_SOURCE_DIR})")
+    parser.add_argument("--audio", action="store_true",
+                        help="the audio model (Qwen2-Audio) instead of the vision model (SmolVLM)")
     parser.add_argument("--force", action="store_true", help="make everything again (the tool build is kept)")
     parser.add_argument("--jobs", "-j", type=int, default=None,
                         help="parallel compile jobs for llama-mtmd-cli (default: usable CPUs)")
     parser.add_argument("--check", action="store_true",
-                        help="also run llama-mtmd-cli (built when absent) on test-1.jpeg and print what it says "
-                             "(stderr)")
+                        help="also run llama-mtmd-cli (built when absent) on test-1.jpeg (with --audio: test-2.mp3) "
+                             "and print what it says (stderr)")
     parser.add_argument("-v", "--verbose", action="store_true", help="show the tools' output")
     parser.add_argument("--hf-child", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -771,9 +1067,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.hf_child is not None:
             _hf_model(json.loads(args.hf_child))
             return 0
-        paths = ensure_vision_model(args.cache_dir, source_dir=args.source_dir, force=args.force, verbose=args.verbose)
+        ensure = ensure_audio_model if args.audio else ensure_vision_model
+        paths = ensure(args.cache_dir, source_dir=args.source_dir, force=args.force, verbose=args.verbose)
         if args.check:
-            check(paths, args.cache_dir, args.source_dir, args.jobs, args.verbose)
+            (check_audio if args.audio else check)(paths, args.cache_dir, args.source_dir, args.jobs, args.verbose)
     except VisionError as e:
         log(f"error: {e}")
         return 1

@@ -1,5 +1,6 @@
-"""Small image files made here, byte for byte: PNG and BMP encoders for RGB arrays (lossless, so a
-decoder gives back the array exactly), and the hostile variants the multimodal tests feed in."""
+"""Small media files made here, byte for byte: PNG and BMP encoders for RGB arrays (lossless, so a
+decoder gives back the array exactly), a float WAV encoder for samples, and the hostile variants the
+multimodal tests feed in."""
 
 from __future__ import annotations
 
@@ -47,3 +48,11 @@ def png_header_claiming(width: int, height: int) -> bytes:
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
     body = b"IHDR" + ihdr
     return small[:8] + struct.pack(">I", 13) + body + struct.pack(">I", zlib.crc32(body) & 0xFFFFFFFF) + small[33:]
+
+
+def wav(samples: np.ndarray, rate: int = 16000) -> bytes:
+    """``samples`` as a mono 32-bit float WAV file (format 3, IEEE float): decoded back exactly."""
+    data = samples.astype("<f4").tobytes()
+    fmt = struct.pack("<HHIIHH", 3, 1, rate, rate * 4, 4, 32)
+    return (b"RIFF" + struct.pack("<I", 4 + 8 + len(fmt) + 8 + len(data)) + b"WAVE" + b"fmt " + struct.pack("<I", len(fmt))
+            + fmt + b"data" + struct.pack("<I", len(data)) + data)

@@ -1,7 +1,7 @@
-"""Images in the prompt (libmtmd), on a tiny random-weight SmolVLM made here (scripts/make_vision_model.py):
-the same greedy text as llama.cpp's own llama-mtmd-cli from the same source, the chunks libmtmd reports,
-every way of giving an image, hostile inputs, the cache keeping an image across turns, the Engine and
-chat messages with image parts."""
+"""Images and sounds in the prompt (libmtmd), on a tiny random-weight SmolVLM and Qwen2-Audio made here
+(scripts/make_vision_model.py): the same greedy text as llama.cpp's own llama-mtmd-cli from the same
+source, the chunks libmtmd reports, every way of giving a medium, hostile inputs, the cache keeping an
+image across turns, the Engine, chat messages with media parts and the server."""
 
 from __future__ import annotations
 
@@ -18,9 +18,9 @@ from mullama import Context, Media, Model, Projector, SamplerParams
 from mullama.engine import Engine
 
 from .conftest import LLAMA_SRC
-from .images import bmp, pattern, png, png_header_claiming
+from .images import bmp, pattern, png, png_header_claiming, wav
 
-GREEDY = SamplerParams(temperature=0.0)
+GREEDY = SamplerParams.greedy()  # llama-mtmd-cli's --temp 0: no repetition penalty either
 N = 16
 JPEG = LLAMA_SRC / "tools" / "mtmd" / "test-1.jpeg"
 
@@ -349,13 +349,15 @@ def _image_message(data: bytes, kind: str = "jpeg", text: str = "What is in the 
 def test_server_answers_image_messages_as_the_context_does(vision_server: Any, vlm: tuple[Model, Projector],
                                                            images: dict[str, Path]) -> None:
     import openai
+
+    from mullama.server.protocol import Generation
     _, proj = vlm
     client = vision_server.client()
     for path, kind in ((JPEG, "jpeg"), (images["wide"], "png")):
         messages = _image_message(path.read_bytes(), kind)
         prompt, media = proj.apply_chat_template(messages)
-        with context(vlm) as ctx:
-            want = ctx.generate(prompt, N, GREEDY, media=media)
+        with context(vlm) as ctx:  # with the server's own sampling for temperature 0
+            want = ctx.generate(prompt, N, Generation({"temperature": 0}).params, media=media)
         got = client.chat.completions.create(model="tiny-vlm", messages=messages, max_tokens=N, temperature=0)
         assert got.choices[0].message.content == want
         assert got.usage.prompt_tokens == proj.tokenize(prompt, media).n_pos
@@ -477,3 +479,94 @@ def test_cli_run_with_an_image(files: dict[str, Path], vlm: tuple[Model, Project
     bad = subprocess.run([sys.executable, "-m", "mullama", "run", str(files["model"]), user, "--image", str(JPEG)],
                          capture_output=True, text=True, cwd=Path(__file__).parents[1])
     assert bad.returncode != 0 and "--image needs --mmproj" in bad.stderr
+
+
+# -- sounds: a tiny Qwen2-Audio ------------------------------------------------------------------------
+
+MP3 = LLAMA_SRC / "tools" / "mtmd" / "test-2.mp3"
+
+
+@pytest.fixture(scope="module")
+def audio_files() -> dict[str, Path]:
+    from make_vision_model import ensure_audio_model
+    return ensure_audio_model()
+
+
+@pytest.fixture(scope="module")
+def alm(audio_files: dict[str, Path]) -> Iterator[tuple[Model, Projector]]:
+    model = Model.load(audio_files["model"])
+    proj = Projector.load(audio_files["mmproj"], model)
+    yield model, proj
+    proj.close()
+    model.close()
+
+
+def test_audio_equals_llama_mtmd_cli(alm: tuple[Model, Projector], audio_files: dict[str, Path], mtmd_cli: Path,
+                                     tmp_path: Path) -> None:
+    from make_vision_model import mtmd_cli_generate
+    model, proj = alm
+    assert proj.supports_audio and not proj.supports_vision and proj.audio_sample_rate == 16000
+    user = "<__media__>What do you hear?"
+    ref = mtmd_cli_generate(mtmd_cli, audio_files["model"], audio_files["mmproj"], [MP3], user, n_predict=N)
+    prompt = proj.tokenize(chatml(user), [MP3])
+    audio = [c for c in prompt.chunks if c.kind == "audio"]
+    assert len(audio) == ref["audio_chunks"] == 1 and audio[0].n_tokens == ref["audio_tokens"] == 750
+    with Context(model, n_ctx=2048, projector=proj) as ctx:
+        assert ctx.generate(chatml(user), N, GREEDY, media=[MP3], ignore_eos=True) == ref["text"]
+    # samples as an array, and the same samples as a WAV file, in both tools
+    t = np.arange(16000, dtype=np.float32) / 16000
+    sine = (0.5 * np.sin(2 * np.pi * 440 * t)).astype(np.float32)
+    (tmp_path / "sine.wav").write_bytes(wav(sine))
+    ref = mtmd_cli_generate(mtmd_cli, audio_files["model"], audio_files["mmproj"], [tmp_path / "sine.wav"], user,
+                            n_predict=N)
+    for source in (sine, wav(sine), tmp_path / "sine.wav"):
+        with Context(model, n_ctx=2048, projector=proj) as ctx:
+            assert ctx.generate(chatml(user), N, GREEDY, media=[source], ignore_eos=True) == ref["text"], type(source)
+
+
+def test_hostile_audio_is_a_clear_error(alm: tuple[Model, Projector], vlm: tuple[Model, Projector]) -> None:
+    _, proj = alm
+    for source, why in ((np.zeros(1, np.float32), "at least 2 samples"), (np.zeros(0, np.float32), "at least 2"),
+                        (np.array([0.0, np.nan, 0.1], np.float32), "NaN"), (np.zeros((2, 8), np.float32), "1-D"),
+                        (wav(np.zeros(1, np.float32)), "1 audio samples"), (JPEG, "an image, but this projector "
+                                                                                  "takes audio only"),
+                        (pattern(8, 8), "an image, but this projector takes audio only")):
+        with pytest.raises(ValueError, match=why):
+            proj.media(source)
+    assert proj.media(np.zeros(2, np.float32)).width == 2  # the fewest libmtmd takes
+    _, vision = vlm
+    with pytest.raises(ValueError, match="MP3 audio, but this projector takes no audio"):
+        vision.media(MP3)
+
+
+def test_server_answers_input_audio_as_the_context_does(audio_files: dict[str, Path],
+                                                        alm: tuple[Model, Projector]) -> None:
+    import base64
+
+    openai = pytest.importorskip("openai")
+    from mullama.server import ServeOptions
+    from mullama.server.protocol import Generation
+
+    from .test_server import KEY, Server
+    model, proj = alm
+    messages = [{"role": "user", "content": [
+        {"type": "input_audio", "input_audio": {"data": base64.b64encode(MP3.read_bytes()).decode(), "format": "mp3"}},
+        {"type": "text", "text": "What do you hear?"}]}]
+    prompt, media = proj.apply_chat_template(messages)
+    with Context(model, n_ctx=2048, projector=proj) as ctx:
+        want = ctx.generate(prompt, N, Generation({"temperature": 0}).params, media=media)
+    s = Server(ServeOptions(model=audio_files["model"], mmproj=audio_files["mmproj"], parallel=1, n_ctx=2048,
+                            api_key=KEY, model_id="tiny-alm"))
+    try:
+        client = s.client()
+        got = client.chat.completions.create(model="tiny-alm", messages=messages, max_tokens=N, temperature=0)
+        assert got.choices[0].message.content == want
+        bad = [{"role": "user", "content": [{"type": "input_audio", "input_audio": {"data": "%%%", "format": "wav"}}]}]
+        with pytest.raises(openai.BadRequestError, match="base64"):
+            client.chat.completions.create(model="tiny-alm", messages=bad, max_tokens=2)
+        one = [{"role": "user", "content": [{"type": "input_audio", "input_audio": {
+            "data": base64.b64encode(wav(np.zeros(1, np.float32))).decode(), "format": "wav"}}]}]
+        with pytest.raises(openai.BadRequestError, match="audio samples"):
+            client.chat.completions.create(model="tiny-alm", messages=one, max_tokens=2)
+    finally:
+        s.stop()

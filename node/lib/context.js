@@ -332,6 +332,15 @@ class JsContext extends NativeHandle {
     if (this._mem) lib().llama_memory_seq_rm(this._mem, 0, this._tokens.length, -1);
   }
 
+  /** Before something is added to the cache: record which adapters it is decoded with. */
+  _noteLoras() {
+    if (this._tokens.length && !lora.sameLoras(this._kvLoras, this._loras)) {
+      this._kvLoras = null; // a cache decoded partly with other adapters: no prompt may reuse it
+    } else if (!this._tokens.length) {
+      this._kvLoras = this._loras;
+    }
+  }
+
   _afterFailedDecode(rc, nBefore) {
     this._dropAfter(nBefore);
     if (rc === 1) throw new ContextFullError(`no room left in the KV cache (nCtx=${this._nCtx}); use a larger nCtx`);
@@ -352,11 +361,7 @@ class JsContext extends NativeHandle {
       throw new ContextFullError(`${n} tokens exceed nBatch=${this._nBatch}, which an embedding model must `
         + 'evaluate at once; use a larger nBatch');
     }
-    if (n && this._tokens.length && !lora.sameLoras(this._kvLoras, this._loras)) {
-      this._kvLoras = null; // a cache decoded partly with other adapters: no prompt may reuse it
-    } else if (n && !this._tokens.length) {
-      this._kvLoras = this._loras;
-    }
+    if (n) this._noteLoras();
     for (let start = 0; start < n; start += chunk) {
       const part = tokens.subarray ? tokens.subarray(start, start + chunk) : tokens.slice(start, start + chunk);
       this._batch.fill(part, this._tokens.length, 0, start + part.length === n, outputAll);
@@ -850,8 +855,7 @@ class JsContext extends NativeHandle {
         throw new ContextFullError(`a medium of ${c.nPos} positions does not fit in the context: it holds ${nBefore} `
           + `of nCtx=${this._nCtx}; use a larger nCtx or fewer media`);
       }
-      if (cached.length && !lora.sameLoras(this._kvLoras, this._loras)) this._kvLoras = null;
-      else if (!cached.length) this._kvLoras = this._loras;
+      this._noteLoras();
       let next;
       try {
         next = yield new MediaStep(this._projector, this.ptr(), native, nBefore, this._nBatch);

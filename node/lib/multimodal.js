@@ -34,6 +34,8 @@ const { C } = _lib;
 const DEFAULT_MAX_IMAGE_PIXELS = 2 ** 26; // 67 million pixels, e.g. 8192 x 8192
 // Encoded media larger than this are refused before they are read.
 const DEFAULT_MAX_MEDIA_BYTES = 2 ** 28; // 256 MiB
+// libmtmd aborts the process on a sound of fewer samples (GGML_ASSERT in its preprocessing).
+const MIN_AUDIO_SAMPLES = 2;
 // What libmtmd's helper decodes (stb_image for images, miniaudio for sound).
 const IMAGE_FORMATS = ['PNG', 'JPEG', 'BMP', 'GIF', 'TGA', 'PSD', 'HDR', 'PNM'];
 const AUDIO_FORMATS = ['WAV', 'MP3', 'FLAC'];
@@ -327,8 +329,11 @@ class Projector extends NativeHandle {
   }
 
   _fromAudio(samples) {
-    if (!samples.length) throw new RangeError('an audio array needs at least one sample');
     if (!this.supportsAudio) throw new RangeError('a Float32Array is audio, but this projector takes no audio');
+    if (samples.length < MIN_AUDIO_SAMPLES) {
+      throw new RangeError(`an audio array needs at least ${MIN_AUDIO_SAMPLES} samples, not ${samples.length}`);
+    }
+    if (!samples.every(Number.isFinite)) throw new RangeError('an audio array holds NaN or infinite samples');
     const M = this._mtmd;
     const ptr = M.mtmd_bitmap_init_from_audio(samples.length, samples);
     if (!ptr) throw new Error(`libmtmd could not make a bitmap of ${samples.length} samples`);
@@ -338,6 +343,10 @@ class Projector extends NativeHandle {
   }
 
   _checkKind(media, what) {
+    if (media.kind === 'audio' && media.width < MIN_AUDIO_SAMPLES) {
+      media.close();
+      throw new RangeError(`${what} holds ${media.width} audio samples; at least ${MIN_AUDIO_SAMPLES} are needed`);
+    }
     if (media.kind === 'image' && !this.supportsVision) {
       media.close();
       throw new RangeError(`${what} is an image, but this projector takes audio only`);

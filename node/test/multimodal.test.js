@@ -11,7 +11,7 @@ const os = require('node:os');
 const path = require('node:path');
 const { execFileSync } = require('node:child_process');
 const { JsModel, JsContext, Projector, Media, splitChatMedia, ContextFullError, samplerParamsGreedy } = require('..');
-const { ROOT, LLAMA_SRC, visionPaths, python } = require('./helpers/models');
+const { ROOT, LLAMA_SRC, visionPaths, audioPaths, python } = require('./helpers/models');
 
 const N = 16;
 const greedy = samplerParamsGreedy();
@@ -33,8 +33,8 @@ const REFERENCE = `
 import json, sys
 from pathlib import Path
 sys.path.insert(0, "scripts")
-from make_vision_model import ensure_mtmd_cli, ensure_vision_model, mtmd_cli_generate
-from tests.images import pattern, png, bmp
+from make_vision_model import ensure_audio_model, ensure_mtmd_cli, ensure_vision_model, mtmd_cli_generate
+from tests.images import pattern, png, bmp, wav
 from mullama import Context, Model, Projector, SamplerParams
 out_dir, asks = Path(sys.argv[1]), json.loads(sys.argv[2])
 files = ensure_vision_model()
@@ -64,7 +64,17 @@ for user, names in asks:
                 "chunks": cli["chunks"], "prompt_tokens": cli["prompt_tokens"], "tokens": done.tokens,
                 "text": done.text, "cache_ids": mp.cache_ids,
                 "kinds": [[c.kind, c.n_tokens, c.n_pos] for c in mp.chunks]})
-print(json.dumps({"asks": res, "images": {k: str(v) for k, v in img.items()}}))
+# a sound: test-2.mp3 and a 1 s sine (as raw float32 samples, and as the same samples in a WAV file)
+import numpy as np
+audio = ensure_audio_model()
+sine = (0.5 * np.sin(2 * np.pi * 440 * np.arange(16000, dtype=np.float32) / 16000)).astype(np.float32)
+(out_dir / "sine.f32").write_bytes(sine.tobytes())
+(out_dir / "sine.wav").write_bytes(wav(sine))
+sounds = {}
+for name, path in (("mp3", Path(sys.argv[3]).parent / "test-2.mp3"), ("sine", out_dir / "sine.wav")):
+    cli = mtmd_cli_generate(exe, audio["model"], audio["mmproj"], [path], "<__media__>What do you hear?", n_predict=${N})
+    sounds[name] = {"path": str(path), "cli": cli["text"], "audio_tokens": cli["audio_tokens"]}
+print(json.dumps({"asks": res, "images": {k: str(v) for k, v in img.items()}, "sounds": sounds}))
 `;
 
 test.before(() => {
@@ -243,4 +253,29 @@ test('a text model without the image template tokens is a clear error', () => {
   ctx.close();
   p.close();
   plainModel.close();
+});
+
+test('sounds: the same text as llama-mtmd-cli from a file, a Buffer and raw samples', () => {
+  const paths = audioPaths();
+  const m = JsModel.load(paths.model);
+  const p = Projector.load(paths.mmproj, m);
+  assert.deepEqual([p.supportsAudio, p.supportsVision, p.audioSampleRate], [true, false, 16000]);
+  const prompt = chatml('<__media__>What do you hear?');
+  const mp = p.tokenize(prompt, [ref.sounds.mp3.path]);
+  assert.deepEqual(mp.chunks.filter((c) => c.kind === 'audio').map((c) => c.nTokens), [ref.sounds.mp3.audio_tokens]);
+  const sine = new Float32Array(new Uint8Array(fs.readFileSync(path.join(tmp, 'sine.f32'))).buffer);
+  const cases = [[ref.sounds.mp3.path, ref.sounds.mp3.cli], [fs.readFileSync(ref.sounds.mp3.path), ref.sounds.mp3.cli],
+    [ref.sounds.sine.path, ref.sounds.sine.cli], [sine, ref.sounds.sine.cli]];
+  for (const [source, want] of cases) {
+    const ctx = new JsContext(m, { nCtx: 2048, projector: p });
+    assert.equal(ctx.generate(prompt, N, greedy, { media: [source], ignoreEos: true }), want);
+    ctx.close();
+  }
+  assert.throws(() => p.media(new Float32Array(1)), { name: 'RangeError', message: /at least 2 samples/ });
+  assert.throws(() => p.media(Float32Array.of(0, NaN, 0)), { name: 'RangeError', message: /NaN/ });
+  assert.throws(() => p.media(JPEG), { name: 'RangeError', message: /takes audio only/ });
+  assert.throws(() => proj.media(ref.sounds.mp3.path), { name: 'RangeError', message: /MP3 audio, but this projector takes no audio/ });
+  assert.equal(p.media(new Float32Array(2)).width, 2);
+  p.close();
+  m.close();
 });

@@ -48,4 +48,11 @@ function visionPaths() {
     + 'print(json.dumps({k: str(v) for k, v in ensure_vision_model().items()}))'));
 }
 
-module.exports = { ROOT, LLAMA_SRC, smollmPath, minilmPath, loraPaths, visionPaths, python };
+/** The tiny audio model (scripts/make_vision_model.py --audio): { model, mmproj }. */
+function audioPaths() {
+  return JSON.parse(resolve('MULLAMA_TEST_AUDIO',
+    'import sys, json; sys.path.insert(0, "scripts"); from make_vision_model import ensure_audio_model; '
+    + 'print(json.dumps({k: str(v) for k, v in ensure_audio_model().items()}))'));
+}
+
+module.exports = { ROOT, LLAMA_SRC, smollmPath, minilmPath, loraPaths, visionPaths, audioPaths, python };
