@@ -177,7 +177,10 @@ class Context(NativeHandle):
         self._n_threads = threads
         self._type_k, self._type_v = type_k, type_v
         self._batch = Batch(self._n_batch)
-        self._tokens: list[int] = []  # what the KV cache holds, in order (sequence 0)
+        self._tokens: list[int] = []  # what the KV cache holds, in order (sequence 0): one id per position
+        # Media in the cache that take more cells than positions (M-RoPE models: an image of n_tokens
+        # embeddings spans n_pos < n_tokens positions): (first position, extra cells) each.
+        self._media_cells: list[tuple[int, int]] = []
         self._last_prompt_evaluated = 0
         self._chains: dict[tuple[Any, ...], SamplerChain] = {}
         self._piece_buf = ctypes.create_string_buffer(256)
@@ -354,6 +357,11 @@ class Context(NativeHandle):
         if self._mem:
             _backend.lib().llama_memory_clear(self._mem, True)
         self._tokens.clear()  # in place: a running loop holds this list
+        self._media_cells.clear()
+
+    def _cells(self) -> int:
+        """KV cells the cache holds: a position each, and the extra cells of M-RoPE media."""
+        return len(self._tokens) + sum(extra for _, extra in self._media_cells)
 
     def _truncate_cache(self, keep: int) -> int:
         """Keep the first ``keep`` cached tokens, drop the rest; returns how many were kept."""
@@ -362,6 +370,7 @@ class Context(NativeHandle):
         L = _backend.lib()
         if self._mem and keep > 0 and L.llama_memory_seq_rm(self._mem, 0, keep, -1):
             del self._tokens[keep:]
+            self._media_cells[:] = [m for m in self._media_cells if m[0] < keep]
             return keep
         self._clear()  # partial removal unsupported (e.g. recurrent state): start over
         return 0
@@ -372,9 +381,9 @@ class Context(NativeHandle):
         run = L.llama_encode if self._is_encoder else L.llama_decode
         batch = self._batch
         n = len(tokens)
-        if len(self._tokens) + n > self._n_ctx:
+        if self._cells() + n > self._n_ctx:
             raise ContextFullError(
-                f"{n} tokens do not fit in the context: it holds {len(self._tokens)} of n_ctx={self._n_ctx}; "
+                f"{n} tokens do not fit in the context: it holds {self._cells()} of n_ctx={self._n_ctx}; "
                 f"use a larger n_ctx or a shorter prompt")
         if self._is_encoder and n > self._n_batch:
             raise ContextFullError(f"{n} tokens exceed n_batch={self._n_batch}, which an embedding model "
@@ -581,6 +590,8 @@ class Context(NativeHandle):
             raise RuntimeError(f"llama.cpp could not load {what} into this Context ({why}); "
                                f"its cache is now empty")
         tokens[:] = parsed.tokens
+        if tokens is self._tokens:
+            self._media_cells.clear()  # (a saved state does not say which positions held M-RoPE media)
 
     # -- generation ---------------------------------------------------------------
 
@@ -817,8 +828,9 @@ class Context(NativeHandle):
         tokens = self._prompt_tokens(prompt) if plan is None else plan.cache_ids
         params = self._check_params(params)
         device = self._on_device(params, grammar, outcome is not None and outcome.k is not None)
-        if len(tokens) > self._n_ctx:
-            raise ContextFullError(f"the prompt has {len(tokens)} tokens but the context holds n_ctx={self._n_ctx}; "
+        n_cells = len(tokens) if plan is None else plan.n_tokens  # (M-RoPE media: more cells than positions)
+        if n_cells > self._n_ctx:
+            raise ContextFullError(f"the prompt has {n_cells} tokens but the context holds n_ctx={self._n_ctx}; "
                                    f"use a larger n_ctx or a shorter prompt")
         return self._generate(tokens, max_tokens, params, device, stops, cancel, ignore_eos, grammar, outcome, plan)
 
@@ -907,15 +919,15 @@ class Context(NativeHandle):
             if chunk.kind == "text":
                 self._decode_chunks(ctx, list(chunk.tokens[max(kept - start, 0):]))
             else:
-                self._decode_media(ctx, chunk.n_pos, native, tokens[start:end])
+                self._decode_media(ctx, chunk.n_tokens, chunk.n_pos, native, tokens[start:end])
 
-    def _decode_media(self, ctx: int, n_pos: int, native: int, ids: list[int]) -> None:
+    def _decode_media(self, ctx: int, n_tokens: int, n_pos: int, native: int, ids: list[int]) -> None:
         """Encode one media chunk with the projector and decode its embeddings at the end of the cache."""
         assert self._projector is not None
         n_before = len(self._tokens)
-        if n_before + n_pos > self._n_ctx:
+        if self._cells() + n_tokens > self._n_ctx:
             raise ContextFullError(
-                f"a medium of {n_pos} positions does not fit in the context: it holds {n_before} of "
+                f"a medium of {n_tokens} embeddings does not fit in the context: it holds {self._cells()} of "
                 f"n_ctx={self._n_ctx}; use a larger n_ctx or fewer media")
         self._note_loras()
         try:
@@ -927,6 +939,8 @@ class Context(NativeHandle):
             self._drop_after(n_before)
             raise RuntimeError(f"libmtmd placed a medium of {n_pos} positions at {n_before}..{end}")
         self._tokens.extend(ids)
+        if n_tokens > n_pos:
+            self._media_cells.append((n_before, n_tokens - n_pos))
 
     def _drive(self, ctx: int, loop: Generator[_sequence.Step, int, None],
                finish: _sequence.Finish, marks: bool = False,
@@ -945,7 +959,7 @@ class Context(NativeHandle):
         run = L.llama_decode
         batch = self._batch
         cached = self._tokens
-        n_ctx = self._n_ctx
+        n_ctx = self._n_ctx - (self._cells() - len(cached))  # positions left for tokens (M-RoPE media hold more)
         cancel = self._cancel
         drafter = self._drafter
         stats = self.draft_stats
@@ -977,7 +991,7 @@ class Context(NativeHandle):
                         self._raise_if_cancelled()
                     if len(cached) >= n_ctx:
                         raise ContextFullError(
-                            f"the context is full (n_ctx={n_ctx}) after {len(cached)} tokens; "
+                            f"the context is full (n_ctx={self._n_ctx}) after {len(cached)} tokens; "
                             f"use a larger n_ctx, fewer max_tokens or a shorter prompt")
                     if drafter is None:
                         batch.set_one(step, len(cached))

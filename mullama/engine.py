@@ -253,15 +253,27 @@ class _Slot:
     draft_at: int = -1  # the batch index of ``pending``'s output (the drafts' follow it)
     kv_loras: LoraSet = ()  # the LoRA adapters ``tokens`` were decoded with
     media_from: int = -1  # a request with media: its prompt's media are evaluated from this position on
+    extra_cells: int = 0  # cells the cached media take beyond their positions (M-RoPE models)
+
+    @property
+    def cells(self) -> int:
+        """KV cells this sequence's cache holds."""
+        return len(self.tokens) + self.extra_cells
 
     def take_over(self, src: _Slot) -> None:
         """Take ``src``'s running request and its state; ``src`` goes idle, its cache kept."""
-        self.tokens, self.kv_loras = list(src.tokens), src.kv_loras
+        self.tokens, self.kv_loras, self.extra_cells = list(src.tokens), src.kv_loras, src.extra_cells
         self.request, self.todo, self.loop, self.finish = src.request, src.todo, src.loop, src.finish
         self.chain, self.grammar, self.pending, self.picked = src.chain, src.grammar, src.pending, src.picked
         self.first_idx = src.first_idx
         src.request, src.todo, src.loop, src.finish, src.chain, src.grammar = None, [], None, None, None, None
         src.pending, src.picked = None, False
+
+
+def _extra_cells_below(plan: MediaPrompt, end: int) -> int:
+    """Extra cells (beyond positions) of the prompt's media that lie wholly before position ``end``."""
+    return sum(c.n_tokens - c.n_pos for start, c, _ in plan.segments()
+               if c.kind != KIND_TEXT and start + c.n_pos <= end)
 
 
 def _media_boundary(plan: MediaPrompt, common: int) -> int:
@@ -404,8 +416,9 @@ class Engine:
         self._host.on_device(params, grammar, k is not None)  # what sampling='device' cannot do is refused here
         plan = self._media_prompt(prompt, media)
         tokens = self._host.prompt_tokens(prompt) if plan is None else plan.cache_ids
-        if len(tokens) >= self._n_ctx_seq:
-            raise ContextFullError(f"the prompt has {len(tokens)} tokens but a sequence holds n_ctx="
+        n_cells = len(tokens) if plan is None else plan.n_tokens  # (M-RoPE media: more cells than positions)
+        if n_cells >= self._n_ctx_seq:
+            raise ContextFullError(f"the prompt has {n_cells} tokens but a sequence holds n_ctx="
                                    f"{self._n_ctx_seq}; use a larger n_ctx or a shorter prompt")
         req = Request(tokens, max_tokens, params.copy(), stops, ignore_eos, grammar, k, lora_set, plan)
         with self._cond:
@@ -562,7 +575,7 @@ class Engine:
         # the highest idle sequence: new requests take the lowest, and copy a cache that holds their prefix
         s = idle[-1]
         self._host.load_state_into(data, what, s.seq, s.tokens, self._n_ctx_seq)
-        s.kv_loras = ()
+        s.kv_loras, s.extra_cells = (), 0
         return len(s.tokens)
 
     def _admit(self) -> None:
@@ -596,6 +609,8 @@ class Engine:
                 L.llama_memory_seq_rm(mem, slot.seq, -1, -1)
                 common = 0
             del slot.tokens[common:]
+            # the media kept are the prompt's own (a text prompt shares no media positions with any cache)
+            slot.extra_cells = _extra_cells_below(req.media, common) if req.media is not None else 0
             slot.kv_loras = req.loras
             slot.request, slot.todo = req, req.prompt[common:]
             req.prompt_evaluated = len(slot.todo)
@@ -618,19 +633,21 @@ class Engine:
             start_from, s.media_from = s.media_from, -1
             segments = req.media.segments()
             media_end = max(start + c.n_pos for start, c, _ in segments if c.kind != KIND_TEXT)
+            todo = [(start, c, native) for start, c, native in segments
+                    if start + c.n_pos > start_from and start < media_end]
             try:
-                if media_end > self._n_ctx_seq:
-                    raise ContextFullError(f"the prompt's media reach position {media_end}, but a sequence holds "
+                need = s.cells + sum(c.n_tokens for _, c, _ in todo)
+                if need > self._n_ctx_seq:
+                    raise ContextFullError(f"the prompt's media need {need} cells, but a sequence holds "
                                            f"n_ctx={self._n_ctx_seq}")
                 assert self._projector is not None
-                for start, chunk, native in segments:
-                    if start + chunk.n_pos <= start_from or start >= media_end:
-                        continue
+                for start, chunk, native in todo:
                     self._projector.evaluate(ctx, native, len(s.tokens), s.seq, self._host.batch.capacity)
                     s.tokens.extend(req.prompt[start:start + chunk.n_pos])
+                    s.extra_cells += chunk.n_tokens - chunk.n_pos
             except Exception as e:  # noqa: BLE001 - this request fails, the others go on
                 _backend.lib().llama_memory_seq_rm(self._host.memory, s.seq, -1, -1)
-                s.tokens = []
+                s.tokens, s.extra_cells = [], 0
                 req._push(e)
                 self._finish(s, "error")
                 continue
@@ -697,7 +714,7 @@ class Engine:
         generating: dict[int, int] = {}  # seq -> its next token
         for s in self._slots:
             if s.request is not None and s.pending is not None and s.request.loras == loras:
-                if len(s.tokens) >= self._n_ctx_seq:
+                if s.cells >= self._n_ctx_seq:
                     self._finish(s, _sequence.FINISH_LENGTH)
                     continue
                 generating[s.seq] = s.pending
@@ -804,7 +821,7 @@ class Engine:
             req, finish = s.request, s.finish
             assert req is not None and finish is not None
             # the last token to sample is never decoded: no draft for it
-            r = min(self._n_ctx_seq - len(s.tokens) - 1, req.max_tokens - finish.n_sampled - 1,
+            r = min(self._n_ctx_seq - s.cells - 1, req.max_tokens - finish.n_sampled - 1,
                     self._drafter.draft_max, budget)
             if r > 0:
                 histories[seq], room[seq] = s.tokens + [generating[seq]], r
@@ -879,7 +896,7 @@ class Engine:
         if (s.loop is None or s.grammar is not None or not chain.argmax_only or req.logprobs is not None
                 or self._drafter is not None):  # (drafts are checked by the loop's own samples)
             return False  # (log-probabilities are read from the row, which the next decode overwrites)
-        if finish.n_sampled + 1 >= req.max_tokens or len(s.tokens) >= self._n_ctx_seq:
+        if finish.n_sampled + 1 >= req.max_tokens or s.cells >= self._n_ctx_seq:
             return False
         tok = rows.argmax(idx)
         if not req.ignore_eos and self._model._piece_or_eog(tok) is None:

@@ -1,11 +1,14 @@
 #!/usr/bin/env python3
-"""Make tiny random-weight multimodal test models for libmtmd, reproducibly: SmolVLM (images) and Qwen2-Audio (sound).
+"""Make tiny random-weight multimodal test models for libmtmd, reproducibly: SmolVLM (images), Qwen2-Audio (sound)
+and Qwen2-VL (images, M-RoPE).
 
     python scripts/make_vision_model.py              # prints a JSON object with the vision model's paths
     python scripts/make_vision_model.py --audio      # the same for the audio model
+    python scripts/make_vision_model.py --qwen2vl    # the same for the Qwen2-VL model
     python scripts/make_vision_model.py --force      # make them again
     python scripts/make_vision_model.py --check      # also run llama-mtmd-cli on test-1.jpeg (stderr)
     python scripts/make_vision_model.py --audio --check  # ... on test-2.mp3
+    python scripts/make_vision_model.py --qwen2vl --check  # ... on test-1.jpeg
 
 Test models for images and sound in the prompt, made from pinned inputs only (the packaged SmolLM2
 GGUF, the pinned llama.cpp source, fixed seeds; nothing is downloaded from Hugging Face).
@@ -56,15 +59,39 @@ Whisper (and transformers' WhisperFeatureExtractor) floor it at 1e-10, so their 
 very quiet sounds (all-zero samples in particular); for the 1 s sine of the check below the projected
 embeddings agree to within 1e-4 (the F16 convolutions), and so do the 16 greedy tokens.
 
-All weights are drawn from N(0, std**2) after torch.manual_seed (norm scales 1, biases 0; std INIT_STD
-for the vision model, AUDIO_INIT_STD for the audio one); the greedy continuation of a media prompt (a
-synthetic 64x64 image; a 1 s 440 Hz sine) is checked, in transformers, to have at least 3 distinct
-tokens among its first 16 (recorded in the stamp).
+The Qwen2-VL model (ensure_qwen2vl_model()):
 
-The outputs live in <cache>/models/vision-<key>/ and <cache>/models/audio-<key>/, where <key> hashes
-the pinned llama.cpp commit, the SmolLM2 GGUF's sha256 and this script's parameters; a stamp written
-last makes a repeated run a no-op.  <cache> is MULLAMA_CACHE (default ~/.cache/mullama), as for
-scripts/build_lib.py.
+model         the text model, F32: a transformers Qwen2VLForConditionalGeneration whose Qwen2 text model
+              has hidden size 64, 2 layers, 4 heads (2 KV heads, head_dim 16), FFN 128, 2048 positions,
+              rope theta 10000 and M-RoPE sections [2, 3, 3] (of the 8 rotated pairs of a head: temporal,
+              height, width), converted as qwen2vl (rope.dimension_sections [2, 3, 3, 0]).  Its tokenizer
+              is SmolLM2's as above (ChatML template included) plus Qwen2-VL's added tokens
+              <|vision_start|>, <|vision_end|>, <|image_pad|> and <|video_pad|>.
+mmproj        its vision tower (--mmproj, F32): a Qwen2-VL ViT (patch 14, temporal patch 2, hidden 32,
+              3 layers, 2 heads, FFN 64, 2D rotary positions), 2x2 patch merging and an MLP to 64,
+              projector type qwen2vl_merger.  3 layers because the converter names merger.mlp.2 through
+              the block-indexed tensor map, as for the audio model's conv2.
+The processor config (transformers only) has min_pixels 4*28*28 and max_pixels 64*28*28, but neither the
+converter nor libmtmd takes them for qwen2vl: libmtmd resizes an image to a multiple of 28 in each
+direction (rounded) with between 8 and 4096 merged tokens (Projector.load's image_min_tokens /
+image_max_tokens, llama-mtmd-cli's --image-min-tokens / --image-max-tokens change that), one embedding
+per 28x28 pixels.  test-1.jpeg (640x488) becomes 644x476: 23x17 = 391 embeddings; the image chunk sits
+between "<|vision_start|>" and "<|vision_end|>" and takes max(23, 17) = 23 positions (M-RoPE: its
+embeddings have temporal position = the chunk's start, height and width positions start + row and
+start + column; the text after it goes on at start + 23).  The ChatML prompt "What is in the image?"
+with it in front is 3 chunks: text 4, image 391 (23 positions), text 13: 408 embeddings, 40 positions.
+
+All weights are drawn from N(0, std**2) after torch.manual_seed (norm scales 1, biases 0; std INIT_STD
+for the vision model, AUDIO_INIT_STD for the audio one, QWEN2VL_INIT_STD for the Qwen2-VL one but for its
+text attention's query and key matrices, QWEN2VL_QK_STD, so that its greedy text depends on positions);
+the greedy continuation of a media prompt (a synthetic 64x64 image; a 1 s 440 Hz sine; a synthetic
+112x84 image) is checked, in transformers, to have at least 3 distinct tokens among its first 16
+(recorded in the stamp).
+
+The outputs live in <cache>/models/vision-<key>/, <cache>/models/audio-<key>/ and
+<cache>/models/qwen2vl-<key>/, where <key> hashes the pinned llama.cpp commit, the SmolLM2 GGUF's sha256
+and this script's parameters; a stamp written last makes a repeated run a no-op.  <cache> is MULLAMA_CACHE
+(default ~/.cache/mullama), as for scripts/build_lib.py.
 
 llama-mtmd-cli (--check; built from the pinned source by scripts/llama_tools.py, ensure_mtmd_cli()):
 greedy, non-interactive output for one prompt and image (or sound) is
@@ -245,6 +272,64 @@ AUDIO_EXTRA_TOKENS = ("<|audio_bos|>", AUDIO_TOKEN, "<|audio_eos|>")
 
 AUDIO_MODEL_NAME = "Qwen2-Audio-tiny-random"
 AUDIO_OUTPUTS = {"model": f"{AUDIO_MODEL_NAME}-f32.gguf", "mmproj": f"mmproj-{AUDIO_MODEL_NAME}-f32.gguf"}
+
+# The Qwen2-VL model: Qwen2VLConfig(text_config=..., vision_config=...); vocab_size set when made.  The
+# converter takes the text model as qwen2vl from the top-level architecture.  M-RoPE: each head's 16
+# dimensions rotate in 8 pairs, split [2, 3, 3] between the temporal, height and width positions (the
+# sections sum to head_dim / 2; transformers' Qwen2-VL attention takes head_dim = hidden / heads).
+QWEN2VL_TEXT_CONFIG: dict[str, Any] = {
+    "model_type": "qwen2_vl_text",
+    "hidden_size": 64,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "intermediate_size": 128,
+    "max_position_embeddings": 2048,
+    "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 3, 3]},
+    "rms_norm_eps": 1e-6,
+    "hidden_act": "silu",
+    "tie_word_embeddings": False,
+}
+QWEN2VL_VISION_CONFIG: dict[str, Any] = {
+    "model_type": "qwen2_vl_vision",
+    "embed_dim": 32,
+    "depth": 3,  # the fewest the converter can name merger.mlp.2 with (see the module's docstring)
+    "num_heads": 2,
+    "mlp_ratio": 2,  # FFN 64
+    "hidden_size": 64,  # the merger's output: the text model's hidden size
+    "hidden_act": "quick_gelu",
+    "in_channels": 3,
+    "patch_size": 14,
+    "spatial_merge_size": 2,
+    "temporal_patch_size": 2,  # the converter splits the patch convolution in two; it takes 2 only
+}
+# The image processor's (Qwen2VLImageProcessor): pixels of the resized image, a multiple of 28x28 (patch 14,
+# merged 2x2), between these; for transformers only (see the module's docstring).
+QWEN2VL_MIN_PIXELS = 4 * 28 * 28
+QWEN2VL_MAX_PIXELS = 64 * 28 * 28
+QWEN2VL_IMAGE_MEAN = [0.48145466, 0.4578275, 0.40821073]  # OpenAI CLIP's, as Qwen2-VL's processor
+QWEN2VL_IMAGE_STD = [0.26862954, 0.26130258, 0.27577711]
+# The transformers check's synthetic image, height x width: 6x8 patches, 3x4 = 12 image tokens.
+QWEN2VL_CHECK_IMAGE = (84, 112)
+# 0.02, with the text model's query and key projections drawn with std QWEN2VL_QK_STD = 0.2 instead:
+# attention scores of order 1, so that attention, and the greedy text, depend on positions.  With 0.02
+# throughout the scores are ~0.03, attention is uniform and M-RoPE positions do not matter (in transformers,
+# 1D positions in place of M-RoPE's give the same 16 greedy tokens after an image; with 0.2 the first token
+# differs already), and test-1.jpeg's greedy text loops within 16 tokens.  With 0.2, 16 greedy tokens after
+# test-1.jpeg are distinct ones, and differ with the user's text ("Describe the image." or "What is in the
+# image?").
+QWEN2VL_INIT_STD = 0.02
+QWEN2VL_QK_STD = 0.2
+QWEN2VL_STD_BY_SUFFIX = {".self_attn.q_proj.weight": QWEN2VL_QK_STD, ".self_attn.k_proj.weight": QWEN2VL_QK_STD}
+
+# Qwen2-VL's added tokens, after SmolLM2's vocabulary, in Qwen2-VL's order; libmtmd puts the first two
+# around an image, transformers replaces each QWEN2VL_IMAGE_TOKEN with one embedding (<|video_pad|>
+# only gives the config's video_token_id a token).
+QWEN2VL_IMAGE_TOKEN = "<|image_pad|>"
+QWEN2VL_EXTRA_TOKENS = ("<|vision_start|>", "<|vision_end|>", QWEN2VL_IMAGE_TOKEN, "<|video_pad|>")
+
+QWEN2VL_MODEL_NAME = "Qwen2-VL-tiny-random"
+QWEN2VL_OUTPUTS = {"model": f"{QWEN2VL_MODEL_NAME}-f32.gguf", "mmproj": f"mmproj-{QWEN2VL_MODEL_NAME}-f32.gguf"}
 
 # import name -> pip requirement, for making and converting the model
 PY_MODULES = {
@@ -469,6 +554,29 @@ def write_audio_processor_config(out_dir: Path) -> None:
     (out_dir / "preprocessor_config.json").write_text(json.dumps(features, indent=2) + "\n", encoding="utf-8")
 
 
+def write_qwen2vl_processor_config(out_dir: Path) -> None:
+    """Qwen2-VL's image processor settings; the converter reads image_mean and image_std."""
+    image = {
+        "image_processor_type": "Qwen2VLImageProcessor",
+        "processor_class": "Qwen2VLProcessor",
+        "do_convert_rgb": True,
+        "do_resize": True,
+        "resample": 3,
+        "do_rescale": True,
+        "rescale_factor": 1 / 255,
+        "do_normalize": True,
+        "image_mean": QWEN2VL_IMAGE_MEAN,
+        "image_std": QWEN2VL_IMAGE_STD,
+        "min_pixels": QWEN2VL_MIN_PIXELS,
+        "max_pixels": QWEN2VL_MAX_PIXELS,
+        "size": {"shortest_edge": QWEN2VL_MIN_PIXELS, "longest_edge": QWEN2VL_MAX_PIXELS},
+        "patch_size": QWEN2VL_VISION_CONFIG["patch_size"],
+        "temporal_patch_size": QWEN2VL_VISION_CONFIG["temporal_patch_size"],
+        "merge_size": QWEN2VL_VISION_CONFIG["spatial_merge_size"],
+    }
+    (out_dir / "preprocessor_config.json").write_text(json.dumps(image, indent=2) + "\n", encoding="utf-8")
+
+
 def _tokens_per_window() -> int:
     """Audio embeddings per 30 s window: max_source_positions after conv2, halved by the pooling."""
     return int(AUDIO_CONFIG["max_source_positions"]) // 2
@@ -501,7 +609,8 @@ def _offline_env(source_dir: Path | None = None) -> dict[str, str]:
 
 def _hf_model(spec: Mapping[str, Any]) -> None:
     """Save a transformers model with seeded random weights into spec["out_dir"]: spec["family"] "vision"
-    (Idefics3ForConditionalGeneration) or "audio" (Qwen2AudioForConditionalGeneration).
+    (Idefics3ForConditionalGeneration), "audio" (Qwen2AudioForConditionalGeneration) or "qwen2vl"
+    (Qwen2VLForConditionalGeneration).
 
     Runs in a child process (see make_hf_model): it imports torch.  With spec["check"], first greedy
     decodes a media prompt and writes the ids to out_dir/greedy.json, failing when too few are distinct.
@@ -523,13 +632,25 @@ def _hf_model(spec: Mapping[str, Any]) -> None:
         config = Qwen2AudioConfig(text_config=dict(spec["text_config"]), audio_config=dict(spec["media_config"]),
                                   audio_token_index=media_token_id)
         model = Qwen2AudioForConditionalGeneration(config)
+    elif family == "qwen2vl":
+        from transformers import Qwen2VLConfig, Qwen2VLForConditionalGeneration
+
+        token_ids = {str(k): int(v) for k, v in spec["token_ids"].items()}
+        config = Qwen2VLConfig(text_config=dict(spec["text_config"]), vision_config=dict(spec["media_config"]),
+                               image_token_id=media_token_id, video_token_id=token_ids["video_token_id"],
+                               vision_start_token_id=token_ids["vision_start_token_id"],
+                               vision_end_token_id=token_ids["vision_end_token_id"], tie_word_embeddings=False)
+        model = Qwen2VLForConditionalGeneration(config)
     else:
         raise VisionError(f"unknown model family {family!r}")
-    _init_weights(model, int(spec["seed"]), float(spec["init_std"]))
+    _init_weights(model, int(spec["seed"]), float(spec["init_std"]),
+                  {str(k): float(v) for k, v in spec.get("std_by_suffix", {}).items()})
     model.train(False)  # eval mode: no dropout
     if spec.get("check"):
         if family == "vision":
             ids, what = _greedy_image_prompt(model, out_dir, media_token_id), "an image prompt"
+        elif family == "qwen2vl":
+            ids, what = _greedy_qwen2vl_prompt(model, out_dir, media_token_id), "an image prompt"
         else:
             ids, what = _greedy_audio_prompt(model, out_dir, media_token_id), "an audio prompt"
         distinct = len(set(ids))
@@ -540,32 +661,40 @@ def _hf_model(spec: Mapping[str, Any]) -> None:
     model.save_pretrained(str(out_dir))
 
 
-def _init_weights(model: Any, seed: int, std: float) -> None:
+def _init_weights(model: Any, seed: int, std: float, std_by_suffix: Mapping[str, float] | None = None) -> None:
     """Our own draws in a fixed order rather than transformers' initialisers, which may change between
-    versions: every matrix (and convolution kernel, position table) N(0, std^2), norm scales 1, biases 0."""
+    versions: every matrix (and convolution kernel, position table) N(0, std^2), norm scales 1, biases 0;
+    a matrix whose name ends with a key of std_by_suffix N(0, value^2)."""
     import torch
 
+    # the scales of norm layers whose names do not say so (Qwen2-VL's merger.ln_q)
+    norm_scales = {f"{prefix}.weight" if prefix else "weight" for prefix, module in model.named_modules()
+                   if "Norm" in type(module).__name__}
     torch.manual_seed(seed)
     with torch.no_grad():
         for name, p in sorted(model.named_parameters()):
             if p.dim() >= 2:
-                p.copy_(torch.randn(tuple(p.shape), dtype=torch.float32) * std)
+                scale = next((v for k, v in (std_by_suffix or {}).items() if name.endswith(k)), std)
+                p.copy_(torch.randn(tuple(p.shape), dtype=torch.float32) * scale)
             elif name.endswith(".bias"):
                 p.zero_()
-            elif "norm" in name:
+            elif "norm" in name or name in norm_scales:
                 p.fill_(1.0)
             else:
                 raise VisionError(f"unexpected parameter {name} {tuple(p.shape)}")
 
 
-def _greedy_ids(model: Any, ids: list[int], **media: Any) -> list[int]:
-    """The first CHECK_TOKENS greedy ids after ids (the media's inputs given at every step)."""
+def _greedy_ids(model: Any, ids: list[int], per_step: Callable[[list[int]], Mapping[str, Any]] | None = None,
+                **media: Any) -> list[int]:
+    """The first CHECK_TOKENS greedy ids after ids (the media's inputs given at every step, with what
+    per_step makes of all the ids so far)."""
     import torch
 
     out: list[int] = []
     with torch.no_grad():
         for _ in range(CHECK_TOKENS):
-            logits = model(input_ids=torch.tensor([ids + out]), **media).logits
+            extra = per_step(ids + out) if per_step is not None else {}
+            logits = model(input_ids=torch.tensor([ids + out]), **media, **extra).logits
             out.append(int(logits[0, -1].argmax()))
     return out
 
@@ -595,6 +724,36 @@ def _greedy_image_prompt(model: Any, tokenizer_dir: Path, image_token_id: int) -
     return _greedy_ids(model, ids, pixel_values=pixels)
 
 
+def _greedy_qwen2vl_prompt(model: Any, tokenizer_dir: Path, image_token_id: int) -> list[int]:
+    """The first CHECK_TOKENS greedy ids after a chat prompt holding one synthetic image of QWEN2VL_CHECK_IMAGE,
+    as libmtmd lays it out: "<|vision_start|>", the image's embeddings, "<|vision_end|>"."""
+    import torch
+
+    patch = int(QWEN2VL_VISION_CONFIG["patch_size"])
+    merge = int(QWEN2VL_VISION_CONFIG["spatial_merge_size"])
+    temporal = int(QWEN2VL_VISION_CONFIG["temporal_patch_size"])
+    height, width = QWEN2VL_CHECK_IMAGE
+    gh, gw = height // patch, width // patch
+    n = gh * gw // (merge * merge)
+    image = QWEN2VL_EXTRA_TOKENS[0] + QWEN2VL_IMAGE_TOKEN * n + QWEN2VL_EXTRA_TOKENS[1]
+    prompt = f"<|im_start|>user\n{image}{CHECK_PROMPT}<|im_end|>\n<|im_start|>assistant\n"
+    ids = _check_prompt_ids(tokenizer_dir, prompt, image_token_id, n)
+    # A fixed, varied picture in the normalised range, as for the vision model, cut into patches as
+    # Qwen2VLImageProcessor does: merge groups of 2x2 patches in row order, each patch (channel, frame, y, x)
+    # with the one frame repeated temporal_patch_size times.
+    y, x = torch.meshgrid(torch.linspace(-1, 1, height), torch.linspace(-1, 1, width), indexing="ij")
+    picture = torch.stack([x, y, torch.sin(6 * x) * torch.cos(4 * y)])
+    patches = picture.reshape(3, gh // merge, merge, patch, gw // merge, merge, patch).permute(1, 4, 2, 5, 0, 3, 6)
+    patches = patches.unsqueeze(5).expand(*patches.shape[:5], temporal, patch, patch)
+    pixels = patches.reshape(gh * gw, 3 * temporal * patch * patch)
+
+    def token_types(all_ids: list[int]) -> dict[str, Any]:
+        # 1 for image tokens: transformers lays out the M-RoPE positions from these
+        return {"mm_token_type_ids": torch.tensor([[int(i == image_token_id) for i in all_ids]])}
+
+    return _greedy_ids(model, ids, token_types, pixel_values=pixels, image_grid_thw=torch.tensor([[1, gh, gw]]))
+
+
 def _greedy_audio_prompt(model: Any, tokenizer_dir: Path, audio_token_id: int) -> list[int]:
     """The first CHECK_TOKENS greedy ids after a chat prompt holding a 1 s sine (one 30 s window), as libmtmd
     lays it out: "<|audio_bos|>", the window's embeddings, "<|audio_eos|>"."""
@@ -618,8 +777,8 @@ def _greedy_audio_prompt(model: Any, tokenizer_dir: Path, audio_token_id: int) -
 
 def make_hf_model(work: Path, name: str, family: str, text_config: Mapping[str, Any], seed: int,
                   media_token_id: int, vocab: GgufVocab, check: bool, verbose: bool = False) -> Path:
-    """work/<name>/: tokenizer, processor config and the transformers model of family "vision" or "audio"
-    (made in a child process)."""
+    """work/<name>/: tokenizer, processor config and the transformers model of family "vision", "audio" or
+    "qwen2vl" (made in a child process)."""
     out_dir = work / name
     out_dir.mkdir(parents=True, exist_ok=True)
     spec: dict[str, Any] = {"out_dir": str(out_dir), "family": family, "text_config": dict(text_config),
@@ -628,6 +787,15 @@ def make_hf_model(work: Path, name: str, family: str, text_config: Mapping[str, 
         write_tokenizer(vocab, out_dir, EXTRA_TOKENS)
         write_processor_config(out_dir)
         spec.update(media_config=VISION_CONFIG, scale_factor=SCALE_FACTOR, init_std=INIT_STD)
+    elif family == "qwen2vl":
+        write_tokenizer(vocab, out_dir, QWEN2VL_EXTRA_TOKENS)
+        write_qwen2vl_processor_config(out_dir)
+        first = len(vocab.tokens)
+        token_ids = {"vision_start_token_id": first + QWEN2VL_EXTRA_TOKENS.index("<|vision_start|>"),
+                     "vision_end_token_id": first + QWEN2VL_EXTRA_TOKENS.index("<|vision_end|>"),
+                     "video_token_id": first + QWEN2VL_EXTRA_TOKENS.index("<|video_pad|>")}
+        spec.update(media_config=QWEN2VL_VISION_CONFIG, init_std=QWEN2VL_INIT_STD,
+                    std_by_suffix=QWEN2VL_STD_BY_SUFFIX, token_ids=token_ids)
     else:
         write_tokenizer(vocab, out_dir, AUDIO_EXTRA_TOKENS)
         write_audio_processor_config(out_dir)
@@ -684,7 +852,8 @@ def _text_hparams(config: Mapping[str, Any]) -> dict[str, Any]:
             "attention.head_count": config["num_attention_heads"],
             "attention.head_count_kv": config["num_key_value_heads"],
             "feed_forward_length": config["intermediate_size"],
-            "context_length": config["max_position_embeddings"], "rope.freq_base": config["rope_theta"]}
+            "context_length": config["max_position_embeddings"],
+            "rope.freq_base": config.get("rope_theta", config.get("rope_parameters", {}).get("rope_theta"))}
 
 
 def _verify_mmproj(path: Path, source_dir: Path, want: Mapping[str, Any]) -> None:
@@ -717,6 +886,21 @@ def verify_audio(paths: Mapping[str, Path], base: GgufVocab, source_dir: Path) -
         "clip.audio.block_count": AUDIO_CONFIG["encoder_layers"],
         "clip.audio.attention.head_count": AUDIO_CONFIG["encoder_attention_heads"],
         "clip.audio.num_mel_bins": AUDIO_CONFIG["num_mel_bins"]})
+
+
+def verify_qwen2vl(paths: Mapping[str, Path], base: GgufVocab, source_dir: Path) -> None:
+    """The converted Qwen2-VL files say what this script meant (the vocabulary as for verify())."""
+    sections = list(QWEN2VL_TEXT_CONFIG["rope_parameters"]["mrope_section"])
+    _verify_text_model(paths["model"], base, source_dir, QWEN2VL_EXTRA_TOKENS, "qwen2vl",
+                       {**_text_hparams(QWEN2VL_TEXT_CONFIG),
+                        "rope.dimension_sections": sections + [0] * (4 - len(sections))})
+    _verify_mmproj(paths["mmproj"], source_dir, {
+        "clip.projector_type": "qwen2vl_merger", "clip.has_vision_encoder": True, "clip.has_audio_encoder": None,
+        "clip.vision.projection_dim": QWEN2VL_TEXT_CONFIG["hidden_size"],
+        "clip.vision.embedding_length": QWEN2VL_VISION_CONFIG["embed_dim"],
+        "clip.vision.block_count": QWEN2VL_VISION_CONFIG["depth"],
+        "clip.vision.attention.head_count": QWEN2VL_VISION_CONFIG["num_heads"],
+        "clip.vision.patch_size": QWEN2VL_VISION_CONFIG["patch_size"]})
 
 
 # --------------------------------------------------------------------------
@@ -778,6 +962,29 @@ def _audio_parameters(base_sha256: str) -> dict[str, Any]:
     }
 
 
+def _qwen2vl_parameters(base_sha256: str) -> dict[str, Any]:
+    """What the Qwen2-VL model is made from: its folder's key, and its stamp's."""
+    return {
+        "stamp_version": STAMP_VERSION,
+        "family": "qwen2vl",
+        "llama_cpp_commit": _llama_cpp_commit(),
+        "base_sha256": base_sha256,
+        "text_config": QWEN2VL_TEXT_CONFIG,
+        "vision_config": QWEN2VL_VISION_CONFIG,
+        "pixels": [QWEN2VL_MIN_PIXELS, QWEN2VL_MAX_PIXELS],
+        "image_mean": QWEN2VL_IMAGE_MEAN,
+        "image_std": QWEN2VL_IMAGE_STD,
+        "extra_tokens": list(QWEN2VL_EXTRA_TOKENS),
+        "seed": SEED,
+        "init_std": QWEN2VL_INIT_STD,
+        "std_by_suffix": QWEN2VL_STD_BY_SUFFIX,
+        "check": [CHECK_PROMPT, list(QWEN2VL_CHECK_IMAGE), CHECK_TOKENS, MIN_DISTINCT],
+        "outtype": "f32",
+        "model_name": QWEN2VL_MODEL_NAME,
+        "files": QWEN2VL_OUTPUTS,
+    }
+
+
 def _model_dir(kind: str, params: Mapping[str, Any], cache_dir: Path | None) -> Path:
     cache = cache_dir or default_cache_dir()
     key = hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()[:12]
@@ -792,6 +999,11 @@ def vision_dir(cache_dir: Path | None = None) -> Path:
 def audio_dir(cache_dir: Path | None = None) -> Path:
     """Where the audio model's outputs live (whether or not they exist yet)."""
     return _model_dir("audio", _audio_parameters(_base_model_spec()[0]), cache_dir)
+
+
+def qwen2vl_dir(cache_dir: Path | None = None) -> Path:
+    """Where the Qwen2-VL model's outputs live (whether or not they exist yet)."""
+    return _model_dir("qwen2vl", _qwen2vl_parameters(_base_model_spec()[0]), cache_dir)
 
 
 def _paths(folder: Path, outputs: Mapping[str, str] = OUTPUTS) -> dict[str, Path]:
@@ -912,6 +1124,22 @@ def _make_audio(staging: Path, vocab: GgufVocab, src: Path, step: Step, verbose:
     return greedy
 
 
+def _make_qwen2vl(staging: Path, vocab: GgufVocab, src: Path, step: Step, verbose: bool) -> Any:
+    out = _paths(staging, QWEN2VL_OUTPUTS)
+    image_token_id = len(vocab.tokens) + QWEN2VL_EXTRA_TOKENS.index(QWEN2VL_IMAGE_TOKEN)
+    text_config = _text_config(QWEN2VL_TEXT_CONFIG, vocab, QWEN2VL_EXTRA_TOKENS)
+    hf_dir: Path = step("hf_model", lambda: make_hf_model(staging, "hf", "qwen2vl", text_config, SEED, image_token_id,
+                                                          vocab, True, verbose))
+    step("convert_model", lambda: convert(hf_dir, out["model"], src, mmproj=False, model_name=QWEN2VL_MODEL_NAME,
+                                          verbose=verbose))
+    step("convert_mmproj", lambda: convert(hf_dir, out["mmproj"], src, mmproj=True, model_name=QWEN2VL_MODEL_NAME,
+                                           verbose=verbose))
+    step("verify", lambda: verify_qwen2vl(out, vocab, src))
+    greedy = _greedy_record(hf_dir)
+    shutil.rmtree(hf_dir)
+    return greedy
+
+
 def ensure_vision_model(cache_dir: Path | None = None, *, source_dir: Path | None = None, force: bool = False,
                         verbose: bool = False) -> dict[str, Path]:
     """Paths of the vision test model (model, mmproj, wrong_mmproj), made first when absent or stale."""
@@ -922,6 +1150,13 @@ def ensure_audio_model(cache_dir: Path | None = None, *, source_dir: Path | None
                        verbose: bool = False) -> dict[str, Path]:
     """Paths of the audio test model (model, mmproj), made first when absent or stale."""
     return _ensure("audio", AUDIO_OUTPUTS, _audio_parameters, _make_audio, cache_dir, source_dir, force, verbose)
+
+
+def ensure_qwen2vl_model(cache_dir: Path | None = None, *, source_dir: Path | None = None, force: bool = False,
+                         verbose: bool = False) -> dict[str, Path]:
+    """Paths of the Qwen2-VL test model (model, mmproj), made first when absent or stale."""
+    return _ensure("qwen2vl", QWEN2VL_OUTPUTS, _qwen2vl_parameters, _make_qwen2vl, cache_dir, source_dir, force,
+                   verbose)
 
 
 def _umask() -> int:
@@ -1029,21 +1264,33 @@ def _log_cli_run(paths: Mapping[str, Path], exe: Path, medium: Path, prompt: str
     log(f"  {shlex.join(got['command'])}")
 
 
+def _check_cli(paths: Mapping[str, Path], cache_dir: Path | None, source_dir: Path | None, jobs: int | None,
+               verbose: bool, medium: str, chat_prompt: str, raw_prompt: str) -> tuple[Path, Path]:
+    """llama-mtmd-cli on tools/mtmd/<medium>, with chat_prompt and (raw) raw_prompt; returns (exe, medium)."""
+    exe = ensure_mtmd_cli(cache_dir, source_dir=source_dir, jobs=jobs, verbose=verbose)
+    path = (source_dir or DEFAULT_SOURCE_DIR) / "tools" / "mtmd" / medium
+    for raw in (False, True):
+        _log_cli_run(paths, exe, path, raw_prompt if raw else chat_prompt, raw)
+    return exe, path
+
+
 def check(paths: Mapping[str, Path], cache_dir: Path | None, source_dir: Path | None, jobs: int | None,
           verbose: bool) -> None:
-    exe = ensure_mtmd_cli(cache_dir, source_dir=source_dir, jobs=jobs, verbose=verbose)
-    image = (source_dir or DEFAULT_SOURCE_DIR) / "tools" / "mtmd" / "test-1.jpeg"
-    for raw in (False, True):
-        _log_cli_run(paths, exe, image, f"A picture:{MEDIA_MARKER} of a" if raw else CHECK_PROMPT, raw)
+    exe, image = _check_cli(paths, cache_dir, source_dir, jobs, verbose, "test-1.jpeg", CHECK_PROMPT,
+                            f"A picture:{MEDIA_MARKER} of a")
     log(f"wrong_mmproj refused: {mtmd_cli_refuses(exe, paths['model'], paths['wrong_mmproj'], image)}")
 
 
 def check_audio(paths: Mapping[str, Path], cache_dir: Path | None, source_dir: Path | None, jobs: int | None,
                 verbose: bool) -> None:
-    exe = ensure_mtmd_cli(cache_dir, source_dir=source_dir, jobs=jobs, verbose=verbose)
-    sound = (source_dir or DEFAULT_SOURCE_DIR) / "tools" / "mtmd" / "test-2.mp3"
-    for raw in (False, True):
-        _log_cli_run(paths, exe, sound, f"A sound:{MEDIA_MARKER} of a" if raw else CHECK_AUDIO_PROMPT, raw)
+    _check_cli(paths, cache_dir, source_dir, jobs, verbose, "test-2.mp3", CHECK_AUDIO_PROMPT,
+               f"A sound:{MEDIA_MARKER} of a")
+
+
+def check_qwen2vl(paths: Mapping[str, Path], cache_dir: Path | None, source_dir: Path | None, jobs: int | None,
+                  verbose: bool) -> None:
+    _check_cli(paths, cache_dir, source_dir, jobs, verbose, "test-1.jpeg", CHECK_PROMPT,
+               f"A picture:{MEDIA_MARKER} of a")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -1052,8 +1299,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="cache folder (default: $MULLAMA_CACHE or ~/.cache/mullama)")
     parser.add_argument("--source-dir", type=Path, default=None,
                         help=f"llama.cpp source (default: {DEFAULT_SOURCE_DIR})")
-    parser.add_argument("--audio", action="store_true",
+    family = parser.add_mutually_exclusive_group()
+    family.add_argument("--audio", action="store_true",
                         help="the audio model (Qwen2-Audio) instead of the vision model (SmolVLM)")
+    family.add_argument("--qwen2vl", action="store_true",
+                        help="the Qwen2-VL model (images, M-RoPE) instead of the vision model (SmolVLM)")
     parser.add_argument("--force", action="store_true", help="make everything again (the tool build is kept)")
     parser.add_argument("--jobs", "-j", type=int, default=None,
                         help="parallel compile jobs for llama-mtmd-cli (default: usable CPUs)")
@@ -1067,10 +1317,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.hf_child is not None:
             _hf_model(json.loads(args.hf_child))
             return 0
-        ensure = ensure_audio_model if args.audio else ensure_vision_model
+        if args.audio:
+            ensure, run_check = ensure_audio_model, check_audio
+        elif args.qwen2vl:
+            ensure, run_check = ensure_qwen2vl_model, check_qwen2vl
+        else:
+            ensure, run_check = ensure_vision_model, check
         paths = ensure(args.cache_dir, source_dir=args.source_dir, force=args.force, verbose=args.verbose)
         if args.check:
-            (check_audio if args.audio else check)(paths, args.cache_dir, args.source_dir, args.jobs, args.verbose)
+            run_check(paths, args.cache_dir, args.source_dir, args.jobs, args.verbose)
     except VisionError as e:
         log(f"error: {e}")
         return 1

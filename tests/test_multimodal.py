@@ -570,3 +570,70 @@ def test_server_answers_input_audio_as_the_context_does(audio_files: dict[str, P
             client.chat.completions.create(model="tiny-alm", messages=one, max_tokens=2)
     finally:
         s.stop()
+
+
+# -- M-RoPE: a tiny Qwen2-VL, whose images take fewer positions than embeddings -------------------------
+
+
+@pytest.fixture(scope="module")
+def qwen_files() -> dict[str, Path]:
+    from make_vision_model import ensure_qwen2vl_model
+    return ensure_qwen2vl_model()
+
+
+@pytest.fixture(scope="module")
+def qvl(qwen_files: dict[str, Path]) -> Iterator[tuple[Model, Projector]]:
+    model = Model.load(qwen_files["model"])
+    proj = Projector.load(qwen_files["mmproj"], model)
+    yield model, proj
+    proj.close()
+    model.close()
+
+
+def test_mrope_images_equal_llama_mtmd_cli(qvl: tuple[Model, Projector], qwen_files: dict[str, Path],
+                                           mtmd_cli: Path, images: dict[str, Path]) -> None:
+    from make_vision_model import mtmd_cli_generate
+    model, proj = qvl
+    assert proj.uses_mrope
+    for user, media in (("<__media__>What is in the image?", [JPEG]),
+                        ("Compare <__media__> with <__media__>.", [JPEG, images["wide"]])):
+        ref = mtmd_cli_generate(mtmd_cli, qwen_files["model"], qwen_files["mmproj"], media, user, n_predict=N)
+        prompt = proj.tokenize(chatml(user), media)
+        pics = [c for c in prompt.chunks if c.kind == "image"]
+        assert sum(c.n_tokens for c in pics) == ref["image_tokens"] and all(c.n_pos < c.n_tokens for c in pics)
+        assert len(prompt.cache_ids) == prompt.n_pos < prompt.n_tokens
+        with Context(model, n_ctx=2048, projector=proj) as ctx:
+            text = ctx.generate(chatml(user), N, GREEDY, media=media, ignore_eos=True)
+        assert text == ref["text"]
+        with Engine(model, parallel=2, n_ctx=1024, projector=proj) as engine:
+            assert engine.submit(chatml(user), N, GREEDY, media=media, ignore_eos=True).text() == text
+
+
+def test_mrope_follow_up_turn_and_cells(qvl: tuple[Model, Projector]) -> None:
+    """Positions after an M-RoPE image continue from its n_pos; the cache is budgeted in cells (n_tokens)."""
+    from mullama import ContextFullError
+    model, proj = qvl
+    turn1 = chatml("<__media__>What is in the image?")
+    with Context(model, n_ctx=2048, projector=proj) as ctx:
+        answer = ctx.generate(turn1, N, GREEDY, media=[JPEG], ignore_eos=True)
+        turn2 = turn1 + answer + "<|im_end|>\n<|im_start|>user\nAnd?<|im_end|>\n<|im_start|>assistant\n"
+        follow = ctx.generate(turn2, N, GREEDY, media=[JPEG], ignore_eos=True)
+        assert ctx.last_prompt_evaluated < 20
+    with Context(model, n_ctx=2048, projector=proj) as fresh:
+        assert fresh.generate(turn2, N, GREEDY, media=[JPEG], ignore_eos=True) == follow
+    cells = proj.tokenize(turn1, [JPEG]).n_tokens
+    two = chatml("<__media__><__media__>What?")
+    with Context(model, n_ctx=512, projector=proj) as ctx:
+        assert cells < 512 < proj.tokenize(two, [JPEG, JPEG]).n_tokens
+        with pytest.raises(ContextFullError, match="n_ctx=512"):
+            ctx.generate(two, 4, GREEDY, media=[JPEG, JPEG])
+        with pytest.raises(ContextFullError, match="the context is full"):
+            ctx.generate(turn1, 512, GREEDY, media=[JPEG], ignore_eos=True)
+        assert ctx.generate(chatml("Hi"), 2, GREEDY, ignore_eos=True)
+    with Engine(model, parallel=1, n_ctx=512, projector=proj) as engine:
+        long = engine.submit(turn1, 512, GREEDY, media=[JPEG], ignore_eos=True)
+        long.text()
+        assert long.finish_reason == "length" and long.completion_tokens == 512 - cells + 1
+        with pytest.raises(ContextFullError):
+            engine.submit(two, 4, GREEDY, media=[JPEG, JPEG])
+        assert engine.submit(turn1, N, GREEDY, media=[JPEG], ignore_eos=True).text()  # the engine lives on

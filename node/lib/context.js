@@ -174,7 +174,10 @@ class JsContext extends NativeHandle {
     this._typeK = typeK;
     this._typeV = typeV;
     this._batch = new Batch(this._nBatch);
-    this._tokens = []; // what the KV cache holds, in order (sequence 0)
+    this._tokens = []; // what the KV cache holds, in order (sequence 0): one id per position
+    // Media in the cache that take more cells than positions (M-RoPE models: an image of nTokens
+    // embeddings spans nPos < nTokens positions): [first position, extra cells] each.
+    this._mediaCells = [];
     this._lastPromptEvaluated = 0;
     this._chains = new Map();
     this._pieceBuf = Buffer.alloc(256);
@@ -312,6 +315,12 @@ class JsContext extends NativeHandle {
   _clear() {
     if (this._mem) lib().llama_memory_clear(this._mem, true);
     this._tokens.length = 0; // in place: a running loop holds this array
+    this._mediaCells = [];
+  }
+
+  /** KV cells the cache holds: a position each, and the extra cells of M-RoPE media. */
+  _cells() {
+    return this._tokens.length + this._mediaCells.reduce((a, [, extra]) => a + extra, 0);
   }
 
   /** Keep the first `keep` cached tokens, drop the rest; returns how many were kept. */
@@ -319,6 +328,7 @@ class JsContext extends NativeHandle {
     if (keep >= this._tokens.length) return this._tokens.length;
     if (this._mem && keep > 0 && lib().llama_memory_seq_rm(this._mem, 0, keep, -1)) {
       this._tokens.length = keep;
+      this._mediaCells = this._mediaCells.filter(([start]) => start < keep);
       return keep;
     }
     this._clear(); // partial removal unsupported (e.g. recurrent state): start over
@@ -353,8 +363,8 @@ class JsContext extends NativeHandle {
    */
   * _decodeSteps(tokens, chunk, outputAll = false) {
     const n = tokens.length;
-    if (this._tokens.length + n > this._nCtx) {
-      throw new ContextFullError(`${n} tokens do not fit in the context: it holds ${this._tokens.length} of `
+    if (this._cells() + n > this._nCtx) {
+      throw new ContextFullError(`${n} tokens do not fit in the context: it holds ${this._cells()} of `
         + `nCtx=${this._nCtx}; use a larger nCtx or a shorter prompt`);
     }
     if (this._isEncoder && n > this._nBatch) {
@@ -483,6 +493,7 @@ class JsContext extends NativeHandle {
     // sequence 0 is emptied first: llama.cpp leaves it as it was when the state holds no cell
     L.llama_memory_seq_rm(this._mem, 0, -1, -1);
     this._tokens.length = 0; // in place, like _clear()
+    this._mediaCells = []; // (a saved state does not say which positions held M-RoPE media)
     _lib.takeErrors();
     const read = Number(L.llama_state_seq_set_data(ctx, data.subarray(blobOffset), blobLen, 0));
     const nCached = L.llama_memory_seq_pos_max(this._mem, 0) + 1;
@@ -656,8 +667,9 @@ class JsContext extends NativeHandle {
     const tokens = plan ? plan.cacheIds : this._promptTokens(prompt);
     const p = resolveParams(params);
     const device = this._onDevice(p, grammar, outcome !== null && outcome.k !== null);
-    if (tokens.length > this._nCtx) {
-      throw new ContextFullError(`the prompt has ${tokens.length} tokens but the context holds nCtx=${this._nCtx}; `
+    const nCells = plan ? plan.nTokens : tokens.length; // (M-RoPE media: more cells than positions)
+    if (nCells > this._nCtx) {
+      throw new ContextFullError(`the prompt has ${nCells} tokens but the context holds nCtx=${this._nCtx}; `
         + 'use a larger nCtx or a shorter prompt');
     }
     this._acquire();
@@ -851,9 +863,9 @@ class JsContext extends NativeHandle {
         continue;
       }
       const nBefore = cached.length;
-      if (nBefore + c.nPos > this._nCtx) {
-        throw new ContextFullError(`a medium of ${c.nPos} positions does not fit in the context: it holds ${nBefore} `
-          + `of nCtx=${this._nCtx}; use a larger nCtx or fewer media`);
+      if (this._cells() + c.nTokens > this._nCtx) {
+        throw new ContextFullError(`a medium of ${c.nTokens} embeddings does not fit in the context: it holds `
+          + `${this._cells()} of nCtx=${this._nCtx}; use a larger nCtx or fewer media`);
       }
       this._noteLoras();
       let next;
@@ -868,6 +880,7 @@ class JsContext extends NativeHandle {
         throw new Error(`libmtmd placed a medium of ${c.nPos} positions at ${nBefore}..${next}`);
       }
       for (let i = start; i < end; i++) cached.push(tokens[i]);
+      if (c.nTokens > c.nPos) this._mediaCells.push([nBefore, c.nTokens - c.nPos]);
     }
   }
 
@@ -883,7 +896,7 @@ class JsContext extends NativeHandle {
   * _drive1(loop, finish, marks = false, maxTokens = 0) {
     const L = lib();
     const cached = this._tokens;
-    const nCtx = this._nCtx;
+    const nCtx = this._nCtx - (this._cells() - cached.length); // positions left for tokens (M-RoPE media hold more)
     const drafter = this._drafter;
     const stats = this.draftStats;
     let drafts = []; // decoded after `cached`, not yet checked
@@ -914,7 +927,7 @@ class JsContext extends NativeHandle {
           drafts = [];
         }
         if (cached.length >= nCtx) {
-          throw new ContextFullError(`the context is full (nCtx=${nCtx}) after ${cached.length} tokens; `
+          throw new ContextFullError(`the context is full (nCtx=${this._nCtx}) after ${cached.length} tokens; `
             + 'use a larger nCtx, fewer maxTokens or a shorter prompt');
         }
         if (!drafter) {

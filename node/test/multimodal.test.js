@@ -11,7 +11,7 @@ const os = require('node:os');
 const path = require('node:path');
 const { execFileSync } = require('node:child_process');
 const { JsModel, JsContext, Projector, Media, splitChatMedia, ContextFullError, samplerParamsGreedy } = require('..');
-const { ROOT, LLAMA_SRC, visionPaths, audioPaths, python } = require('./helpers/models');
+const { ROOT, LLAMA_SRC, visionPaths, audioPaths, qwen2vlPaths, python } = require('./helpers/models');
 
 const N = 16;
 const greedy = samplerParamsGreedy();
@@ -33,7 +33,8 @@ const REFERENCE = `
 import json, sys
 from pathlib import Path
 sys.path.insert(0, "scripts")
-from make_vision_model import ensure_audio_model, ensure_mtmd_cli, ensure_vision_model, mtmd_cli_generate
+from make_vision_model import (ensure_audio_model, ensure_mtmd_cli, ensure_qwen2vl_model, ensure_vision_model,
+                               mtmd_cli_generate)
 from tests.images import pattern, png, bmp, wav
 from mullama import Context, Model, Projector, SamplerParams
 out_dir, asks = Path(sys.argv[1]), json.loads(sys.argv[2])
@@ -74,7 +75,12 @@ sounds = {}
 for name, path in (("mp3", Path(sys.argv[3]).parent / "test-2.mp3"), ("sine", out_dir / "sine.wav")):
     cli = mtmd_cli_generate(exe, audio["model"], audio["mmproj"], [path], "<__media__>What do you hear?", n_predict=${N})
     sounds[name] = {"path": str(path), "cli": cli["text"], "audio_tokens": cli["audio_tokens"]}
-print(json.dumps({"asks": res, "images": {k: str(v) for k, v in img.items()}, "sounds": sounds}))
+# an M-RoPE model (Qwen2-VL): images take fewer positions than embeddings
+qwen = ensure_qwen2vl_model()
+qcli = mtmd_cli_generate(exe, qwen["model"], qwen["mmproj"], [img["jpeg"]], "<__media__>What is in the image?",
+                         n_predict=${N})
+mrope = {"cli": qcli["text"], "image_tokens": qcli["image_tokens"]}
+print(json.dumps({"asks": res, "images": {k: str(v) for k, v in img.items()}, "sounds": sounds, "mrope": mrope}))
 `;
 
 test.before(() => {
@@ -276,6 +282,37 @@ test('sounds: the same text as llama-mtmd-cli from a file, a Buffer and raw samp
   assert.throws(() => p.media(JPEG), { name: 'RangeError', message: /takes audio only/ });
   assert.throws(() => proj.media(ref.sounds.mp3.path), { name: 'RangeError', message: /MP3 audio, but this projector takes no audio/ });
   assert.equal(p.media(new Float32Array(2)).width, 2);
+  p.close();
+  m.close();
+});
+
+test('M-RoPE images (Qwen2-VL): the same text as llama-mtmd-cli, the cache budgeted in cells', () => {
+  const paths = qwen2vlPaths();
+  const m = JsModel.load(paths.model);
+  const p = Projector.load(paths.mmproj, m);
+  assert.equal(p.usesMrope, true);
+  const prompt = chatml('<__media__>What is in the image?');
+  const mp = p.tokenize(prompt, [JPEG]);
+  const pics = mp.chunks.filter((c) => c.kind === 'image');
+  assert.equal(pics.reduce((a, c) => a + c.nTokens, 0), ref.mrope.image_tokens);
+  assert.ok(pics.every((c) => c.nPos < c.nTokens) && mp.cacheIds.length === mp.nPos && mp.nPos < mp.nTokens);
+  const ctx = new JsContext(m, { nCtx: 2048, projector: p });
+  const text = ctx.generate(prompt, N, greedy, { media: [JPEG], ignoreEos: true });
+  assert.equal(text, ref.mrope.cli);
+  const turn2 = `${prompt}${text}<|im_end|>\n<|im_start|>user\nAnd?<|im_end|>\n<|im_start|>assistant\n`;
+  const follow = ctx.generate(turn2, N, greedy, { media: [JPEG], ignoreEos: true });
+  assert.ok(ctx.lastPromptEvaluated < 20, String(ctx.lastPromptEvaluated));
+  ctx.close();
+  const fresh = new JsContext(m, { nCtx: 2048, projector: p });
+  assert.equal(fresh.generate(turn2, N, greedy, { media: [JPEG], ignoreEos: true }), follow);
+  fresh.close();
+  const small = new JsContext(m, { nCtx: 512, projector: p });
+  const two = chatml('<__media__><__media__>What?');
+  assert.throws(() => small.generate(two, 4, greedy, { media: [JPEG, JPEG] }), ContextFullError);
+  assert.throws(() => small.generate(prompt, 512, greedy, { media: [JPEG], ignoreEos: true }),
+    { name: 'ContextFullError', message: /the context is full/ });
+  assert.ok(small.generate(chatml('Hi'), 2, greedy, { ignoreEos: true }).length > 0);
+  small.close();
   p.close();
   m.close();
 });

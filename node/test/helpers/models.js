@@ -55,4 +55,11 @@ function audioPaths() {
     + 'print(json.dumps({k: str(v) for k, v in ensure_audio_model().items()}))'));
 }
 
-module.exports = { ROOT, LLAMA_SRC, smollmPath, minilmPath, loraPaths, visionPaths, audioPaths, python };
+/** The tiny M-RoPE vision model (scripts/make_vision_model.py --qwen2vl): { model, mmproj }. */
+function qwen2vlPaths() {
+  return JSON.parse(resolve('MULLAMA_TEST_QWEN2VL',
+    'import sys, json; sys.path.insert(0, "scripts"); from make_vision_model import ensure_qwen2vl_model; '
+    + 'print(json.dumps({k: str(v) for k, v in ensure_qwen2vl_model().items()}))'));
+}
+
+module.exports = { ROOT, LLAMA_SRC, smollmPath, minilmPath, loraPaths, visionPaths, audioPaths, qwen2vlPaths, python };
