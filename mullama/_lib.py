@@ -251,7 +251,8 @@ _MTMD_NAMES: Final = (
     "mtmd_get_audio_sample_rate", "mtmd_get_marker",
     # media
     "mtmd_bitmap_init", "mtmd_bitmap_init_from_audio", "mtmd_bitmap_get_nx", "mtmd_bitmap_get_ny",
-    "mtmd_bitmap_get_n_bytes", "mtmd_bitmap_is_audio", "mtmd_bitmap_free", "mtmd_bitmap_get_id", "mtmd_bitmap_set_id",
+    "mtmd_bitmap_get_n_bytes", "mtmd_bitmap_get_data", "mtmd_bitmap_is_audio", "mtmd_bitmap_free", "mtmd_bitmap_get_id",
+    "mtmd_bitmap_set_id",
     "mtmd_helper_bitmap_init_from_buf", "mtmd_helper_init_opt_default",
     # a prompt as chunks of text and media
     "mtmd_input_chunks_init", "mtmd_input_chunks_size", "mtmd_input_chunks_get", "mtmd_input_chunks_free",

@@ -21,7 +21,7 @@ from .grammar import Grammar, GrammarIncompleteError, check_grammar
 from .lora import LoraAdapter, LoraSet, check_loras
 from .lora import apply as apply_loras
 from .model import Model
-from .multimodal import MediaPrompt, MediaSource, Projector, check_media_args
+from .multimodal import MediaPrompt, MediaSource, Projector, media_prompt
 from .sampling import SamplerChain, SamplerParams, check_sampling
 from .speculative import Draft, Drafter, check_draft
 
@@ -162,10 +162,12 @@ class Context(NativeHandle):
         # the context: its finalizer frees them after it (the list holds raw
         # pointers, not this object).
         self._device_chains: list[int] = []
-        # The LoRA adapters the context refers to: held until it is freed (or they are replaced).
+        # The LoRA adapters the context refers to: held until it is freed (or they are replaced); and
+        # its projector, held until it is freed.
         self._held_loras: list[LoraAdapter] = []
+        self._held_others: list[NativeHandle] = []
         self._attach(ptr, _free_context_then(model._free_guard(L.llama_free), self._device_chains, L.llama_sampler_free,
-                                             self._held_loras),
+                                             self._held_loras, self._held_others),
                      parent=model)
         self._loras: LoraSet = ()  # the adapters applied from the next decode on
         self._kv_loras: LoraSet | None = ()  # those the cached tokens were decoded with (None: a mix)
@@ -193,6 +195,9 @@ class Context(NativeHandle):
         self.draft_stats = {"drafted": 0, "accepted": 0, "decodes": 0}
         self._drafter: Drafter | None = None
         self._projector = projector
+        if projector is not None:  # closed while this context lives, it is freed after it
+            hold(projector)
+            self._held_others.append(projector)
         if draft is not None:
             self._drafter = draft._start(self, n_seq_max)
 
@@ -375,8 +380,9 @@ class Context(NativeHandle):
         self._clear()  # partial removal unsupported (e.g. recurrent state): start over
         return 0
 
-    def _decode_chunks(self, ctx: int, tokens: list[int], output_all: bool = False) -> None:
-        """Evaluate tokens at the end of the cache, n_batch at a time; outputs for the last (or all)."""
+    def _decode_chunks(self, ctx: int, tokens: list[int], output_all: bool = False, logits: bool = True) -> None:
+        """Evaluate tokens at the end of the cache, n_batch at a time; outputs for the last (or all; or
+        none, without ``logits``)."""
         L = _backend.lib()
         run = L.llama_encode if self._is_encoder else L.llama_decode
         batch = self._batch
@@ -396,7 +402,8 @@ class Context(NativeHandle):
             with interruptible:
                 for start in range(0, n, self._n_batch):
                     chunk = tokens[start:start + self._n_batch]
-                    batch.fill(chunk, len(self._tokens), output_last=start + len(chunk) == n, output_all=output_all)
+                    batch.fill(chunk, len(self._tokens), output_last=logits and start + len(chunk) == n,
+                               output_all=output_all)
                     rc = run(ctx, batch.struct)
                     if rc != 0:
                         self._after_failed_decode(rc, len(self._tokens))
@@ -539,6 +546,9 @@ class Context(NativeHandle):
         tokens = self._tokens if tokens is None else tokens
         if not self._mem:
             raise RuntimeError("this Context keeps no KV cache (an embedding model's): it has no state to save")
+        if any(t < 0 for t in tokens):
+            raise ValueError("the cache holds images or sounds, which a saved state cannot record (only token ids); "
+                             "save it before the first medium, or clear_cache()")
         L = _backend.lib()
         if int(L.llama_memory_seq_pos_max(self._mem, seq)) != len(tokens) - 1:
             raise RuntimeError("the KV cache and the tokens this Context tracks disagree; call clear_cache()")
@@ -836,15 +846,7 @@ class Context(NativeHandle):
 
     def _media_prompt(self, prompt: str | Sequence[int], media: Sequence[MediaSource] | None) -> MediaPrompt | None:
         """The prompt split by the projector into text and media chunks, when media are given."""
-        check_media_args(prompt, media, self._projector)
-        if media is None or self._projector is None:
-            return None
-        if self._drafter is not None:
-            raise ValueError("draft= does not work with media yet: drafted tokens are checked against a cache "
-                             "that holds media the drafter cannot see; use a context without draft=")
-        if not prompt:
-            raise RuntimeError("the prompt is empty: there is nothing to generate from")
-        return self._projector.tokenize(cast(str, prompt), media)
+        return media_prompt(prompt, media, self._projector, self._drafter is not None)
 
     def _generate(self, tokens: list[int], max_tokens: int, params: SamplerParams, device: bool,
                   stops: tuple[str, ...], cancel: threading.Event | None,
@@ -902,9 +904,7 @@ class Context(NativeHandle):
             self._last_prompt_evaluated = len(tokens) - kept
             self._decode_chunks(ctx, tokens[kept:])
             return
-        segments = plan.segments()
-        if segments and segments[-1][1].kind != "text":
-            limit = min(limit, segments[-1][0])  # a prompt that ends in a medium evaluates it again
+        segments = plan.segments()  # (the last is text: multimodal.media_prompt)
         common = _common_prefix(cached, tokens, limit)
         # never keep part of a medium: back off to its start
         for start, chunk, _ in segments:
@@ -912,12 +912,12 @@ class Context(NativeHandle):
                 common = start
         kept = self._truncate_cache(common)
         self._last_prompt_evaluated = len(tokens) - kept
-        for start, chunk, native in segments:
+        for i, (start, chunk, native) in enumerate(segments):
             end = start + chunk.n_pos
             if end <= kept:
                 continue
-            if chunk.kind == "text":
-                self._decode_chunks(ctx, list(chunk.tokens[max(kept - start, 0):]))
+            if chunk.kind == "text":  # (outputs for the prompt's last token only)
+                self._decode_chunks(ctx, list(chunk.tokens[max(kept - start, 0):]), logits=i == len(segments) - 1)
             else:
                 self._decode_media(ctx, chunk.n_tokens, chunk.n_pos, native, tokens[start:end])
 
@@ -932,7 +932,7 @@ class Context(NativeHandle):
         self._note_loras()
         try:
             end = self._projector.evaluate(ctx, native, n_before, 0, self._n_batch)
-        except RuntimeError:
+        except BaseException:  # (a KeyboardInterrupt too: the cache must agree with self._tokens again)
             self._drop_after(n_before)
             raise
         if end != n_before + n_pos:
@@ -1100,16 +1100,19 @@ def _state_path(path: Any) -> str:
     return fspath
 
 
-def _free_context_then(free_context: Any, chains: list[int], free_chain: Any, loras: list[LoraAdapter]) -> Any:
-    """The context's free function: the context first, then the chains attached to it, then its adapters' hold."""
+def _free_context_then(free_context: Any, chains: list[int], free_chain: Any, loras: list[LoraAdapter],
+                       others: list[NativeHandle]) -> Any:
+    """The context's free function: the context first, then the chains attached to it, then its hold on
+    its adapters and its projector."""
     def free(pointer: int) -> None:
         free_context(pointer)
         for c in chains:
             free_chain(c)
         chains.clear()
-        for a in loras:
-            let_go(a)
+        for h in [*loras, *others]:
+            let_go(h)
         loras.clear()
+        others.clear()
     return free
 
 

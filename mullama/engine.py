@@ -47,7 +47,7 @@ import time
 from concurrent.futures import Future
 from collections.abc import AsyncGenerator, AsyncIterator, Generator, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, cast
+from typing import Any
 
 import numpy as np
 
@@ -57,7 +57,7 @@ from .context import MAX_N_CTX, Context, ContextFullError, EngineAccess, _state_
 from .grammar import Grammar, GrammarIncompleteError, check_grammar
 from .lora import LoraAdapter, LoraSet, check_loras
 from .model import Model
-from .multimodal import KIND_TEXT, MediaPrompt, MediaSource, Projector, check_media_args
+from .multimodal import KIND_TEXT, MediaPrompt, MediaSource, Projector, media_prompt
 from .speculative import Draft
 from .sampling import GrammarState, SamplerChain, SamplerParams
 
@@ -434,16 +434,7 @@ class Engine:
         return req
 
     def _media_prompt(self, prompt: str | Sequence[int], media: Sequence[MediaSource] | None) -> MediaPrompt | None:
-        check_media_args(prompt, media, self._projector)
-        if media is None or self._projector is None:
-            return None
-        if self._drafter is not None:
-            raise ValueError("draft= does not work with media yet: an Engine with a drafter takes no media")
-        plan = self._projector.tokenize(cast(str, prompt), media)
-        if not plan.chunks or plan.chunks[-1].kind != KIND_TEXT:
-            raise ValueError("a prompt with media must end with text after its last marker "
-                             "(a chat template's assistant prefix does)")
-        return plan
+        return media_prompt(prompt, media, self._projector, self._drafter is not None)
 
     def generate(self, prompt: str | Sequence[int], max_tokens: int = 100, params: SamplerParams | None = None,
                  **kwargs: Any) -> str:
@@ -619,7 +610,7 @@ class Engine:
                 slot.media_from, slot.todo = common, []
             device = self._host.on_device(req.params, req.grammar, req.logprobs_k is not None)
             slot.chain = self._host.chain(req.params, slot.seq, device, shared=False)
-            slot.chain.start(req.prompt)
+            slot.chain.start(req.prompt if req.media is None else req.media.text_tokens)
             slot.grammar = req.grammar.state(self._model) if req.grammar is not None else None
             slot.finish, slot.loop, slot.pending = _sequence.Finish(), None, None
 
@@ -631,11 +622,14 @@ class Engine:
             if req is None or s.media_from < 0 or req.media is None:
                 continue
             start_from, s.media_from = s.media_from, -1
-            segments = req.media.segments()
-            media_end = max(start + c.n_pos for start, c, _ in segments if c.kind != KIND_TEXT)
-            todo = [(start, c, native) for start, c, native in segments
-                    if start + c.n_pos > start_from and start < media_end]
             try:
+                segments = req.media.segments()
+                media_end = max(start + c.n_pos for start, c, _ in segments if c.kind != KIND_TEXT)
+                todo = [(start, c, native) for start, c, native in segments
+                        if start + c.n_pos > start_from and start < media_end]
+                if req.loras != self._host.loras:  # decoded with the request's own adapters
+                    self._host.set_loras(req.loras)
+                    self.stats["lora_switches"] += 1
                 need = s.cells + sum(c.n_tokens for _, c, _ in todo)
                 if need > self._n_ctx_seq:
                     raise ContextFullError(f"the prompt's media need {need} cells, but a sequence holds "

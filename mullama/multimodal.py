@@ -42,16 +42,19 @@ from ._handle import NativeHandle
 if TYPE_CHECKING:
     from .model import Model
 
+# A sound shorter than a tenth of a second is refused: libmtmd asserts (aborting the process) on sounds
+# shorter than its preprocessing window, which depends on the model (2 samples for Whisper-style
+# encoders, 2 hops of 160 samples for conformer ones).
+MIN_AUDIO_SECONDS: Final = 0.1
 # Images larger than this (width x height) are refused before they are decoded:
 # decoding allocates 3 bytes per pixel whatever the file's size.
 DEFAULT_MAX_IMAGE_PIXELS: Final = 1 << 26  # 67 million pixels, e.g. 8192 x 8192
 # Encoded media larger than this are refused before they are read.
 DEFAULT_MAX_MEDIA_BYTES: Final = 1 << 28  # 256 MiB
 
-# libmtmd aborts the process on a sound of fewer samples (GGML_ASSERT in its preprocessing).
-MIN_AUDIO_SAMPLES: Final = 2
-# What libmtmd's helper decodes (stb_image for images, miniaudio for sound).
-IMAGE_FORMATS: Final = ("PNG", "JPEG", "BMP", "GIF", "TGA", "PSD", "HDR", "PNM")
+# What is accepted: the formats whose size the header gives away (so that a huge image is refused
+# before stb_image allocates it), of those libmtmd's helper decodes (stb_image, miniaudio).
+IMAGE_FORMATS: Final = ("PNG", "JPEG", "BMP", "GIF")
 AUDIO_FORMATS: Final = ("WAV", "MP3", "FLAC")
 
 KIND_TEXT: Final = "text"
@@ -348,6 +351,11 @@ class Projector(NativeHandle):
         if len(data) > self.max_media_bytes:
             raise ValueError(f"{what}: {len(data)} bytes, above max_media_bytes={self.max_media_bytes}")
         fmt, size = sniff(data)
+        if fmt is None:
+            raise ValueError(f"{what} is not a {', '.join(IMAGE_FORMATS)} image"
+                             + (f" or a {', '.join(AUDIO_FORMATS)} sound" if self.supports_audio else ""))
+        if fmt in IMAGE_FORMATS and size is None:
+            raise ValueError(f"{what}: its {fmt} header is truncated or corrupt (no image size in it)")
         if fmt == "WEBP":
             raise ValueError(f"{what} is a WebP image, which this build's libmtmd cannot decode (it needs ffmpeg); "
                              f"convert it to PNG or JPEG, or pass the pixels as an array")
@@ -392,10 +400,7 @@ class Projector(NativeHandle):
                 raise ValueError(f"an audio array must be 1-D float32 samples, not of shape {a.shape}")
             if not self.supports_audio:
                 raise ValueError("a float32 array is audio, but this projector takes no audio")
-            if a.shape[0] < MIN_AUDIO_SAMPLES:
-                raise ValueError(f"an audio array needs at least {MIN_AUDIO_SAMPLES} samples, not {a.shape[0]}")
-            if not np.isfinite(a).all():
-                raise ValueError("an audio array holds NaN or infinite samples")
+            self._check_samples(a, f"an audio array of {a.shape[0]} samples")
             data = np.ascontiguousarray(a)
             ptr = M.mtmd_bitmap_init_from_audio(int(a.shape[0]), data.ctypes.data_as(ctypes.POINTER(ctypes.c_float)))
             shape = f"{a.shape[0]}"
@@ -409,10 +414,26 @@ class Projector(NativeHandle):
         self._check_kind(media, f"an array of shape {shape}")
         return media
 
+    def _check_samples(self, samples: np.ndarray, what: str) -> None:
+        rate = self.audio_sample_rate or 16000
+        least = max(2, int(rate * MIN_AUDIO_SECONDS))
+        if samples.shape[0] < least:
+            raise ValueError(f"{what} is too short: at least {least} samples ({MIN_AUDIO_SECONDS:g} s at {rate} Hz) "
+                             f"are needed")
+        if not np.isfinite(samples).all():
+            raise ValueError(f"{what} holds NaN or infinite samples")
+
     def _check_kind(self, media: Media, what: str) -> None:
-        if media.kind == KIND_AUDIO and media.width < MIN_AUDIO_SAMPLES:
-            media.close()
-            raise ValueError(f"{what} holds {media.width} audio samples; at least {MIN_AUDIO_SAMPLES} are needed")
+        if media.kind == KIND_AUDIO and self.supports_audio:
+            M = self._mtmd
+            p = media.ptr()
+            n = int(M.mtmd_bitmap_get_n_bytes(p)) // 4
+            data = ctypes.cast(M.mtmd_bitmap_get_data(p), ctypes.POINTER(ctypes.c_float))
+            try:  # a decoded file's samples: the same checks as an array's
+                self._check_samples(np.ctypeslib.as_array(data, shape=(n,)) if n else np.zeros(0, np.float32), what)
+            except ValueError:
+                media.close()
+                raise
         if media.kind == KIND_IMAGE and not self.supports_vision:
             media.close()
             raise ValueError(f"{what} is an image, but this projector takes audio only")
@@ -546,15 +567,34 @@ def _jpeg_size(data: bytes) -> tuple[int, int] | None:
     return None
 
 
-def check_media_args(prompt: Any, media: Any, projector: Projector | None) -> None:
-    """Shared checks of ``media=`` for Context and Engine: a projector, and a text prompt."""
+def media_prompt(prompt: Any, media: Sequence[MediaSource] | None, projector: Projector | None,
+                 drafting: bool) -> MediaPrompt | None:
+    """``media=`` for a Context or an Engine: the prompt split into chunks, or None without media.
+
+    Checked here once for both: a projector, a text prompt, no drafter, and text after the last medium
+    (libmtmd decodes a medium without outputs: a prompt that ended with one would leave no logits to
+    sample from; every chat template's assistant prefix is text)."""
     if media is None:
-        return
+        return None
     if projector is None:
         raise ValueError("media were given, but this context has no projector: "
                          "make it with projector=Projector.load(mmproj_path, model)")
     if not isinstance(prompt, str):
         raise TypeError("a prompt with media must be text (with a marker per medium), not token ids")
+    if drafting:
+        raise ValueError("draft= does not work with media yet: drafted tokens are checked against a cache "
+                         "that holds media the drafter cannot see; use one without draft=")
+    if not prompt:
+        raise RuntimeError("the prompt is empty: there is nothing to generate from")
+    plan = projector.tokenize(prompt, media)
+    if all(c.kind == KIND_TEXT for c in plan.chunks):
+        plan.close()
+        return None  # no marker and no media: a plain prompt
+    if plan.chunks[-1].kind != KIND_TEXT:
+        plan.close()
+        raise ValueError("a prompt with media must end with text after its last marker "
+                         "(a chat template's assistant prefix does)")
+    return plan
 
 
 # -- chat messages with media parts ------------------------------------------------------

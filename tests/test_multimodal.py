@@ -209,7 +209,11 @@ def test_hostile_media_are_clear_errors(vlm: tuple[Model, Projector], tmp_path: 
         (png_header_claiming(20000, 20000), ValueError, "20000x20000 PNG image .* above max_image_pixels"),
         (png_header_claiming(0, 5), ValueError, "size of 0x5"),
         (b"GIF89a\x10\x27\x10\x27" + b"\x00" * 20, ValueError, "10000x10000 GIF image .* above max_image_pixels"),
-        (b"just some text, not an image", ValueError, "could not be decoded"),
+        (b"just some text, not an image", ValueError, "not a PNG, JPEG, BMP, GIF image"),
+        # a TGA header claiming 26000x26000: a format whose size is not checked before decoding is refused
+        (b"\x00\x00\x02" + b"\x00" * 9 + bytes([0x90, 0x65, 0x90, 0x65, 24, 0]) + b"\x00" * 8, ValueError,
+         "not a PNG, JPEG, BMP, GIF image"),
+        (good[:20], ValueError, "PNG header is truncated"),
         (b"", ValueError, "empty"),
         (b"RIFF\x00\x00\x00\x00WEBPVP8 ", ValueError, "WebP"),
         (b"RIFF\x24\x00\x00\x00WAVEfmt ", ValueError, "WAV audio, but this projector takes no audio"),
@@ -223,7 +227,7 @@ def test_hostile_media_are_clear_errors(vlm: tuple[Model, Projector], tmp_path: 
     ]
     notes = tmp_path / "notes.png"
     notes.write_text("this is not a picture")
-    cases.append((notes, ValueError, "could not be decoded"))
+    cases.append((notes, ValueError, "not a PNG, JPEG, BMP, GIF image"))
     for source, kind, pattern_ in cases:
         with pytest.raises(kind, match=pattern_):
             proj.media(source)
@@ -240,6 +244,11 @@ def test_hostile_media_are_clear_errors(vlm: tuple[Model, Projector], tmp_path: 
         with pytest.raises(TypeError, match="list of media"):
             ctx.generate(prompt, 4, GREEDY, media=JPEG)  # type: ignore[arg-type]
         assert ctx.generate(prompt, 4, GREEDY, media=[tiny], ignore_eos=True)
+        # a saved state records token ids only: a cache that holds an image cannot be saved
+        with pytest.raises(ValueError, match="cannot record"):
+            ctx.state_bytes()
+        # media=[] with no marker is a plain prompt
+        assert ctx.generate(chatml("Hi"), 2, GREEDY, media=[], ignore_eos=True)
     with Context(model, n_ctx=256) as plain, pytest.raises(ValueError, match="no projector"):
         plain.generate(prompt, 4, GREEDY, media=[JPEG])
     with pytest.raises(ValueError, match="n_embd"):
@@ -299,8 +308,10 @@ def test_engine_requests_with_media_equal_a_context(vlm: tuple[Model, Projector]
         got = [r.text() for r in reqs]
         assert got == want
         with pytest.raises(ValueError, match="could not be decoded"):
-            engine.submit(chatml("<__media__>"), N, GREEDY, media=[b"not an image"])
+            engine.submit(chatml("<__media__>"), N, GREEDY, media=[png(pattern(8, 8))[:60]])
         # (this model frames every image in text: its prompts never end with a medium)
+        # media=[] without a marker is a plain request, and the engine goes on
+        assert engine.submit(chatml("No image here."), N, GREEDY, media=[], ignore_eos=True).text() == want[3]
         # requests from several threads at once
         out: list[str] = [""] * 4
 
@@ -364,7 +375,7 @@ def test_server_answers_image_messages_as_the_context_does(vision_server: Any, v
         stream = client.chat.completions.create(model="tiny-vlm", messages=messages, max_tokens=N, temperature=0,
                                                 stream=True)
         assert "".join(c.choices[0].delta.content or "" for c in stream if c.choices) == want
-    bad = [(_image_message(b"not an image at all"), "could not be decoded"),
+    bad = [(_image_message(b"not an image at all"), "not a PNG, JPEG"),
            (_image_message(png_header_claiming(20000, 20000), "png"), "max_image_pixels"),
            (_image_message(png(pattern(8, 8))[:40], "png"), "could not be decoded"),
            ([{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "data:image/png;base64,%%"}}]}],
@@ -526,14 +537,16 @@ def test_audio_equals_llama_mtmd_cli(alm: tuple[Model, Projector], audio_files: 
 
 def test_hostile_audio_is_a_clear_error(alm: tuple[Model, Projector], vlm: tuple[Model, Projector]) -> None:
     _, proj = alm
-    for source, why in ((np.zeros(1, np.float32), "at least 2 samples"), (np.zeros(0, np.float32), "at least 2"),
-                        (np.array([0.0, np.nan, 0.1], np.float32), "NaN"), (np.zeros((2, 8), np.float32), "1-D"),
-                        (wav(np.zeros(1, np.float32)), "1 audio samples"), (JPEG, "an image, but this projector "
-                                                                                  "takes audio only"),
+    nan = np.zeros(1600, np.float32)
+    nan[7] = np.nan
+    for source, why in ((np.zeros(1, np.float32), "too short: at least 1600 samples"),
+                        (np.zeros(0, np.float32), "too short"), (nan, "NaN"), (np.zeros((2, 8), np.float32), "1-D"),
+                        (wav(np.zeros(1, np.float32)), "too short"), (wav(nan), "NaN"),
+                        (JPEG, "an image, but this projector takes audio only"),
                         (pattern(8, 8), "an image, but this projector takes audio only")):
         with pytest.raises(ValueError, match=why):
             proj.media(source)
-    assert proj.media(np.zeros(2, np.float32)).width == 2  # the fewest libmtmd takes
+    assert proj.media(np.zeros(1600, np.float32)).width == 1600  # a tenth of a second: the shortest taken
     _, vision = vlm
     with pytest.raises(ValueError, match="MP3 audio, but this projector takes no audio"):
         vision.media(MP3)
@@ -566,7 +579,7 @@ def test_server_answers_input_audio_as_the_context_does(audio_files: dict[str, P
             client.chat.completions.create(model="tiny-alm", messages=bad, max_tokens=2)
         one = [{"role": "user", "content": [{"type": "input_audio", "input_audio": {
             "data": base64.b64encode(wav(np.zeros(1, np.float32))).decode(), "format": "wav"}}]}]
-        with pytest.raises(openai.BadRequestError, match="audio samples"):
+        with pytest.raises(openai.BadRequestError, match="too short"):
             client.chat.completions.create(model="tiny-alm", messages=one, max_tokens=2)
     finally:
         s.stop()

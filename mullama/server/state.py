@@ -67,7 +67,10 @@ class Embedder:
 def with_instructions(messages: list[dict[str, Any]], text: str) -> list[dict[str, Any]]:
     """The tool instructions as (or added to) the system message."""
     if messages and messages[0]["role"] == "system":
-        return [{**messages[0], "content": f"{messages[0]['content']}\n\n{text}".strip()}] + messages[1:]
+        content = messages[0]["content"]
+        if isinstance(content, list):  # text and media parts: one more text part
+            return [{**messages[0], "content": content + [{"type": "text", "text": f"\n\n{text}"}]}] + messages[1:]
+        return [{**messages[0], "content": f"{content}\n\n{text}".strip()}] + messages[1:]
     return [{"role": "system", "content": text}] + messages
 
 
@@ -115,7 +118,15 @@ class Server:
         prompt, then copy its cache instead of evaluating the prompt again.  Media are decoded and
         preprocessed off the event loop."""
         if media:
-            return [await asyncio.to_thread(self.submit_one, prompt, gen, grammar, i, media) for i in range(gen.n)]
+            reqs: list[EngineRequest] = []
+            try:
+                for i in range(gen.n):
+                    reqs.append(await asyncio.to_thread(self.submit_one, prompt, gen, grammar, i, media))
+            except BaseException:
+                for r in reqs:
+                    r.cancel()
+                raise
+            return reqs
         first = self.submit_one(prompt, gen, grammar, 0)
         if gen.n == 1:
             return [first]

@@ -28,7 +28,7 @@ const { SamplerChain, checkSampling, isGreedy, paramsKey, resolveParams, usesPen
 const v = require('./_validate');
 const kvCache = require('./kv_cache');
 const speculative = require('./speculative');
-const { Projector, checkMediaArgs } = require('./multimodal');
+const { Projector, mediaPrompt } = require('./multimodal');
 
 const { C } = _lib;
 const MAX_N_CTX = rules.N_CTX_MAX;
@@ -159,9 +159,11 @@ class JsContext extends NativeHandle {
       deviceChains.length = 0;
       for (const a of heldLoras) letGo(a);
       heldLoras.length = 0;
+      if (projector) letGo(projector);
     }, model, approxKvBytes(L, mptr, L.llama_n_ctx(ptr), typeK, typeV));
     this._deviceChains = deviceChains;
     this._heldLoras = heldLoras;
+    if (projector) hold(projector); // closed while this context lives, it is freed after it
     this._loras = []; // the adapters applied from the next decode on, as [adapter, scale] pairs
     this._kvLoras = []; // those the cached tokens were decoded with (null: a mix)
     this._sampling = sampling;
@@ -361,7 +363,7 @@ class JsContext extends NativeHandle {
    * Steps that evaluate `tokens` at the end of the cache, `chunk` at a time,
    * with outputs for the last token (or all of them).
    */
-  * _decodeSteps(tokens, chunk, outputAll = false) {
+  * _decodeSteps(tokens, chunk, outputAll = false, logits = true) {
     const n = tokens.length;
     if (this._cells() + n > this._nCtx) {
       throw new ContextFullError(`${n} tokens do not fit in the context: it holds ${this._cells()} of `
@@ -374,7 +376,7 @@ class JsContext extends NativeHandle {
     if (n) this._noteLoras();
     for (let start = 0; start < n; start += chunk) {
       const part = tokens.subarray ? tokens.subarray(start, start + chunk) : tokens.slice(start, start + chunk);
-      this._batch.fill(part, this._tokens.length, 0, start + part.length === n, outputAll);
+      this._batch.fill(part, this._tokens.length, 0, logits && start + part.length === n, outputAll);
       const rc = yield DECODE;
       if (rc !== 0) this._afterFailedDecode(rc, this._tokens.length);
       for (const t of part) this._tokens.push(t);
@@ -422,6 +424,10 @@ class JsContext extends NativeHandle {
    * generation runs on this context.
    */
   stateBytes() {
+    if (this._tokens.some((t) => t < 0)) {
+      throw new RangeError('the cache holds images or sounds, which a saved state cannot record (only token ids); '
+        + 'save it before the first medium, or clearCache()');
+    }
     const ctx = this._acquire();
     if (!this._mem) throw new Error("this JsContext keeps no KV cache (an embedding model's): it has no state to save");
     const L = lib();
@@ -678,14 +684,7 @@ class JsContext extends NativeHandle {
 
   /** The prompt split by the projector into text and media chunks, when media are given. */
   _mediaPrompt(prompt, media) {
-    checkMediaArgs(prompt, media, this._projector);
-    if (media === undefined || media === null) return null;
-    if (this._drafter) {
-      throw new RangeError('draft does not work with media yet: drafted tokens are checked against a cache that '
-        + 'holds media the drafter cannot see; use a context without draft');
-    }
-    if (!prompt) throw new Error('the prompt is empty: there is nothing to generate from');
-    return this._projector.tokenize(prompt, media);
+    return mediaPrompt(prompt, media, this._projector, this._drafter !== null);
   }
 
   _promptTokens(prompt) {
@@ -839,11 +838,8 @@ class JsContext extends NativeHandle {
    */
   * _promptSteps(tokens, plan, chunk) {
     const cached = this._tokens;
-    let limit = lora.sameLoras(this._kvLoras, this._loras) ? Math.min(cached.length, tokens.length - 1) : 0;
-    const segments = plan ? plan.segments() : [];
-    if (segments.length && segments[segments.length - 1][1].kind !== 'text') {
-      limit = Math.min(limit, segments[segments.length - 1][0]); // a prompt that ends in a medium evaluates it again
-    }
+    const limit = lora.sameLoras(this._kvLoras, this._loras) ? Math.min(cached.length, tokens.length - 1) : 0;
+    const segments = plan ? plan.segments() : []; // (the last is text: multimodal.mediaPrompt)
     let common = 0;
     while (common < limit && cached[common] === tokens[common]) common++;
     for (const [start, c] of segments) { // never keep part of a medium: back off to its start
@@ -855,11 +851,12 @@ class JsContext extends NativeHandle {
       yield* this._decodeSteps(Int32Array.from(tokens.slice(kept)), chunk);
       return;
     }
-    for (const [start, c, native] of segments) {
+    for (const [i, [start, c, native]] of segments.entries()) {
       const end = start + c.nPos;
       if (end <= kept) continue;
-      if (c.kind === 'text') {
-        yield* this._decodeSteps(Int32Array.from(c.tokens.slice(Math.max(kept - start, 0))), chunk);
+      if (c.kind === 'text') { // (outputs for the prompt's last token only)
+        yield* this._decodeSteps(Int32Array.from(c.tokens.slice(Math.max(kept - start, 0))), chunk, false,
+          i === segments.length - 1);
         continue;
       }
       const nBefore = cached.length;

@@ -34,10 +34,13 @@ const { C } = _lib;
 const DEFAULT_MAX_IMAGE_PIXELS = 2 ** 26; // 67 million pixels, e.g. 8192 x 8192
 // Encoded media larger than this are refused before they are read.
 const DEFAULT_MAX_MEDIA_BYTES = 2 ** 28; // 256 MiB
-// libmtmd aborts the process on a sound of fewer samples (GGML_ASSERT in its preprocessing).
-const MIN_AUDIO_SAMPLES = 2;
-// What libmtmd's helper decodes (stb_image for images, miniaudio for sound).
-const IMAGE_FORMATS = ['PNG', 'JPEG', 'BMP', 'GIF', 'TGA', 'PSD', 'HDR', 'PNM'];
+// A sound shorter than a tenth of a second is refused: libmtmd asserts (aborting the process) on sounds
+// shorter than its preprocessing window, which depends on the model (2 samples for Whisper-style
+// encoders, 2 hops of 160 samples for conformer ones).
+const MIN_AUDIO_SECONDS = 0.1;
+// What is accepted: the formats whose size the header gives away (so that a huge image is refused
+// before stb_image allocates it), of those libmtmd's helper decodes (stb_image, miniaudio).
+const IMAGE_FORMATS = ['PNG', 'JPEG', 'BMP', 'GIF'];
 const AUDIO_FORMATS = ['WAV', 'MP3', 'FLAC'];
 const KINDS = { [C.MTMD_INPUT_CHUNK_TYPE_TEXT]: 'text', [C.MTMD_INPUT_CHUNK_TYPE_IMAGE]: 'image',
   [C.MTMD_INPUT_CHUNK_TYPE_AUDIO]: 'audio' };
@@ -211,6 +214,8 @@ class Projector extends NativeHandle {
     self._model = model;
     self._path = path;
     self._useGpu = Boolean(gpu);
+    self._queue = Promise.resolve(); // async encodes, one at a time
+    self._inFlight = 0;
     self.maxImagePixels = maxImagePixels;
     self.maxMediaBytes = maxMediaBytes;
     self._attach(ptr, M.mtmd_free, model, fs.statSync(path).size);
@@ -280,6 +285,13 @@ class Projector extends NativeHandle {
       throw new RangeError(`${what}: ${data.length} bytes, above maxMediaBytes=${this.maxMediaBytes}`);
     }
     const [fmt, size] = sniff(data);
+    if (fmt === null) {
+      throw new RangeError(`${what} is not a ${IMAGE_FORMATS.join(', ')} image`
+        + (this.supportsAudio ? ` or a ${AUDIO_FORMATS.join(', ')} sound` : ''));
+    }
+    if (IMAGE_FORMATS.includes(fmt) && !size) {
+      throw new RangeError(`${what}: its ${fmt} header is truncated or corrupt (no image size in it)`);
+    }
     if (fmt === 'WEBP') {
       throw new RangeError(`${what} is a WebP image, which this build's libmtmd cannot decode (it needs ffmpeg); `
         + 'convert it to PNG or JPEG, or pass the pixels as { rgb, width, height }');
@@ -330,10 +342,7 @@ class Projector extends NativeHandle {
 
   _fromAudio(samples) {
     if (!this.supportsAudio) throw new RangeError('a Float32Array is audio, but this projector takes no audio');
-    if (samples.length < MIN_AUDIO_SAMPLES) {
-      throw new RangeError(`an audio array needs at least ${MIN_AUDIO_SAMPLES} samples, not ${samples.length}`);
-    }
-    if (!samples.every(Number.isFinite)) throw new RangeError('an audio array holds NaN or infinite samples');
+    this._checkSamples(samples, `an audio array of ${samples.length} samples`);
     const M = this._mtmd;
     const ptr = M.mtmd_bitmap_init_from_audio(samples.length, samples);
     if (!ptr) throw new Error(`libmtmd could not make a bitmap of ${samples.length} samples`);
@@ -342,10 +351,27 @@ class Projector extends NativeHandle {
     return this._checkKind(new Media(ptr, this), `an array of ${samples.length} samples`);
   }
 
+  _checkSamples(samples, what) {
+    const rate = this.audioSampleRate || 16000;
+    const least = Math.max(2, Math.floor(rate * MIN_AUDIO_SECONDS));
+    if (samples.length < least) {
+      throw new RangeError(`${what} is too short: at least ${least} samples (${MIN_AUDIO_SECONDS} s at ${rate} Hz) `
+        + 'are needed');
+    }
+    if (!samples.every(Number.isFinite)) throw new RangeError(`${what} holds NaN or infinite samples`);
+  }
+
   _checkKind(media, what) {
-    if (media.kind === 'audio' && media.width < MIN_AUDIO_SAMPLES) {
-      media.close();
-      throw new RangeError(`${what} holds ${media.width} audio samples; at least ${MIN_AUDIO_SAMPLES} are needed`);
+    if (media.kind === 'audio' && this.supportsAudio) {
+      const M = this._mtmd;
+      const p = media.ptr();
+      const n = Math.floor(Number(M.mtmd_bitmap_get_n_bytes(p)) / 4);
+      try { // a decoded file's samples: the same checks as an array's
+        this._checkSamples(n ? koffi.decode(M.mtmd_bitmap_get_data(p), 'float', n) : new Float32Array(0), what);
+      } catch (e) {
+        media.close();
+        throw e;
+      }
     }
     if (media.kind === 'image' && !this.supportsVision) {
       media.close();
@@ -402,8 +428,16 @@ class Projector extends NativeHandle {
     return { prompt: this._model.applyChatTemplate(split.messages, addGenerationPrompt, template), media: split.media };
   }
 
-  /** The native call that encodes one media chunk and decodes it into sequence `seq` (sync or async). @internal */
+  /**
+   * The native call that encodes one media chunk and decodes it into sequence `seq`. libmtmd encodes
+   * one medium at a time per projector: the async calls queue (a worker thread runs each), and a
+   * synchronous call while one runs throws. @internal
+   */
   _evaluate(ctx, chunk, nPast, seq, nBatch) {
+    if (this._inFlight) {
+      throw new Error('this projector is encoding a medium for an async generation; await it, or use the async '
+        + 'methods here too');
+    }
     const out = [0];
     _lib.takeErrors();
     const rc = this._mtmd.mtmd_helper_eval_chunk_single(this.ptr(), ctx, chunk, nPast, seq, nBatch, false, out);
@@ -412,11 +446,13 @@ class Projector extends NativeHandle {
 
   /** @internal */
   _evaluateAsync(ctx, chunk, nPast, seq, nBatch) {
-    const out = [0];
-    _lib.takeErrors();
-    return new Promise((resolve, reject) => {
+    const run = () => new Promise((resolve, reject) => {
+      const out = [0];
+      _lib.takeErrors();
+      this._inFlight += 1;
       this._mtmd.mtmd_helper_eval_chunk_single.async(this.ptr(), ctx, chunk, nPast, seq, nBatch, false, out,
         (err, rc) => {
+          this._inFlight -= 1;
           if (err) reject(err);
           else {
             try {
@@ -427,6 +463,9 @@ class Projector extends NativeHandle {
           }
         });
     });
+    const result = this._queue.then(run, run);
+    this._queue = result.catch(() => {}); // the next waits for this one, whatever its outcome
+    return result;
   }
 
   _evaluated(rc, newNPast) {
@@ -590,17 +629,38 @@ function splitChatMedia(messages, marker) {
   return { messages: out, media };
 }
 
-/** Shared checks of the media option: a projector, and a text prompt. @internal */
-function checkMediaArgs(prompt, media, projector) {
-  if (media === undefined || media === null) return;
+/**
+ * The media option of a context: the prompt split into chunks, or null without media. Checked here
+ * once: a projector, a text prompt, no drafter, and text after the last medium (libmtmd decodes a
+ * medium without outputs: a prompt that ended with one would leave no logits to sample from; every
+ * chat template's assistant prefix is text). @internal
+ */
+function mediaPrompt(prompt, media, projector, drafting) {
+  if (media === undefined || media === null) return null;
   if (!projector) {
     throw new RangeError('media were given, but this context has no projector: make it with '
       + '{ projector: Projector.load(mmprojPath, model) }');
   }
   if (typeof prompt !== 'string') throw new TypeError('a prompt with media must be text (with a marker per medium), not token ids');
+  if (drafting) {
+    throw new RangeError('draft does not work with media yet: drafted tokens are checked against a cache that '
+      + 'holds media the drafter cannot see; use a context without draft');
+  }
+  if (!prompt) throw new Error('the prompt is empty: there is nothing to generate from');
+  const plan = projector.tokenize(prompt, media);
+  if (plan.chunks.every((c) => c.kind === 'text')) {
+    plan.close();
+    return null; // no marker and no media: a plain prompt
+  }
+  if (plan.chunks[plan.chunks.length - 1].kind !== 'text') {
+    plan.close();
+    throw new RangeError("a prompt with media must end with text after its last marker (a chat template's "
+      + 'assistant prefix does)');
+  }
+  return plan;
 }
 
 module.exports = {
-  Projector, Media, MediaPrompt, splitChatMedia, decodeDataUrl, sniff, checkMediaArgs, cacheIds,
+  Projector, Media, MediaPrompt, splitChatMedia, decodeDataUrl, sniff, mediaPrompt, cacheIds,
   DEFAULT_MAX_IMAGE_PIXELS, DEFAULT_MAX_MEDIA_BYTES, IMAGE_FORMATS, AUDIO_FORMATS,
 };

@@ -135,6 +135,13 @@ test('streaming and async give the same text', async () => {
   assert.equal(await fresh.generateAsync(chatml(user), N, greedy, { media, ignoreEos: true }), ref.asks[0].cli);
   ctx.close();
   fresh.close();
+  // two contexts sharing the projector, encoding at once: libmtmd's encodes are queued, one at a time
+  const [a, b] = [context(), context()];
+  const both = await Promise.all(ASKS.slice(0, 2).map(([u, names], i) => [a, b][i].generateAsync(chatml(u), N, greedy,
+    { media: names.map((n) => img[n]), ignoreEos: true })));
+  assert.deepEqual(both, [ref.asks[0].cli, ref.asks[1].cli]);
+  a.close();
+  b.close();
 });
 
 test('a path, a Buffer, a Uint8Array, raw pixels and a Media give the same tokens', () => {
@@ -208,7 +215,11 @@ test('hostile media are clear errors and the process lives', () => {
     [good.subarray(0, good.length >> 1), RangeError, /could not be decoded.*PNG/],
     [header(20000, 20000), RangeError, /20000x20000 PNG image .* above maxImagePixels/],
     [header(0, 5), RangeError, /size of 0x5/],
-    [Buffer.from('just some text, not an image'), RangeError, /could not be decoded/],
+    [Buffer.from('just some text, not an image'), RangeError, /not a PNG, JPEG, BMP, GIF image/],
+    // a TGA header claiming 26000x26000: a format whose size is not checked before decoding is refused
+    [Buffer.from([0, 0, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x90, 0x65, 0x90, 0x65, 24, 0, 0, 0, 0, 0, 0, 0, 0, 0]), RangeError,
+      /not a PNG, JPEG, BMP, GIF image/],
+    [good.subarray(0, 20), RangeError, /PNG header is truncated/],
     [Buffer.alloc(0), RangeError, /empty/],
     [Buffer.from('RIFF\0\0\0\0WEBPVP8 ', 'latin1'), RangeError, /WebP/],
     [Buffer.from('RIFF$\0\0\0WAVEfmt ', 'latin1'), RangeError, /WAV audio, but this projector takes no audio/],
@@ -217,7 +228,7 @@ test('hostile media are clear errors and the process lives', () => {
     [12, TypeError, /a medium must be/],
     [path.join(tmp, 'missing.png'), RangeError, /not found/],
     [tmp, RangeError, /directory/],
-    [notes, RangeError, /could not be decoded/],
+    [notes, RangeError, /not a PNG, JPEG, BMP, GIF image/],
   ];
   for (const [source, kind, message] of cases) {
     assert.throws(() => proj.media(source), (e) => e instanceof kind && message.test(e.message), String(message));
@@ -229,6 +240,10 @@ test('hostile media are clear errors and the process lives', () => {
   assert.throws(() => ctx.generate(prompt, 4, greedy, { media: JPEG }), { name: 'TypeError', message: /array of media/ });
   assert.throws(() => ctx.generateFromTokens([1, 2], 4, greedy, { media: [JPEG] }), { name: 'TypeError', message: /must be text/ });
   assert.ok(ctx.generate(prompt, 4, greedy, { media: [img.square], ignoreEos: true }).length > 0);
+  // a saved state records token ids only: a cache that holds an image cannot be saved
+  assert.throws(() => ctx.stateBytes(), { name: 'RangeError', message: /cannot record/ });
+  // media: [] with no marker is a plain prompt
+  assert.ok(ctx.generate(chatml('Hi'), 2, greedy, { media: [], ignoreEos: true }).length >= 0);
   ctx.close();
   const plain = new JsContext(model, { nCtx: 256 });
   assert.throws(() => plain.generate(prompt, 4, greedy, { media: [JPEG] }), { name: 'RangeError', message: /no projector/ });
@@ -277,11 +292,13 @@ test('sounds: the same text as llama-mtmd-cli from a file, a Buffer and raw samp
     assert.equal(ctx.generate(prompt, N, greedy, { media: [source], ignoreEos: true }), want);
     ctx.close();
   }
-  assert.throws(() => p.media(new Float32Array(1)), { name: 'RangeError', message: /at least 2 samples/ });
-  assert.throws(() => p.media(Float32Array.of(0, NaN, 0)), { name: 'RangeError', message: /NaN/ });
+  assert.throws(() => p.media(new Float32Array(1)), { name: 'RangeError', message: /too short: at least 1600 samples/ });
+  const nan = new Float32Array(1600);
+  nan[7] = NaN;
+  assert.throws(() => p.media(nan), { name: 'RangeError', message: /NaN/ });
   assert.throws(() => p.media(JPEG), { name: 'RangeError', message: /takes audio only/ });
   assert.throws(() => proj.media(ref.sounds.mp3.path), { name: 'RangeError', message: /MP3 audio, but this projector takes no audio/ });
-  assert.equal(p.media(new Float32Array(2)).width, 2);
+  assert.equal(p.media(new Float32Array(1600)).width, 1600); // a tenth of a second: the shortest taken
   p.close();
   m.close();
 });
