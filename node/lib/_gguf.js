@@ -343,7 +343,31 @@ function readHeader(path, keys = null) {
   return found;
 }
 
+/**
+ * `path` as a readable GGUF file, or an Error "Failed to load <what>: ..." (mirrors
+ * mullama/_gguf.py's check_file); returns its fs.Stats.
+ */
+function checkFile(path, what) {
+  if (!path) throw new Error(`Failed to load ${what}: the path is empty`);
+  let st;
+  try {
+    st = fs.statSync(path);
+  } catch (e) {
+    if (e.code === 'ENOENT' || e.code === 'ENOTDIR') throw new Error(`Failed to load ${what}: No such file or directory: ${path}`);
+    throw new Error(`Failed to load ${what}: cannot read ${path}: ${e.message}`);
+  }
+  if (st.isDirectory()) throw new Error(`Failed to load ${what}: ${path} is a directory, not a GGUF file`);
+  try {
+    readHeader(path);
+  } catch (e) {
+    if (e instanceof GGUFError) throw new Error(`Failed to load ${what}: ${path} is not a valid GGUF file: ${e.message}`);
+    throw new Error(`Failed to load ${what}: cannot read ${path}: ${e.message}`);
+  }
+  return st;
+}
+
 module.exports = {
+  checkFile,
   GGUFError, readHeader, VOCAB_KEY,
   GGUF_MAGIC, SUPPORTED_VERSIONS, MAX_DIMS, GGML_TYPE_COUNT, MAX_STRING, MAX_ARRAY,
 };

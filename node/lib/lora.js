@@ -6,13 +6,12 @@
 // context refers to the adapters it applies: an adapter closed while a
 // context still uses it is freed once no context does.
 
-const fs = require('node:fs');
 const nodePath = require('node:path');
 const koffi = require('koffi');
 const _lib = require('./_lib');
 const { lib } = require('./_backend');
 const { NativeHandle } = require('./_handle');
-const { GGUFError, readHeader } = require('./_gguf');
+const { checkFile } = require('./_gguf');
 const { JsModel } = require('./model');
 const rpc = require('./rpc');
 const v = require('./_validate');
@@ -28,23 +27,7 @@ class LoraAdapter extends NativeHandle {
     super();
     if (!(model instanceof JsModel)) throw new TypeError(`model must be a JsModel, not ${v.typeName(model)}`);
     v.string('path', path);
-    if (!path) throw new Error('Failed to load LoRA adapter: the path is empty');
-    let st;
-    try {
-      st = fs.statSync(path);
-    } catch (e) {
-      if (e.code === 'ENOENT' || e.code === 'ENOTDIR') throw new Error(`Failed to load LoRA adapter: ${path}: no such file`);
-      throw new Error(`Failed to load LoRA adapter: cannot read ${path}: ${e.message}`);
-    }
-    if (st.isDirectory()) throw new Error(`Failed to load LoRA adapter: ${path}: is a directory`);
-    try {
-      readHeader(path);
-    } catch (e) {
-      if (e instanceof GGUFError) {
-        throw new Error(`Failed to load LoRA adapter: ${path} is not a valid GGUF file: ${e.message}`);
-      }
-      throw new Error(`Failed to load LoRA adapter: cannot read ${path}: ${e.message}`);
-    }
+    const st = checkFile(path, 'LoRA adapter');
     const L = lib();
     const mptr = model.ptr();
     _lib.takeErrors();

@@ -1,12 +1,11 @@
 'use strict';
 // JsModel: a loaded GGUF model, its vocabulary, metadata and chat template (mirrors mullama/model.py).
 
-const fs = require('node:fs');
 const koffi = require('koffi');
 const _lib = require('./_lib');
 const { lib } = require('./_backend');
 const { NativeHandle } = require('./_handle');
-const { GGUFError, readHeader } = require('./_gguf');
+const { checkFile } = require('./_gguf');
 const { normalizeMessages, render } = require('./chat_template');
 const v = require('./_validate');
 const rpc = require('./rpc');
@@ -70,23 +69,6 @@ function utf8(name, text) {
   return Buffer.from(text, 'utf8');
 }
 
-function checkFile(path) {
-  let st;
-  try {
-    st = fs.statSync(path);
-  } catch (e) {
-    if (e.code === 'ENOENT') throw new Error(`Failed to load model: No such file or directory: ${path}`);
-    throw new Error(`Failed to load model: cannot read ${path}: ${e.message}`);
-  }
-  if (st.isDirectory()) throw new Error(`Failed to load model: ${path} is a directory, not a GGUF file`);
-  try {
-    readHeader(path);
-  } catch (e) {
-    if (e instanceof GGUFError) throw new Error(`Failed to load model: ${path} is not a valid GGUF file: ${e.message}`);
-    throw new Error(`Failed to load model: cannot read ${path}: ${e.message}`);
-  }
-}
-
 class JsModel extends NativeHandle {
   constructor(token) {
     super();
@@ -109,7 +91,7 @@ class JsModel extends NativeHandle {
     const rpcServers = o.rpcServers === undefined || o.rpcServers === null ? [] : rpc.parseEndpoints(o.rpcServers);
     const { split, mainGpu, tensorSplit } = splitArgs(o);
     if (!path) throw new Error('Failed to load model: the path is empty');
-    checkFile(path);
+    checkFile(path, 'model');
 
     const L = lib();
     const { explicit, devices } = placement(L, rpcServers);

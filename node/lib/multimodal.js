@@ -24,7 +24,7 @@ const _lib = require('./_lib');
 const { lib, supportsGpuOffload } = require('./_backend');
 const { usableCpus } = require('./_cpus');
 const { NativeHandle } = require('./_handle');
-const { GGUFError, readHeader } = require('./_gguf');
+const { checkFile } = require('./_gguf');
 const { JsModel } = require('./model');
 const v = require('./_validate');
 
@@ -176,7 +176,7 @@ class Projector extends NativeHandle {
     if (!(model instanceof JsModel)) throw new TypeError(`model must be a JsModel, not ${v.typeName(model)}`);
     const o = v.options('options', options, PROJECTOR_OPTIONS);
     v.string('path', path);
-    checkFile(path);
+    const st = checkFile(path, 'projector');
     if (o.useGpu !== undefined && o.useGpu !== null) v.boolean('useGpu', o.useGpu);
     const nThreads = o.nThreads === undefined || o.nThreads === null ? usableCpus()
       : v.integer('nThreads', o.nThreads, 1, 1024);
@@ -218,7 +218,7 @@ class Projector extends NativeHandle {
     self._inFlight = 0;
     self.maxImagePixels = maxImagePixels;
     self.maxMediaBytes = maxMediaBytes;
-    self._attach(ptr, M.mtmd_free, model, fs.statSync(path).size);
+    self._attach(ptr, M.mtmd_free, model, st.size);
     return self;
   }
 
@@ -481,24 +481,6 @@ class Projector extends NativeHandle {
     const what = [['vision', this.supportsVision], ['audio', this.supportsAudio]].filter(([, ok]) => ok)
       .map(([k]) => k).join('+');
     return `Projector(${this._path} (${what}))`;
-  }
-}
-
-function checkFile(path) {
-  if (!path) throw new Error('Failed to load projector: the path is empty');
-  let st;
-  try {
-    st = fs.statSync(path);
-  } catch (e) {
-    if (e.code === 'ENOENT' || e.code === 'ENOTDIR') throw new Error(`Failed to load projector: ${path}: no such file`);
-    throw new Error(`Failed to load projector: cannot read ${path}: ${e.message}`);
-  }
-  if (st.isDirectory()) throw new Error(`Failed to load projector: ${path}: is a directory`);
-  try {
-    readHeader(path);
-  } catch (e) {
-    if (e instanceof GGUFError) throw new Error(`Failed to load projector: ${path} is not a valid GGUF file: ${e.message}`);
-    throw new Error(`Failed to load projector: cannot read ${path}: ${e.message}`);
   }
 }
 

@@ -159,7 +159,7 @@ test('bad adapter files are refused with the reason', () => {
   assert.throws(() => base.loadLora(files.wrong_adapter), (e) => e.constructor === Error
     && /^Failed to load LoRA adapter /.test(e.message) && /shape|wrong base/.test(e.message));
   assert.throws(() => base.loadLora(smollmPath()), /general\.type|adapter/); // a model, not an adapter
-  assert.throws(() => base.loadLora(path.join(tmp, 'missing.gguf')), /no such file/);
+  assert.throws(() => base.loadLora(path.join(tmp, 'missing.gguf')), /No such file or directory/);
   assert.throws(() => base.loadLora(tmp), /is a directory/);
   assert.throws(() => base.loadLora(''), /empty/);
   const junk = path.join(tmp, 'junk.gguf');
