@@ -165,7 +165,10 @@ def main() -> int:
               f"{r['cli_decode_ms']:.0f} ms |")
     if a.json:
         a.json.write_text(json.dumps({"model": str(a.model.name), "mmproj": str(a.mmproj.name), "ngl": a.ngl,
-                                      "threads": threads, "reps": a.reps, "system_info": system_info(),
+                                      "threads": threads, "reps": a.reps,
+                                      # (without the library's path on this machine)
+                                      "system_info": "\n".join(line for line in system_info().splitlines()
+                                                                if not line.startswith("library:")),
                                       "results": results}, indent=1) + "\n")
     return 0
 

@@ -103,6 +103,8 @@ def check_file(path: object, what: str) -> str:
     fspath = os.fspath(path)  # type: ignore[call-overload]
     if not isinstance(fspath, str):
         raise TypeError("path must be a text path, not bytes")
+    if not fspath:  # (Path("") is the current folder)
+        raise RuntimeError(f"Failed to load {what}: the path is empty")
     p = Path(fspath)
     if not p.exists():
         raise RuntimeError(f"Failed to load {what}: No such file or directory: {fspath}")

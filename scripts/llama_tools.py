@@ -80,18 +80,21 @@ def llama_cpp_commit() -> str:
         return "unknown"
 
 
-def _run(cmd: Sequence[str], what: str, *, verbose: bool = False, env: Mapping[str, str] | None = None) -> None:
-    """Run cmd; on failure raise ToolError with the tail of its output."""
+def run(cmd: Sequence[str], what: str, *, cwd: Path | None = None, env: Mapping[str, str] | None = None,
+        verbose: bool = False, error: type[RuntimeError] = ToolError) -> str:
+    """Run cmd and return its output; on failure raise ``error`` with the tail of that output
+    (the model-making scripts pass their own error class)."""
     if verbose:
-        returncode = subprocess.run(list(cmd), env=env).returncode
+        returncode = subprocess.run(list(cmd), cwd=cwd, env=env).returncode
         output = ""
     else:
-        proc = subprocess.run(list(cmd), env=env, capture_output=True, text=True)
+        proc = subprocess.run(list(cmd), cwd=cwd, env=env, capture_output=True, text=True)
         returncode = proc.returncode
         output = (proc.stdout or "") + (proc.stderr or "")
     if returncode != 0:
         tail = "\n".join(output.strip().splitlines()[-20:])
-        raise ToolError(f"{what} failed (exit {returncode}): {' '.join(cmd)}" + (f"\n{tail}" if tail else ""))
+        raise error(f"{what} failed (exit {returncode}): {' '.join(cmd)}" + (f"\n{tail}" if tail else ""))
+    return output
 
 
 def tool_build_dir(cache_dir: Path, commit: str) -> Path:
@@ -131,10 +134,10 @@ def ensure_tool(name: str, cache_dir: Path | None = None, *, source_dir: Path | 
     if not (build / "CMakeCache.txt").is_file():
         gen = ["-G", "Ninja"] if shutil.which("ninja") else []
         log(f"configuring llama.cpp tools in {build}")
-        _run(["cmake", "-S", str(src), "-B", str(build), *gen, *TOOL_DEFINES], "cmake configure", verbose=verbose)
+        run(["cmake", "-S", str(src), "-B", str(build), *gen, *TOOL_DEFINES], "cmake configure", verbose=verbose)
     n = jobs or available_cpus()
     log(f"building {name} with {n} jobs (minutes the first time, less once another tool was built)")
-    _run(["cmake", "--build", str(build), "--target", name, "-j", str(n)], f"building {name}", verbose=verbose)
+    run(["cmake", "--build", str(build), "--target", name, "-j", str(n)], f"building {name}", verbose=verbose)
     if not exe.is_file():
         raise ToolError(f"the build finished but {exe} is missing")
     done.write_text(commit + "\n", encoding="utf-8")

@@ -54,6 +54,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from build_lib import available_cpus, default_cache_dir, sha256_file  # noqa: E402
+import llama_tools  # noqa: E402
 from llama_tools import TOOL_DEFINES, ToolError, ensure_tool, tool_build_dir  # noqa: E402,F401
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -116,28 +117,9 @@ def log(msg: str) -> None:
     print(f"[make_lora] {msg}", file=sys.stderr, flush=True)
 
 
-def _llama_cpp_commit() -> str:
-    try:
-        with open(PIN_FILE, encoding="utf-8") as f:
-            return str(json.load(f)["llama_cpp_commit"])
-    except (OSError, ValueError, KeyError):
-        return "unknown"
-
-
 def _run(cmd: Sequence[str], what: str, *, cwd: Path | None = None, env: Mapping[str, str] | None = None,
          verbose: bool = False) -> str:
-    """Run cmd; on failure raise LoraError with the tail of its output."""
-    if verbose:
-        returncode = subprocess.run(list(cmd), cwd=cwd, env=env).returncode
-        output = ""
-    else:
-        proc = subprocess.run(list(cmd), cwd=cwd, env=env, capture_output=True, text=True)
-        returncode = proc.returncode
-        output = (proc.stdout or "") + (proc.stderr or "")
-    if returncode != 0:
-        tail = "\n".join(output.strip().splitlines()[-20:])
-        raise LoraError(f"{what} failed (exit {returncode}): {' '.join(cmd)}" + (f"\n{tail}" if tail else ""))
-    return output
+    return llama_tools.run(cmd, what, cwd=cwd, env=env, verbose=verbose, error=LoraError)
 
 
 # --------------------------------------------------------------------------
@@ -343,7 +325,7 @@ def _base_model_spec() -> tuple[str, Callable[[], Path]]:
 def _parameters(base_sha256: str) -> dict[str, Any]:
     return {
         "stamp_version": STAMP_VERSION,
-        "llama_cpp_commit": _llama_cpp_commit(),
+        "llama_cpp_commit": llama_tools.llama_cpp_commit(),
         "base_sha256": base_sha256,
         "rank": RANK,
         "alpha": ALPHA,

@@ -161,6 +161,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from build_lib import available_cpus, default_cache_dir, sha256_file  # noqa: E402
+import llama_tools  # noqa: E402
 from llama_tools import ToolError, ensure_tool  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -359,28 +360,9 @@ def log(msg: str) -> None:
     print(f"[make_vision_model] {msg}", file=sys.stderr, flush=True)
 
 
-def _llama_cpp_commit() -> str:
-    try:
-        with open(PIN_FILE, encoding="utf-8") as f:
-            return str(json.load(f)["llama_cpp_commit"])
-    except (OSError, ValueError, KeyError):
-        return "unknown"
-
-
 def _run(cmd: Sequence[str], what: str, *, cwd: Path | None = None, env: Mapping[str, str] | None = None,
          verbose: bool = False) -> str:
-    """Run cmd; on failure raise VisionError with the tail of its output."""
-    if verbose:
-        returncode = subprocess.run(list(cmd), cwd=cwd, env=env).returncode
-        output = ""
-    else:
-        proc = subprocess.run(list(cmd), cwd=cwd, env=env, capture_output=True, text=True)
-        returncode = proc.returncode
-        output = (proc.stdout or "") + (proc.stderr or "")
-    if returncode != 0:
-        tail = "\n".join(output.strip().splitlines()[-20:])
-        raise VisionError(f"{what} failed (exit {returncode}): {' '.join(cmd)}" + (f"\n{tail}" if tail else ""))
-    return output
+    return llama_tools.run(cmd, what, cwd=cwd, env=env, verbose=verbose, error=VisionError)
 
 
 def ensure_mtmd_cli(cache_dir: Path | None = None, *, source_dir: Path | None = None, jobs: int | None = None,
@@ -922,7 +904,7 @@ def _parameters(base_sha256: str) -> dict[str, Any]:
     """What the vision model is made from: its folder's key, and its stamp's."""
     return {
         "stamp_version": STAMP_VERSION,
-        "llama_cpp_commit": _llama_cpp_commit(),
+        "llama_cpp_commit": llama_tools.llama_cpp_commit(),
         "base_sha256": base_sha256,
         "text_config": TEXT_CONFIG,
         "vision_config": VISION_CONFIG,
@@ -947,7 +929,7 @@ def _audio_parameters(base_sha256: str) -> dict[str, Any]:
     return {
         "stamp_version": STAMP_VERSION,
         "family": "audio",
-        "llama_cpp_commit": _llama_cpp_commit(),
+        "llama_cpp_commit": llama_tools.llama_cpp_commit(),
         "base_sha256": base_sha256,
         "text_config": AUDIO_TEXT_CONFIG,
         "audio_config": AUDIO_CONFIG,
@@ -967,7 +949,7 @@ def _qwen2vl_parameters(base_sha256: str) -> dict[str, Any]:
     return {
         "stamp_version": STAMP_VERSION,
         "family": "qwen2vl",
-        "llama_cpp_commit": _llama_cpp_commit(),
+        "llama_cpp_commit": llama_tools.llama_cpp_commit(),
         "base_sha256": base_sha256,
         "text_config": QWEN2VL_TEXT_CONFIG,
         "vision_config": QWEN2VL_VISION_CONFIG,
@@ -1108,36 +1090,35 @@ def _make_vision(staging: Path, vocab: GgufVocab, src: Path, step: Step, verbose
     return greedy
 
 
-def _make_audio(staging: Path, vocab: GgufVocab, src: Path, step: Step, verbose: bool) -> Any:
-    out = _paths(staging, AUDIO_OUTPUTS)
-    audio_token_id = len(vocab.tokens) + AUDIO_EXTRA_TOKENS.index(AUDIO_TOKEN)
-    text_config = _text_config(AUDIO_TEXT_CONFIG, vocab, AUDIO_EXTRA_TOKENS)
-    hf_dir: Path = step("hf_model", lambda: make_hf_model(staging, "hf", "audio", text_config, SEED, audio_token_id,
+def _make_pair(staging: Path, vocab: GgufVocab, src: Path, step: Step, verbose: bool, *, family: str,
+               outputs: Any, extra_tokens: Sequence[str], media_token: str, text_base: Any, model_name: str,
+               verify_fn: Callable[[Mapping[str, Path], GgufVocab, Path], None]) -> Any:
+    """A text model and its projector from one transformers model (the audio and Qwen2-VL families)."""
+    out = _paths(staging, outputs)
+    media_token_id = len(vocab.tokens) + list(extra_tokens).index(media_token)
+    text_config = _text_config(text_base, vocab, extra_tokens)
+    hf_dir: Path = step("hf_model", lambda: make_hf_model(staging, "hf", family, text_config, SEED, media_token_id,
                                                           vocab, True, verbose))
-    step("convert_model", lambda: convert(hf_dir, out["model"], src, mmproj=False, model_name=AUDIO_MODEL_NAME,
+    step("convert_model", lambda: convert(hf_dir, out["model"], src, mmproj=False, model_name=model_name,
                                           verbose=verbose))
-    step("convert_mmproj", lambda: convert(hf_dir, out["mmproj"], src, mmproj=True, model_name=AUDIO_MODEL_NAME,
+    step("convert_mmproj", lambda: convert(hf_dir, out["mmproj"], src, mmproj=True, model_name=model_name,
                                            verbose=verbose))
-    step("verify", lambda: verify_audio(out, vocab, src))
+    step("verify", lambda: verify_fn(out, vocab, src))
     greedy = _greedy_record(hf_dir)
     shutil.rmtree(hf_dir)
     return greedy
+
+
+def _make_audio(staging: Path, vocab: GgufVocab, src: Path, step: Step, verbose: bool) -> Any:
+    return _make_pair(staging, vocab, src, step, verbose, family="audio", outputs=AUDIO_OUTPUTS,
+                      extra_tokens=AUDIO_EXTRA_TOKENS, media_token=AUDIO_TOKEN, text_base=AUDIO_TEXT_CONFIG,
+                      model_name=AUDIO_MODEL_NAME, verify_fn=verify_audio)
 
 
 def _make_qwen2vl(staging: Path, vocab: GgufVocab, src: Path, step: Step, verbose: bool) -> Any:
-    out = _paths(staging, QWEN2VL_OUTPUTS)
-    image_token_id = len(vocab.tokens) + QWEN2VL_EXTRA_TOKENS.index(QWEN2VL_IMAGE_TOKEN)
-    text_config = _text_config(QWEN2VL_TEXT_CONFIG, vocab, QWEN2VL_EXTRA_TOKENS)
-    hf_dir: Path = step("hf_model", lambda: make_hf_model(staging, "hf", "qwen2vl", text_config, SEED, image_token_id,
-                                                          vocab, True, verbose))
-    step("convert_model", lambda: convert(hf_dir, out["model"], src, mmproj=False, model_name=QWEN2VL_MODEL_NAME,
-                                          verbose=verbose))
-    step("convert_mmproj", lambda: convert(hf_dir, out["mmproj"], src, mmproj=True, model_name=QWEN2VL_MODEL_NAME,
-                                           verbose=verbose))
-    step("verify", lambda: verify_qwen2vl(out, vocab, src))
-    greedy = _greedy_record(hf_dir)
-    shutil.rmtree(hf_dir)
-    return greedy
+    return _make_pair(staging, vocab, src, step, verbose, family="qwen2vl", outputs=QWEN2VL_OUTPUTS,
+                      extra_tokens=QWEN2VL_EXTRA_TOKENS, media_token=QWEN2VL_IMAGE_TOKEN,
+                      text_base=QWEN2VL_TEXT_CONFIG, model_name=QWEN2VL_MODEL_NAME, verify_fn=verify_qwen2vl)
 
 
 def ensure_vision_model(cache_dir: Path | None = None, *, source_dir: Path | None = None, force: bool = False,

@@ -66,6 +66,7 @@ def cases(smollm: Path, minilm: Path, tmp: Path) -> list[Case]:
         # files
         ("missing file", "RuntimeError", "No such file", lambda: Model.load(tmp / "nope.gguf")),
         ("directory", "RuntimeError", "directory", lambda: Model.load(tmp)),
+        ("empty path", "RuntimeError", "the path is empty", lambda: Model.load("")),
         ("empty file", "RuntimeError", "empty", load(b"", "empty.gguf")),
         ("random bytes", "RuntimeError", "magic", load(rnd, "random.gguf")),
         ("wrong magic", "RuntimeError", "magic", load(b"GGML" + real[4:4096], "magic.gguf")),

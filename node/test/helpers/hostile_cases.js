@@ -153,7 +153,7 @@ const CASES = [
   ['unknown value type', 'Error', 'unknown value type', (s) => JsModel.load(s.file('vtype.gguf'))],
   ['huge array', 'Error', 'elements', (s) => JsModel.load(s.file('arr.gguf'))],
   ['duplicate vocabulary token', 'Error', 'twice', (s) => JsModel.load(s.file('dup.gguf'))],
-  ['empty path', 'Error', 'empty', () => JsModel.load('')],
+  ['empty path', 'Error', 'the path is empty', () => JsModel.load('')],
   ['path with a NUL byte', 'Error', 'null bytes', (s) => JsModel.load(`${s.smollm}\0x`)],
   // JsModel.load arguments
   ['path number', 'TypeError', 'path', () => JsModel.load(42)],
