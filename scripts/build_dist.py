@@ -236,19 +236,20 @@ def build_cpu(target: Target, jobs: int, cache: Path, pin: dict[str, object]) ->
     return out
 
 
-def nvcc_major(nvcc: str) -> int:
+def nvcc_version(nvcc: str) -> tuple[int, int]:
     out = subprocess.run([nvcc, "--version"], capture_output=True, text=True).stdout
-    release = out.split("release ")[1].split(",")[0] if "release " in out else "0"
-    return int(release.split(".")[0])
+    release = out.split("release ")[1].split(",")[0] if "release " in out else "0.0"
+    major, _, minor = release.partition(".")
+    return int(major), int(minor or 0)
 
 
 def build_cuda(flavour: CudaFlavour, jobs: int, cache: Path, pin: dict[str, object], cuda_arch: str) -> Path:
     """libggml-cuda.so as a loadable backend for the linux-x64 package, built with the host's nvcc."""
     commit = str(pin["llama_cpp_commit"])
     nvcc = build_lib.find_nvcc()
-    if not nvcc or nvcc_major(nvcc) != flavour.major:
+    if not nvcc or nvcc_version(nvcc)[0] != flavour.major:
         raise build_lib.BuildError(f"{flavour.name} needs nvcc from the CUDA {flavour.major} toolkit on this host "
-                                   f"(found: {nvcc and f'CUDA {nvcc_major(nvcc)}'})")
+                                   f"(found: {nvcc and f'CUDA {nvcc_version(nvcc)[0]}'})")
     cfg = build_lib.BuildConfig(backend="cuda", cuda_arch=cuda_arch, cache_dir=cache)
     cfg = build_lib.ensure_cccl(cfg, pin, nvcc)
     defines = [
@@ -260,8 +261,16 @@ def build_cuda(flavour: CudaFlavour, jobs: int, cache: Path, pin: dict[str, obje
         # the CUDA runtime and cuBLAS as shared libraries, found in NVIDIA's wheels
         "-DGGML_STATIC=OFF",
     ]
-    if cfg.cuda_include is not None:
-        defines.append(f"-DCMAKE_CUDA_FLAGS=-I{cfg.cuda_include.as_posix()}")
+    cuda_flags = [f"-I{cfg.cuda_include.as_posix()}"] if cfg.cuda_include is not None else []
+    if nvcc_version(nvcc) < (12, 8):
+        # ggml asks for compressed device code (-compress-mode) from CUDA 12.8 on;
+        # before that nvcc compresses only PTX: the sm_90 library is 215 MB on
+        # disk uncompressed and 125 MB compressed (the wheel 74 MB and 72 MB),
+        # so installs and loads are lighter; every added architecture adds to
+        # the wheel, against PyPI's 100 MB default limit a file
+        cuda_flags.append("-Xfatbin=-compress-all")
+    if cuda_flags:
+        defines.append(f"-DCMAKE_CUDA_FLAGS={' '.join(cuda_flags)}")
     build_dir = cache / "dist" / f"{commit[:10]}-{flavour.name}-{tree_key(commit, [defines, nvcc])}"
     if not (build_dir / "CMakeCache.txt").exists():
         cmd = ["cmake", "-S", str(build_lib.NATIVE_DIR), "-B", str(build_dir), *defines]

@@ -539,7 +539,52 @@ def repack_installed(dist_name: str, dest: Path) -> Path:
     return target
 
 
-def step_cuda(flavour_name: str, wheelhouse: Path | None, model: Path) -> dict[str, Any]:
+def unpack_npm(tarball: Path, node_modules: Path) -> str:
+    """Lay an npm tarball out as npm installs it, node_modules/<its name>/ (for a host with no registry)."""
+    import tarfile
+
+    with tarfile.open(tarball) as tf:
+        meta = tf.extractfile("package/package.json")
+        if meta is None:
+            raise CheckFailed(f"{tarball.name} has no package/package.json")
+        name = str(json.load(meta)["name"])
+        members = []
+        for m in tf.getmembers():
+            if m.name.startswith("package/") and (m.isfile() or m.isdir()):
+                m.name = m.name[len("package/"):]
+                members.append(m)
+        tf.extractall(node_modules / name, members=members, filter="data")
+    return name
+
+
+def node_cuda(flavour: build_dist.CudaFlavour, node: Path, npm_deps: Path | None, site: Path, model: Path,
+              work: Path, python_greedy: str) -> dict[str, Any]:
+    """The npm CUDA package on the GPU: mullama, its platform package and the plugin laid out as npm
+    installs them, with NVIDIA's runtime and cuBLAS from the Python wheels on the loader path (npm has no
+    NVIDIA packages; the README says so)."""
+    tarballs = npm_tarballs()
+    plugin = sorted((DIST / "npm").glob(f"mullama-linux-x64-cuda{flavour.major}-*.tgz"))
+    expect("main" in tarballs and "linux-x64" in tarballs and bool(plugin),
+           f"the mullama, linux-x64 and cuda{flavour.major} npm packages are in dist/npm")
+    app = work / "app"
+    node_modules = app / "node_modules"
+    node_modules.mkdir(parents=True)
+    deps = sorted(npm_deps.glob("*.tgz")) if npm_deps else []
+    installed = [unpack_npm(t, node_modules) for t in (tarballs["main"], tarballs["linux-x64"], plugin[-1], *deps)]
+    shutil.copy(SMOKE / "smoke.js", app)
+    env = clean_env()
+    env["LD_LIBRARY_PATH"] = os.pathsep.join(str(site / d) for d in flavour.lib_dirs)
+    report = json.loads(run([node, "smoke.js", model, work, "-1"], cwd=app, env=env).stdout)
+    expect(any("gpu" in d for d in report["devices"]), f"node: a GPU device is registered ({report['devices']})")
+    expect(report["greedy"][0] == report["greedy"][1] and len(report["greedy"][0]) > 0,
+           f"node: greedy generation with every layer on the GPU repeats itself ({report['greedy']})")
+    expect(report["greedy"][0] == python_greedy, "node: the same greedy answer as Python's on the GPU")
+    return {"installed": installed, "loader_path": [f"SITE/{d}" for d in flavour.lib_dirs],
+            **{k: report[k] for k in ("devices", "first_token_s", "generate_s", "greedy", "system_info")}}
+
+
+def step_cuda(flavour_name: str, wheelhouse: Path | None, model: Path, node: Path | None = None,
+              npm_deps: Path | None = None) -> dict[str, Any]:
     flavour = build_dist.CUDA_FLAVOURS[flavour_name]
     module = f"mullama_cuda{flavour.major}"
     findings: dict[str, Any] = {"flavour": flavour_name}
@@ -592,6 +637,8 @@ def step_cuda(flavour_name: str, wheelhouse: Path | None, model: Path) -> dict[s
     expect(report["greedy"][0] == report["greedy"][1] and len(report["greedy"][0]) > 0,
            f"greedy generation with every layer on the GPU runs and repeats itself ({report['greedy']})")
     findings["smoke"] = {k: report[k] for k in ("devices", "first_token_s", "generate_s", "greedy", "library")}
+    if node is not None:
+        findings["node"] = node_cuda(flavour, node, npm_deps, site, model, work, report["greedy"][0])
     shutil.rmtree(work, ignore_errors=True)
     return findings
 
@@ -606,12 +653,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--wheelhouse", type=Path, default=None,
                    help="CUDA check on a host without an index: wheels of mullama's dependencies")
     p.add_argument("--model", type=Path, default=None, help="CUDA check: the model (default: SmolLM2)")
+    p.add_argument("--node", type=Path, default=None,
+                   help="CUDA check: also run the npm CUDA package with this Node executable")
+    p.add_argument("--npm-deps", type=Path, default=None,
+                   help="CUDA check on a host without a registry: tarballs of mullama's npm dependencies")
     a = p.parse_args(argv)
     steps = list(STEPS) if "all" in a.steps else a.steps
     try:
         for step in steps:
             if step in build_dist.CUDA_FLAVOURS:
-                save(step, step_cuda(step, a.wheelhouse, a.model or model_paths()[0]))
+                save(step, step_cuda(step, a.wheelhouse, a.model or model_paths()[0], a.node, a.npm_deps))
                 continue
             log(f"--- {step}")
             findings = STEPS[step]()

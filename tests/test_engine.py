@@ -300,3 +300,20 @@ def test_a_lone_client_keeps_its_device_chain_across_parameter_changes(model: Mo
             eng.generate(p, 4, b)
         assert eng._ctx._attached[0] is chain_a and eng._ctx._attached[1] is chain_b
         assert eng.stats["split_steps"] == 0
+
+
+def test_the_servers_warm_up_leaves_the_engine_as_a_fresh_one(model: Model, alone: dict[str, str]) -> None:
+    """The GPU warm-up (one prompt per kernel width, two sampled generations) runs here on the CPU:
+    it fits a small n_ctx, leaves every cache as its record says, and the requests that follow answer
+    as on a fresh engine."""
+    from mullama.server import warm_up
+    with Engine(model, parallel=4, n_ctx=64) as eng:
+        warm_up(eng, model.n_vocab)
+        assert eng.stats["split_steps"] == 0
+        _cache_matches_record(eng)
+        reqs = [eng.submit(p, 24, GREEDY) for p in PROMPTS[:4]]
+        assert [r.text() for r in reqs] == [alone[p] for p in PROMPTS[:4]]
+        _cache_matches_record(eng)
+    with Engine(model, parallel=1, n_ctx=4) as tiny:
+        warm_up(tiny, model.n_vocab)  # too small to warm up: nothing is run, nothing fails
+        assert all(len(s.tokens) == 0 for s in tiny._slots)

@@ -14,7 +14,10 @@ import signal
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ..engine import Engine
 
 
 @dataclass
@@ -71,14 +74,7 @@ def build(opts: ServeOptions) -> tuple[Any, Any]:
     engine = Engine(model, parallel=opts.parallel, n_ctx=opts.n_ctx, n_threads=opts.n_threads, type_k=opts.type_k,
                     type_v=opts.type_v, flash_attn=opts.flash_attn, draft=draft, projector=projector)
     if model._output_on_device:
-        # The first sampled request on a GPU pays one-time costs (the device's
-        # sampling kernels loaded, graphs reserved with a device chain): a short
-        # greedy and a short default-sampled generation pay them before the
-        # server takes requests.
-        from .protocol import Generation
-        warm = model.tokenize("Hello")
-        for params in (Generation({"temperature": 0}).params, Generation({}).params):
-            engine.generate(warm, 2, params)
+        warm_up(engine, model.n_vocab)
     emb_model = Model.load(opts.embedding_model, n_gpu_layers=opts.n_gpu_layers) if opts.embedding_model else model
     embedder = EmbeddingGenerator(emb_model, n_threads=opts.n_threads)
     model_id = opts.model_id or Path(opts.model).stem
@@ -89,6 +85,31 @@ def build(opts: ServeOptions) -> tuple[Any, Any]:
                      system_fingerprint=fingerprint(Path(opts.model)), loras=adapters, state_dir=state_dir,
                      projector=projector, remote_media=opts.remote_media)
     return app, engine
+
+
+def warm_up(engine: Engine, n_vocab: int) -> None:
+    """Pay a GPU's one-time costs before the server takes requests.
+
+    CUDA loads each kernel the first time it runs (lazy module loading), and
+    llama.cpp reserves graphs again when a device sampler chain is attached.
+    Left to the first requests, this made one of a lone client's first
+    answers 10-20 ms slower to start.  A short greedy and a short
+    default-sampled generation pay for the sampling side; then one prompt of
+    each width that the quantized matrix products (tiles of 8 to 128 columns)
+    and flash attention pick a kernel for pays for the prompt side.  Each
+    warm-up prompt starts with a different token, so that none reuses the
+    cache of another and every width is really decoded.
+    """
+    from .protocol import Generation
+    greedy = Generation({"temperature": 0}).params
+    if engine.n_ctx < 5:
+        return
+    for params in (greedy, Generation({}).params):
+        engine.generate([1 % n_vocab, 2 % n_vocab], 2, params)
+    # a prompt must leave room for the token it samples in a sequence's n_ctx
+    for i, width in enumerate(range(8, min(128, engine.n_ctx - 2) + 1, 8)):
+        first = 1000 + 97 * i
+        engine.generate([(first + 13 * j) % n_vocab for j in range(width)], 1, greedy)
 
 
 def fingerprint(model: Path) -> str:

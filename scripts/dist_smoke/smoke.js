@@ -1,14 +1,14 @@
 'use strict';
 // Exercise an installed mullama the way a new user would, and print what
 // happened as JSON (the Node twin of smoke.py):
-//   node smoke.js MODEL.gguf VOCAB_DIR
+//   node smoke.js MODEL.gguf VOCAB_DIR [N_GPU_LAYERS]
 // scripts/check_dist.py runs it on every platform (natively, under qemu or
 // Wine) and compares the outputs: SmolLM2's greedy answer, twice, and every
 // llama.cpp tokenizer vector in VOCAB_DIR.
 const started = process.hrtime.bigint();
 const fs = require('node:fs');
 const path = require('node:path');
-const { JsModel, JsContext, samplerParamsGreedy, systemInfo } = require('mullama');
+const { JsModel, JsContext, samplerParamsGreedy, systemInfo, devices } = require('mullama');
 
 const seconds = () => Math.round(Number(process.hrtime.bigint() - started) / 1e6) / 1e3;
 const SEP = '\n__ggml_vocab_test__\n';
@@ -31,11 +31,16 @@ function vocabCases(vocab) {
 }
 
 function main() {
-  const [modelPath, vocabDir] = process.argv.slice(2);
+  const [modelPath, vocabDir, ngl] = process.argv.slice(2);
   const report = { import_s: seconds() };
-  const model = JsModel.load(modelPath);
+  const model = JsModel.load(modelPath, { nGpuLayers: ngl === undefined ? 0 : Number(ngl) });
   const ctx = new JsContext(model, { nCtx: 512 });
-  const prompt = model.applyChatTemplate([['user', 'Name three colours.']]);
+  let prompt;
+  try {
+    prompt = model.applyChatTemplate([['user', 'Name three colours.']]);
+  } catch {
+    prompt = 'Name three colours:'; // a model without a chat template (random weights)
+  }
   const t0 = seconds();
   const pieces = [];
   // ignoreEos: a model with random weights may well end at once
@@ -48,6 +53,7 @@ function main() {
   const again = new JsContext(model, { nCtx: 512 });
   report.greedy = [pieces.join(''), again.generate(prompt, 24, samplerParamsGreedy(), { ignoreEos: true })];
   again.close();
+  report.devices = devices().map((d) => `${d.name} (${d.type})`);
   report.system_info = systemInfo().split('\n')[0];
   ctx.close();
   model.close();
