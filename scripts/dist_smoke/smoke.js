@@ -73,7 +73,9 @@ function main() {
     });
     m.close();
   }
-  process.stdout.write(`${JSON.stringify(report)}\n`);
+  // MULLAMA_SMOKE_REPORT: write the report to this file instead of standard output
+  if (process.env.MULLAMA_SMOKE_REPORT) fs.writeFileSync(process.env.MULLAMA_SMOKE_REPORT, `${JSON.stringify(report)}\n`);
+  else process.stdout.write(`${JSON.stringify(report)}\n`);
 }
 
 main();
