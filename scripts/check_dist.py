@@ -3,6 +3,7 @@
 
     python scripts/check_dist.py audit      # tags, headers, exported symbols, sizes of every package
     python scripts/check_dist.py install    # pip and npm from local registries on loopback, no compiler on PATH
+    python scripts/check_dist.py source     # for comparison: pip install of a clean clone, nothing cached
     python scripts/check_dist.py arm64      # the linux-arm64 packages under qemu (Node and Python)
     python scripts/check_dist.py windows    # the win32-x64 packages under Wine, with the Windows Node and Python
     python scripts/check_dist.py all
@@ -388,6 +389,27 @@ def same_as_reference(what: str, report: dict[str, Any]) -> None:
         "(floating-point paths differ between CPUs and between compilers and C runtimes, so only the tokens must match)")
 
 
+def step_source() -> dict[str, Any]:
+    """`pip install` of a clean clone with nothing cached, to the first token: what the prebuilt packages spare."""
+    model, vocab = model_paths()
+    work = Path(tempfile.mkdtemp(prefix="mullama-source-"))
+    run(["git", "clone", "-q", ROOT, work / "src"])  # what is committed, as a user's clone has it
+    run([sys.executable, "-m", "venv", work / "venv"])
+    python = work / "venv" / "bin" / "python"
+    # an empty cache: the pinned llama.cpp sdist is downloaded and libllama built, as on a new machine
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MULLAMA_", "PYTHON"))}
+    env["MULLAMA_CACHE"] = str(work / "cache")
+    t0 = time.monotonic()
+    run([python, "-m", "pip", "install", "-q", "--no-cache-dir", work / "src"], env=env)
+    install_s = time.monotonic() - t0
+    report = json.loads(run([python, SMOKE / "smoke.py", model, vocab], env=env, cwd=work).stdout)
+    check_smoke("python built from source", report)
+    shutil.rmtree(work, ignore_errors=True)
+    return {"install_s": round(install_s, 1), "first_token_s": report["first_token_s"],
+            "install_to_first_token_s": round(install_s + report["first_token_s"], 1),
+            "cpu_count": os.cpu_count(), "system_info": report["system_info"]}
+
+
 # --------------------------------------------------------------------------
 # arm64 under qemu, Windows under Wine
 # --------------------------------------------------------------------------
@@ -709,7 +731,8 @@ def step_cuda(flavour_name: str, wheelhouse: Path | None, model: Path, node: Pat
     return findings
 
 
-STEPS = {"audit": step_audit, "install": step_install, "arm64": step_arm64, "windows": step_windows}
+STEPS = {"audit": step_audit, "install": step_install, "source": step_source, "arm64": step_arm64,
+         "windows": step_windows}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
