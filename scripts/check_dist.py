@@ -445,6 +445,18 @@ def arm64_sysroot(dest: Path) -> Path:
     return root
 
 
+def wheel_for_foreign_python(target: str, platform_tag: str, python_version: str, numpy: str) -> Path:
+    """A folder holding the target's wheel and its dependencies' wheels for that platform, for an emulated Python."""
+    site = CHECK / f"py-{target}"
+    shutil.rmtree(site, ignore_errors=True)
+    wheel = wheels().get(target)
+    expect(wheel is not None, f"a {target} wheel is in dist/wheels")
+    run([sys.executable, "-m", "pip", "install", "-q", "--target", site, "--platform", platform_tag,
+         "--python-version", python_version, "--only-binary", ":all:", "--no-deps", str(wheel),
+         numpy, "typing-extensions>=4.5", "jinja2>=3.1", "markupsafe>=2"])
+    return site
+
+
 def qemu() -> str:
     exe = shutil.which("qemu-aarch64-static") or shutil.which("qemu-aarch64")
     if not exe:
@@ -481,13 +493,7 @@ def step_arm64() -> dict[str, Any]:
     findings["node_cortex_a53"] = {"seconds": round(time.monotonic() - t0), "greedy": report["greedy"][0],
                                    "system_info": report["system_info"]}
     # Python: the arm64 wheel and NumPy's for manylinux2014_aarch64, in a folder on PYTHONPATH
-    site = CHECK / "py-arm64"
-    shutil.rmtree(site, ignore_errors=True)
-    wheel = wheels().get("linux-arm64")
-    expect(wheel is not None, "a linux-arm64 wheel is in dist/wheels")
-    run([sys.executable, "-m", "pip", "install", "-q", "--target", site, "--platform", "manylinux2014_aarch64",
-         "--python-version", "3.11", "--only-binary", ":all:", "--no-deps", str(wheel),
-         "numpy>=1.22,<2.3", "typing-extensions>=4.5", "jinja2>=3.1", "markupsafe>=2"])
+    site = wheel_for_foreign_python("linux-arm64", "manylinux2014_aarch64", "3.11", "numpy>=1.22,<2.3")
     env = {"PATH": "/usr/bin:/bin", "HOME": str(site), "PYTHONPATH": str(site)}
     t0 = time.monotonic()
     out = run([qemu(), "-L", root, root / "usr" / "bin" / "python3.11", SMOKE / "smoke.py", model, vocab],
@@ -528,19 +534,13 @@ def windows_python(dest: Path) -> Path:
 def wine_python_smoke(wine: str, env: dict[str, str], tools: Path, model: Path, vocab: Path) -> dict[str, Any]:
     """The win32-x64 wheel installed for Windows' CPython (with NumPy's win_amd64 wheel) and run by it under Wine."""
     python = windows_python(tools / "win-python")
-    site = CHECK / "py-win32"
-    shutil.rmtree(site, ignore_errors=True)
-    wheel = wheels().get("win32-x64")
-    expect(wheel is not None, "a win32-x64 wheel is in dist/wheels")
     # NumPy's Windows wheels from 2.2 on call ucrtbase's crealf, which Debian's Wine 8 does not
     # implement (the import ends the process): 2.1 is the newest that Wine runs
-    run([sys.executable, "-m", "pip", "install", "-q", "--target", site, "--platform", "win_amd64",
-         "--python-version", "3.12", "--only-binary", ":all:", "--no-deps", str(wheel),
-         "numpy>=1.26,<2.2", "typing-extensions>=4.5", "jinja2>=3.1", "markupsafe>=2"])
+    site = wheel_for_foreign_python("win32-x64", "win_amd64", "3.12", "numpy>=1.26,<2.2")
     # the embeddable build reads its module path from python312._pth alone (PYTHONPATH is ignored)
     pth = next(python.parent.glob("python3*._pth"))
     pth.write_text(f"{pth.stem}.zip\n.\nZ:{site}\n")
-    out_file = site.parent / "report-py-win32.json"
+    out_file = site.parent / f"report-{site.name}.json"
     out_file.unlink(missing_ok=True)
     # Windows' CPython under Wine refuses to start when a standard handle is a file or
     # a pipe (init_sys_streams: invalid handle), so it runs on a terminal that
@@ -555,9 +555,9 @@ def wine_python_smoke(wine: str, env: dict[str, str], tools: Path, model: Path, 
     report = json.loads(out_file.read_text())
     check_smoke("python win32-x64 (Wine)", report, expect_target="win32-x64")
     same_as_reference("python win32-x64 (Wine)", report)
-    library = "SITE\\" + report["library"].split("py-win32\\", 1)[-1]  # no path of this machine in the findings
+    library = "SITE\\" + report["library"].split(f"{site.name}\\", 1)[-1]  # no path of this machine in the findings
     return {"seconds": round(time.monotonic() - t0), "greedy": report["greedy"][0], "library": library,
-            "system_info": report["system_info"], "python": f"CPython {WINDOWS_PYTHON['version']} embeddable "
+            "system_info": report["system_info"], "python": f"{report['runtime']}, python.org's embeddable build "
             f"(PyPI {WINDOWS_PYTHON['name']}=={WINDOWS_PYTHON['version']})"}
 
 

@@ -32,7 +32,7 @@ function vocabCases(vocab) {
 
 function main() {
   const [modelPath, vocabDir, ngl] = process.argv.slice(2);
-  const report = { import_s: seconds() };
+  const report = { import_s: seconds(), runtime: `Node ${process.version}` };
   const model = JsModel.load(modelPath, { nGpuLayers: ngl === undefined ? 0 : Number(ngl) });
   const ctx = new JsContext(model, { nCtx: 512 });
   let prompt;

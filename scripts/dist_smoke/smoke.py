@@ -43,7 +43,8 @@ def main() -> None:
 
     model_path, vocab_dir = Path(sys.argv[1]), Path(sys.argv[2])
     n_gpu_layers = int(sys.argv[3]) if len(sys.argv) > 3 else 0
-    report: dict[str, object] = {"import_s": round(time.monotonic() - started, 3)}
+    report: dict[str, object] = {"import_s": round(time.monotonic() - started, 3),
+                                 "runtime": f"Python {sys.version.split()[0]}"}
     lib = mullama._lib.load()
     report["library"] = str(lib.path)
     report["build_info"] = {k: lib.build_info.get(k) for k in ("target", "backend", "toolchain")}
