@@ -310,10 +310,17 @@ def download_pinned(spec: Mapping[str, object], dest_dir: Path, pip_args: list[s
         # Inside `pip install .`'s isolated build environment, PYTHONPATH points at
         # an overlay that hides the interpreter's own site-packages, pip included.
         env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONNOUSERSITE", "PYTHONHOME")}
-        proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
         got = Path(tmp) / str(spec["filename"])
-        if proc.returncode != 0 or not got.exists():
-            tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
+        # an sdist's download also prepares its metadata in a fresh build environment,
+        # which a passing network or index hiccup can fail: one more try before giving up
+        for attempt in (1, 2):
+            proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+            if proc.returncode == 0 and got.exists():
+                break
+            output = (proc.stderr or proc.stdout).strip()
+            log(f"pip download failed (try {attempt} of 2):\n" + "\n".join(output.splitlines()[-25:]))
+        else:
+            tail = output.splitlines()[-3:]
             raise BuildError(f"could not download {req} from the package registry ({' / '.join(tail) or 'no output'}). "
                              + advice.format(filename=spec["filename"], target=target))
         os.replace(got, target)
