@@ -128,3 +128,36 @@ def test_pe_exports_reads_the_export_names(tmp_path: Path) -> None:
     dll = tmp_path / "x.dll"
     dll.write_bytes(_tiny_pe(["atexit", "ggml_init", "llama_decode"]))
     assert zig_cc.pe_exports(dll) == ["atexit", "ggml_init", "llama_decode"]
+
+
+def test_a_toolkit_from_debians_packages_is_laid_out_as_nvidias(tmp_path: Path) -> None:
+    """cuda_toolkit_debian.lay_out on a tree shaped like the unpacked Debian packages (with NVIDIA's
+    symlink chains, and libcublasLt matched by two patterns): every tool, header and library in its
+    place under one folder, links kept as links, cuBLAS' static archives left out."""
+    toolkit = _script("cuda_toolkit_debian")
+    usr = tmp_path / "root" / "usr"
+    tk = usr / "lib" / "nvidia-cuda-toolkit"
+    multiarch = usr / "lib" / "x86_64-linux-gnu"
+    for f in (tk / "bin" / "nvcc", tk / "bin" / "cicc", tk / "bin" / "crt" / "link.stub",
+              tk / "libdevice" / "libdevice.10.bc", usr / "bin" / "ptxas", usr / "bin" / "fatbinary",
+              usr / "include" / "cuda_runtime.h", usr / "include" / "nv" / "target",
+              multiarch / "libnvvm.so.4.0.0", multiarch / "stubs" / "libcuda.so",
+              multiarch / "libcudart_static.a", multiarch / "libcublasLt_static.a"):
+        f.parent.mkdir(parents=True, exist_ok=True)
+        f.write_text(f.name)
+    for name, version in (("libcudart", "12.4.127"), ("libcublas", "12.4.5.8"), ("libcublasLt", "12.4.5.8")):
+        (multiarch / f"{name}.so.{version}").write_text(name)
+        (multiarch / f"{name}.so.12").symlink_to(f"{name}.so.{version}")
+        (multiarch / f"{name}.so").symlink_to(f"{name}.so.12")
+    (multiarch / "libnvvm.so").symlink_to("libnvvm.so.4.0.0")
+    dest = tmp_path / "cuda"
+    toolkit.lay_out(tmp_path / "root", dest)
+    for f in ("bin/nvcc", "bin/crt/link.stub", "bin/ptxas", "bin/fatbinary", "nvvm/bin/cicc",
+              "nvvm/libdevice/libdevice.10.bc", "nvvm/lib64/libnvvm.so", "include/cuda_runtime.h", "include/nv/target",
+              "lib64/libcudart_static.a", "lib64/stubs/libcuda.so"):
+        assert (dest / f).is_file(), f
+    assert "$(TOP)/nvvm/libdevice" in (dest / "bin" / "nvcc.profile").read_text()
+    for name in ("libcudart", "libcublas", "libcublasLt"):
+        assert (dest / "lib64" / f"{name}.so").is_symlink()
+        assert (dest / "lib64" / f"{name}.so").resolve().read_text() == name
+    assert not (dest / "lib64" / "libcublasLt_static.a").exists()
