@@ -161,3 +161,20 @@ def test_a_toolkit_from_debians_packages_is_laid_out_as_nvidias(tmp_path: Path) 
         assert (dest / "lib64" / f"{name}.so").is_symlink()
         assert (dest / "lib64" / f"{name}.so").resolve().read_text() == name
     assert not (dest / "lib64" / "libcublasLt_static.a").exists()
+
+
+def test_the_release_workflow_builds_and_tests_every_package_the_scripts_know() -> None:
+    """.github/workflows/release.yml against build_dist's targets: a platform or CUDA flavour added to
+    the scripts but not to the workflow would never be published (or published untested)."""
+    yaml = pytest.importorskip("yaml")
+    build_dist = _script("build_dist")
+    jobs = yaml.safe_load((ROOT / ".github" / "workflows" / "release.yml").read_text())["jobs"]
+    assert any("build_dist.py all" in step.get("run", "") for step in jobs["build"]["steps"])
+    cuda = {m["target"] for m in jobs["build-cuda"]["strategy"]["matrix"]["include"]}
+    assert cuda == set(build_dist.CUDA_FLAVOURS)
+    for m in jobs["build-cuda"]["strategy"]["matrix"]["include"]:
+        major = build_dist.CUDA_FLAVOURS[m["target"]].major
+        assert m["image"].startswith(f"nvidia/cuda:{major}."), m  # nvcc of the flavour's major version
+    tested = {(m["wheel"], m["npm"]) for m in jobs["test"]["strategy"]["matrix"]["include"]}
+    assert tested == {(t.wheel_platform, t.npm_package) for t in build_dist.TARGETS.values()}
+    assert set(jobs["publish"]["needs"]) == {"build", "build-cuda", "test"}
