@@ -582,13 +582,14 @@ def step_windows() -> dict[str, Any]:
     t0 = time.monotonic()
     # Node under Wine cannot write to a pipe (EBADF): its report goes to a file
     out_file = app / "report.json"
-    with open(out_file, "w") as out:
-        log(f"$ {wine} {node} smoke.js ... > {out_file}")
-        proc = subprocess.run([wine, str(node), "smoke.js", f"Z:{model}", f"Z:{vocab}"], cwd=app, env=env,
-                              stdout=out, stderr=subprocess.PIPE, text=True, timeout=3600)
-    if proc.returncode != 0:
+    out_file.unlink(missing_ok=True)
+    log(f"$ {wine} {node} smoke.js ... (report in {out_file})")
+    proc = subprocess.run([wine, str(node), "smoke.js", f"Z:{model}", f"Z:{vocab}"], cwd=app,
+                          env={**env, "MULLAMA_SMOKE_REPORT": f"Z:{out_file}"}, stdin=subprocess.DEVNULL,
+                          capture_output=True, text=True, errors="replace", timeout=3600)
+    if proc.returncode != 0 or not out_file.exists():
         raise CheckFailed(f"node.exe under Wine failed ({proc.returncode}): {proc.stderr.strip()[-1500:]}")
-    report = json.loads(out_file.read_text().strip().splitlines()[-1])
+    report = json.loads(out_file.read_text())
     check_smoke("node win32-x64 (Wine)", report)
     ref = json.loads((CHECK / "reference.json").read_text())
     ref_tokens = {k: v for k, v in ref["tokens"].items() if k not in WINE_KNOWN_FAILURES}

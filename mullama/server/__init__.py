@@ -100,10 +100,10 @@ def warm_up(engine: Engine, n_vocab: int) -> None:
     warm-up prompt starts with a different token, so that none reuses the
     cache of another and every width is really decoded.
     """
+    if engine.n_ctx < 5:  # no room for a prompt and its answer
+        return
     from .protocol import Generation
     greedy = Generation({"temperature": 0}).params
-    if engine.n_ctx < 5:
-        return
     for params in (greedy, Generation({}).params):
         engine.generate([1 % n_vocab, 2 % n_vocab], 2, params)
     # a prompt must leave room for the token it samples in a sequence's n_ctx
